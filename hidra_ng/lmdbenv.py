@@ -1,0 +1,170 @@
+"""An LMDB environment that grows its map when full, shared by the store and the spool.
+
+LMDB may only change the map size while no transaction of this process is
+open, so read transactions pass a gate that a growing writer closes for the
+moment of the resize.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from hidra_ng.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIN_MAP_BYTES = 64 * 1024 * 1024
+
+
+class DiskFull(StorageError):
+    """A commit failed for lack of space (ENOSPC or a map that cannot grow)."""
+
+
+class _Gate:
+    """Shared/exclusive gate: many readers, or one resizer."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Env:
+    """One LMDB environment with named databases and map growth."""
+
+    def __init__(
+        self,
+        path: Path,
+        dbs: tuple[str, ...],
+        *,
+        sync: bool = True,
+        map_bytes: int = 256 * 1024 * 1024,
+        max_map_bytes: int = 1 << 44,
+    ) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_map_bytes = max_map_bytes
+        try:
+            self._env = lmdb.open(
+                str(path),
+                map_size=max(map_bytes, MIN_MAP_BYTES),
+                max_dbs=len(dbs) + 1,
+                sync=sync,
+                metasync=sync,
+                readahead=False,
+                max_readers=256,
+                max_spare_txns=4,
+            )
+            self.dbs = {name: self._env.open_db(name.encode()) for name in dbs}
+        except lmdb.Error as err:
+            raise StorageError(f"cannot open LMDB environment at {path}: {err}") from err
+        self._gate = _Gate()
+
+    @property
+    def map_bytes(self) -> int:
+        return self._env.info()["map_size"]
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction whose buffers stay valid only inside the block."""
+        with self._gate.shared():
+            txn = self._env.begin(buffers=True)
+            try:
+                yield txn
+            finally:
+                txn.abort()
+
+    def write(self, fill: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fill`` in a write transaction and commit it; grow the map and retry if full.
+
+        ``fill`` may run more than once, so it must only write to the transaction.
+        """
+        while True:
+            try:
+                with self._gate.shared():
+                    txn = self._env.begin(write=True)
+                    try:
+                        result = fill(txn)
+                        txn.commit()
+                        return result
+                    except BaseException:
+                        txn.abort()
+                        raise
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as err:
+                if _is_disk_full(err):
+                    raise DiskFull(f"no space left for LMDB at {self.path}: {err}") from err
+                raise StorageError(f"LMDB write at {self.path} failed: {err}") from err
+
+    def _grow(self) -> None:
+        current = self.map_bytes
+        new = min(current * 2, self.max_map_bytes)
+        if new <= current:
+            raise DiskFull(
+                f"LMDB map at {self.path} is full at {current} bytes, the configured maximum"
+            )
+        with self._gate.exclusive():
+            self._env.set_mapsize(new)
+        log.info("LMDB map at %s grown from %d to %d bytes", self.path, current, new)
+
+    def sync(self) -> None:
+        try:
+            self._env.sync(True)
+        except lmdb.Error as err:
+            if _is_disk_full(err):
+                raise DiskFull(f"no space left for LMDB at {self.path}: {err}") from err
+            raise StorageError(f"LMDB sync at {self.path} failed: {err}") from err
+
+    def disk_bytes(self) -> int:
+        """Bytes the environment's data file takes on disk."""
+        return (self.path / "data.mdb").stat().st_size
+
+    def close(self) -> None:
+        with self._gate.exclusive():
+            self._env.close()
+
+
+def _is_disk_full(err: lmdb.Error) -> bool:
+    return isinstance(err, lmdb.DiskError) or "No space left" in str(err) or (
+        getattr(err, "args", None) and errno.ENOSPC in err.args
+    )

@@ -1,0 +1,105 @@
+"""Every Prometheus metric of hidra_ng, declared once (SPEC §8).
+
+Each daemon gets its own registry so that several can live in one process
+(tests, the demo) without clashing; ``serve()`` exposes one on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import start_http_server
+
+from hidra_ng.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _build_info(registry: CollectorRegistry) -> None:
+    try:
+        ver = version("hidra-ng")
+    except PackageNotFoundError:
+        ver = "unknown"
+    Info("hidra_ng_build", "hidra_ng version", registry=registry).info({"version": ver})
+
+
+class ReceiverMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        _build_info(r)
+        self.messages = Counter(
+            "hidra_ng_receiver_messages", "Messages stored", ["stream"], registry=r
+        )
+        self.bytes = Counter(
+            "hidra_ng_receiver_bytes", "Payload bytes stored", ["stream"], registry=r
+        )
+        self.rejected = Counter(
+            "hidra_ng_receiver_rejected", "Messages refused, by reason", ["reason"], registry=r
+        )
+        self.duplicates = Counter(
+            "hidra_ng_receiver_duplicates", "Resent messages already stored", registry=r
+        )
+        self.gaps = Counter(
+            "hidra_ng_receiver_gaps", "Out-of-order arrivals answered with a resend request",
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "hidra_ng_receiver_commit_seconds",
+            "Time of one group commit including fsync",
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.commit_failures = Counter(
+            "hidra_ng_receiver_commit_failures", "Group commits that failed (disk full, ...)",
+            registry=r,
+        )
+        self.last_index = Gauge(
+            "hidra_ng_receiver_last_index", "Highest index stored", ["stream"], registry=r
+        )
+        self.store_bytes = Gauge(
+            "hidra_ng_receiver_store_bytes", "Size of the LMDB data file", registry=r
+        )
+        self.group_pending = Gauge(
+            "hidra_ng_group_pending", "Messages not yet acked in a consumer group",
+            ["stream", "group"], registry=r,
+        )
+        self.subscriber_skipped = Counter(
+            "hidra_ng_subscriber_skipped", "Frames a slow subscriber skipped", registry=r
+        )
+        self.published = Counter(
+            "hidra_ng_receiver_published", "Frames published to live subscribers", registry=r
+        )
+        self.requests = Counter(
+            "hidra_ng_receiver_requests", "API requests served", ["op"], registry=r
+        )
+
+
+class SenderMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        _build_info(r)
+        self.sent = Counter("hidra_ng_sender_sent", "Messages pushed (with resends)", registry=r)
+        self.acked = Counter("hidra_ng_sender_acked", "Messages acknowledged", registry=r)
+        self.spool_messages = Gauge(
+            "hidra_ng_sender_spool_messages", "Messages in the spool", registry=r
+        )
+        self.spool_bytes = Gauge("hidra_ng_sender_spool_bytes", "Bytes in the spool", registry=r)
+        self.receiver_up = Gauge(
+            "hidra_ng_sender_receiver_up", "1 while the receiver answers", registry=r
+        )
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):
+    """Serve ``/metrics`` on ``port``; 0 disables. Returns the server (or None)."""
+    if not port:
+        return None
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as err:
+        raise ConfigError(f"metrics port {port} cannot be opened: {err}") from err
+    log.info("metrics on http://%s:%d/metrics", addr, port)
+    return server

@@ -1,0 +1,463 @@
+"""Producer: spool every message durably, push it to the receiver, resend until acked.
+
+``send()`` validates and spools in the caller's thread and returns once the
+spool commit is durable (SPEC G2). A link thread owns the sockets: it pushes
+spooled messages over PUSH within a window of unacknowledged bytes, takes the
+receiver's cumulative acks on a DEALER, frees the spool, and goes back to the
+first unacknowledged message when the receiver reports a gap or stops
+acknowledging (go-back-N; docs/adr/0001-ack-path.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from hidra_ng import protocol as proto
+from hidra_ng.compression import check_compression, compress
+from hidra_ng.errors import (
+    ConfigError,
+    MessageTooLarge,
+    ProtocolError,
+    ReceiverUnavailable,
+    SpoolFull,
+    StorageError,
+    StreamFinished,
+)
+from hidra_ng.frames import Data, describe
+from hidra_ng.spool import Spool
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+class Producer:
+    """Send frames to a hidra_ng receiver without ever losing one (SPEC §4).
+
+    ``spool_sync="always"`` (default): ``send()`` returns after the spool commit
+    is fsynced; a crash of the process or the machine loses nothing that
+    ``send()`` returned for. ``spool_sync="batch"``: ``send()`` returns after a
+    commit without fsync and the spool is fsynced every ``spool_batch_seconds``;
+    a crash of the process loses nothing, a crash of the machine may lose the
+    messages of the last ``spool_batch_seconds``.
+    """
+
+    def __init__(
+        self,
+        ingest: str,
+        api: str,
+        spool_dir: str | os.PathLike[str],
+        sender_id: str,
+        *,
+        spool_sync: str = "always",
+        spool_batch_seconds: float = 0.5,
+        max_spool_bytes: int = 16 * GiB,
+        send_timeout: float = 30.0,
+        compression: str = "none",
+        max_message_bytes: int = proto.MAX_DATA_BYTES,
+        max_meta_bytes: int = proto.MAX_META_BYTES,
+        window_bytes: int = 64 * MiB,
+        resend_after_seconds: float = 3.0,
+        heartbeat_seconds: float = 1.0,
+    ) -> None:
+        proto.check_sender_id(sender_id)
+        self.compression = check_compression(compression)
+        if max_spool_bytes <= 0 or window_bytes <= 0:
+            raise ConfigError(
+                f"max_spool_bytes={max_spool_bytes} and window_bytes={window_bytes}"
+                " must be positive"
+            )
+        self.ingest, self.api = ingest, api
+        self.sender_id = sender_id
+        self.max_spool_bytes = max_spool_bytes
+        self.send_timeout = send_timeout
+        self.max_message_bytes = max_message_bytes
+        self.max_meta_bytes = max_meta_bytes
+        self._spool = Spool(
+            Path(spool_dir), sender_id, sync=spool_sync, batch_seconds=spool_batch_seconds
+        )
+        self._space = threading.Condition()  # notified when acks free spool space
+        self._space_waiters = 0  # senders blocked on a full spool: free space at once
+        self._link = _Link(self, window_bytes, resend_after_seconds, heartbeat_seconds)
+        self._closed = False
+        self._link.start()
+
+    # ----------------------------------------------------------------- sending
+
+    def send(self, stream: str, data: Data, meta: dict[str, Any] | None = None) -> int:
+        """Spool one message for ``stream``; returns its sequence number."""
+        return self.send_many(stream, [(data, meta)])[0]
+
+    def send_many(
+        self,
+        stream: str,
+        items: Iterable[tuple[Data, dict[str, Any] | None]],
+        *,
+        checkpoint: tuple[str, bytes] | None = None,
+    ) -> list[int]:
+        """Spool several messages for ``stream`` in one commit; returns their seqs.
+
+        ``checkpoint=(name, value)`` saves a source's position in the same commit,
+        so a restarted source resumes exactly after what was spooled
+        (read it back with :meth:`checkpoint`).
+        """
+        self._check_open()
+        proto.check_stream_name(stream)
+        if stream in self._spool.finished:
+            raise StreamFinished(f"stream {stream!r} was finished by this sender; use a new stream")
+        prepared = [self._prepare(stream, data, meta) for data, meta in items]
+        if not prepared:
+            return []
+        return self._spool_commit(prepared, checkpoint=checkpoint)
+
+    def finish(self, stream: str) -> int:
+        """Mark ``stream`` finished after everything this sender sent to it."""
+        self._check_open()
+        proto.check_stream_name(stream)
+        header = proto.Header(stream, 0, proto.Payload.FINISH, "", (), "none", b"{}", time.time())
+        return self._spool_commit([(header, b"")], finish=[stream])[0]
+
+    def _prepare(
+        self, stream: str, data: Data, meta: dict[str, Any] | None
+    ) -> tuple[proto.Header, memoryview | bytes]:
+        kind, dtype, shape, payload = describe(data)
+        if len(payload) > self.max_message_bytes:
+            raise MessageTooLarge(
+                f"data of {len(payload)} bytes for stream {stream!r} exceeds the maximum of"
+                f" {self.max_message_bytes} bytes"
+            )
+        meta_bytes = proto.encode_meta(meta, self.max_meta_bytes)
+        codec = "none"
+        if self.compression != "none" and kind in (proto.Payload.ARRAY, proto.Payload.BYTES):
+            payload = compress(payload, dtype, self.compression)
+            codec = self.compression
+        header = proto.Header(stream, 0, kind, dtype, shape, codec, meta_bytes, time.time())
+        proto.check_header(
+            header,
+            len(payload),
+            max_data_bytes=self.max_message_bytes,
+            max_meta_bytes=self.max_meta_bytes,
+        )
+        return header, payload
+
+    def _spool_commit(
+        self,
+        prepared: Sequence[tuple[proto.Header, memoryview | bytes]],
+        finish: Iterable[str] = (),
+        checkpoint: tuple[str, bytes] | None = None,
+    ) -> list[int]:
+        size = sum(len(p) for _, p in prepared)
+        if size > self.max_spool_bytes:
+            raise MessageTooLarge(
+                f"{len(prepared)} messages of {size} bytes exceed max_spool_bytes"
+                f" {self.max_spool_bytes}; raise the limit or send fewer at once"
+            )
+        deadline = time.monotonic() + self.send_timeout
+        with self._space:
+            while self._spool.bytes + size > self.max_spool_bytes:
+                self._space_waiters += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._space_waiters -= 1
+                    raise SpoolFull(
+                        f"spool at {self._spool.env.path} holds {self._spool.bytes} bytes"
+                        f" ({self._spool.count} messages) and {size} more would exceed"
+                        f" max_spool_bytes {self.max_spool_bytes} after waiting"
+                        f" {self.send_timeout} s; is the receiver at {self.ingest} up?"
+                    )
+                self._link.wake()
+                self._space.wait(left)
+                self._space_waiters -= 1
+        while True:
+            try:
+                seqs = self._spool.append(prepared, finish=finish, checkpoint=checkpoint)
+                break
+            except StorageError as err:
+                if time.monotonic() >= deadline:
+                    raise SpoolFull(
+                        f"spool at {self._spool.env.path} cannot take {size} bytes: {err}"
+                    ) from err
+                log.warning("spool commit failed, retrying: %s", err)
+                time.sleep(0.2)
+        self._link.wake()
+        return seqs
+
+    # ------------------------------------------------------------------ status
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every spooled message is acknowledged by the receiver."""
+        self._check_open()
+        target = self._spool.next_seq - 1
+        if not self._link.wait_acked(target, timeout):
+            raise ReceiverUnavailable(
+                f"{target - self._link.acked} messages still unacknowledged after {timeout} s;"
+                f" receiver at {self.api} last answered"
+                f" {self._link.seconds_since_heard():.1f} s ago"
+            )
+
+    @property
+    def receiver_up(self) -> bool:
+        return self._link.receiver_up
+
+    @property
+    def spool_messages(self) -> int:
+        return self._spool.count
+
+    @property
+    def spool_bytes(self) -> int:
+        return self._spool.bytes
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"sent": self._link.sent_total, "acked": self._link.acked_total}
+
+    def checkpoint(self, name: str) -> bytes | None:
+        """A source's position saved with the messages it spooled (see ``send_many``)."""
+        return self._spool.checkpoint(name)
+
+    # ------------------------------------------------------------------- close
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError("producer is closed")
+
+    def close(self) -> None:
+        """Stop the link and close the spool; unacknowledged messages stay spooled."""
+        if self._closed:
+            return
+        self._closed = True
+        self._link.stop()
+        self._spool.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Link(threading.Thread):
+    """The producer's socket thread: push spooled messages, take acks, resend."""
+
+    MAX_BATCH_MESSAGES = 512
+    MAX_BATCH_BYTES = 1 * MiB
+
+    def __init__(
+        self, producer: Producer, window_bytes: int, resend_after: float, heartbeat: float
+    ) -> None:
+        super().__init__(name=f"hidra-ng-link-{producer.sender_id}", daemon=True)
+        self.p = producer
+        self.spool = producer._spool
+        self.window_bytes = window_bytes
+        self.resend_after = resend_after
+        self.heartbeat = heartbeat
+        self.acked = self.spool.lowest - 1
+        self.cursor = self.spool.lowest
+        self.epoch = 0
+        self.sent_total = 0
+        self.acked_total = 0
+        self._inflight: collections.deque[tuple[int, int]] = collections.deque()
+        self._inflight_bytes = 0
+        self._released = self.acked
+        self._last_heard = 0.0
+        self._last_progress = time.monotonic()
+        self._acked_cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._ctx = zmq.Context()
+        self._push = self._ctx.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.LINGER, 0)
+        self._push.setsockopt(zmq.IMMEDIATE, 1)
+        self._push.setsockopt(zmq.SNDHWM, 1000)
+        self._dealer = self._ctx.socket(zmq.DEALER)
+        self._dealer.setsockopt(zmq.LINGER, 0)
+        try:
+            self._push.connect(producer.ingest)
+            self._dealer.connect(producer.api)
+        except zmq.ZMQError as err:
+            self._close_sockets()
+            raise ConfigError(f"cannot connect to receiver: {err}") from err
+
+    # --------------------------------------------------------- other threads
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def wait_acked(self, seq: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._acked_cond:
+            while self.acked < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._acked_cond.wait(left)
+        return True
+
+    @property
+    def receiver_up(self) -> bool:
+        return self.seconds_since_heard() < 3 * self.heartbeat
+
+    def seconds_since_heard(self) -> float:
+        return time.monotonic() - self._last_heard if self._last_heard else float("inf")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.wake()
+        self.join()
+
+    # ------------------------------------------------------------ link thread
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._dealer, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_hello = 0.0
+        blocked = False
+        try:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                if now >= next_hello:
+                    self._send_hello()
+                    next_hello = now + self.heartbeat
+                timeout = max(0.0, next_hello - now)
+                if blocked:
+                    timeout = min(timeout, 0.02)
+                for sock, _ in poller.poll(timeout * 1000):
+                    if sock is self._dealer:
+                        self._take_replies()
+                    else:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                self._check_stall()
+                self._release()
+                blocked = self._pump()
+            self._take_replies()
+            self._release(force=True)
+        except Exception:
+            log.exception("producer link failed; messages stay spooled")
+        finally:
+            self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        self._push.close(linger=0)
+        self._dealer.close(linger=0)
+        self._ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _send_hello(self) -> None:
+        hello = proto.Hello(self.spool.sender_id, self.spool.incarnation)
+        with contextlib.suppress(zmq.Again):
+            self._dealer.send(proto.encode(proto.Kind.HELLO, hello), zmq.NOBLOCK)
+
+    def _take_replies(self) -> None:
+        while True:
+            try:
+                frame = self._dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                kind = proto.peek_kind(frame)
+                if kind == proto.Kind.ACK:
+                    ack = proto.decode(kind, proto.Ack, frame)
+                    if ack.incarnation == self.spool.incarnation:
+                        self._on_ack(ack.last_seq)
+                elif kind == proto.Kind.GAP:
+                    gap = proto.decode(kind, proto.Gap, frame)
+                    if gap.incarnation == self.spool.incarnation:
+                        self._on_gap(gap)
+                else:
+                    log.warning("unexpected %s message from receiver ignored", kind.name)
+            except ProtocolError as err:
+                log.warning("malformed message from receiver ignored: %s", err)
+
+    def _on_ack(self, last_seq: int) -> None:
+        now = time.monotonic()
+        self._last_heard = now
+        if last_seq <= self.acked:
+            return
+        last_seq = min(last_seq, self.spool.next_seq - 1)
+        self.acked_total += last_seq - self.acked
+        self._last_progress = now
+        while self._inflight and self._inflight[0][0] <= last_seq:
+            self._inflight_bytes -= self._inflight.popleft()[1]
+        with self._acked_cond:
+            self.acked = last_seq
+            self._acked_cond.notify_all()
+        if self.cursor <= last_seq:
+            self.cursor = last_seq + 1
+
+    def _on_gap(self, gap: proto.Gap) -> None:
+        self._on_ack(gap.expected - 1)
+        if gap.epoch == self.epoch and gap.expected < self.cursor:
+            log.debug("receiver asks to resend from seq %d", gap.expected)
+            self._rewind()
+
+    def _check_stall(self) -> None:
+        if self.cursor - 1 > self.acked:
+            if time.monotonic() - self._last_progress > self.resend_after:
+                log.info(
+                    "no ack for %.1f s; resending from seq %d", self.resend_after, self.acked + 1
+                )
+                self._rewind()
+        else:
+            self._last_progress = time.monotonic()
+
+    def _rewind(self) -> None:
+        self.epoch += 1
+        self.cursor = self.acked + 1
+        self._inflight.clear()
+        self._inflight_bytes = 0
+        self._last_progress = time.monotonic()
+
+    def _release(self, force: bool = False) -> None:
+        """Free acknowledged messages from the spool (not necessarily at once)."""
+        if self.acked <= self._released:
+            return
+        waiting = self.p._space_waiters > 0
+        if not (force or waiting or self.acked - self._released >= 256 or not self._inflight):
+            return
+        self.spool.release(self.acked)
+        self._released = self.acked
+        with self.p._space:
+            self.p._space.notify_all()
+
+    def _pump(self) -> bool:
+        """Send spooled messages within the window; True if the socket pushed back."""
+        while self.cursor < self.spool.next_seq and self._inflight_bytes < self.window_bytes:
+            batch = self.spool.read(
+                self.cursor, self.MAX_BATCH_MESSAGES, min(self.MAX_BATCH_BYTES, self.window_bytes)
+            )
+            if not batch:
+                return False
+            envelope = proto.Envelope(
+                self.spool.sender_id, self.spool.incarnation, self.acked + 1, self.epoch
+            )
+            frames: list[bytes] = [proto.encode(proto.Kind.DATA, envelope)]
+            for out in batch:
+                frames.append(out.header)
+                frames.append(out.payload)
+            try:
+                self._push.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return True
+            for out in batch:
+                self._inflight.append((out.seq, len(out.payload)))
+                self._inflight_bytes += len(out.payload)
+            self.sent_total += len(batch)
+            self.cursor = batch[-1].seq + 1
+        return False

@@ -1,0 +1,393 @@
+"""Wire messages of hidra_ng and their codec: bytes <-> typed messages.
+
+This module owns no socket and touches no disk, so it is tested with bytes
+alone. Every message starts with a first frame that begins with a 4-byte
+preamble ``b"HN" + version + kind`` followed by a msgpack body; the version is
+checked before anything else is decoded.
+
+Ingest (producer PUSH -> receiver PULL), one multipart message::
+
+    [preamble(DATA) + Envelope, header_1, payload_1, ..., header_n, payload_n]
+
+The envelope says who sends (sender id, spool incarnation) and carries the
+go-back-N bookkeeping (ack floor, resend epoch); each header describes one
+message; each payload is the raw (possibly compressed) bytes, sent and received
+without copies. Control and api messages (DEALER <-> ROUTER) are one frame
+each, plus a payload frame where a reply carries a frame's data. The ack path
+is described in docs/adr/0001-ack-path.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from hidra_ng.errors import (
+    InvalidFrame,
+    InvalidInput,
+    InvalidStreamName,
+    MessageTooLarge,
+    ProtocolError,
+    UnsupportedVersion,
+)
+
+VERSION = 1
+MAGIC = b"HN"
+PREAMBLE_SIZE = 4
+
+MAX_DATA_BYTES = 256 * 1024 * 1024
+MAX_META_BYTES = 64 * 1024
+MAX_STREAM_NAME = 200
+MAX_NDIM = 32
+SEQ_LIMIT = 2**63
+
+
+class Kind(enum.IntEnum):
+    """Message kinds, the fourth byte of the preamble."""
+
+    DATA = 1
+    HELLO = 2
+    ACK = 3
+    GAP = 4
+    REQUEST = 5
+    REPLY = 6
+    PUBLISH = 7
+
+
+class Payload(enum.IntEnum):
+    """What a message's payload frame holds."""
+
+    NONE = 0  # metadata only, empty payload frame
+    BYTES = 1  # opaque bytes
+    ARRAY = 2  # an ndarray: dtype and shape in the header
+    FINISH = 3  # control: the stream is finished (empty payload frame)
+
+
+COMPRESSIONS = ("none", "lz4", "zstd")
+
+
+# --------------------------------------------------------------------------
+# Message structs. array_like keeps the per-frame headers small and fast.
+
+
+class Envelope(msgspec.Struct, array_like=True, frozen=True):
+    sender: str
+    incarnation: int  # random id of the sender's spool; (sender, incarnation) dedupes
+    floor: int  # lowest sequence number the sender still holds unacknowledged
+    epoch: int  # resend epoch: a GAP from an older epoch is stale
+
+
+class Header(msgspec.Struct, array_like=True, frozen=True):
+    stream: str
+    seq: int
+    payload: Payload
+    dtype: str  # numpy dtype.str for ARRAY, "" otherwise
+    shape: tuple[int, ...]
+    compression: str
+    meta: bytes  # a JSON object, kept encoded: the receiver stores it as is
+    created: float
+
+
+class Record(msgspec.Struct, array_like=True, frozen=True):
+    """A stored message's description, as kept in the store and sent to consumers."""
+
+    sender: str
+    seq: int
+    payload: Payload
+    dtype: str
+    shape: tuple[int, ...]
+    compression: str
+    meta: bytes
+    created: float
+    stored: float
+    nbytes: int  # payload size as stored (compressed size for compressed frames)
+
+
+class Hello(msgspec.Struct, array_like=True, frozen=True):
+    sender: str
+    incarnation: int
+
+
+class Ack(msgspec.Struct, array_like=True, frozen=True):
+    incarnation: int
+    last_seq: int  # highest committed seq of this incarnation, -1 if none
+
+
+class Gap(msgspec.Struct, array_like=True, frozen=True):
+    incarnation: int
+    expected: int  # resend from this seq
+    epoch: int
+
+
+class Request(msgspec.Struct, omit_defaults=True, frozen=True):
+    id: int
+    op: str
+    stream: str = ""
+    index: int = 0
+    timeout: float = 0.0
+
+
+class Reply(msgspec.Struct, omit_defaults=True, frozen=True):
+    id: int
+    error: str = ""
+    message: str = ""
+    body: msgspec.Raw = msgspec.Raw(b"\xc0")  # msgpack nil
+
+
+class StreamInfo(msgspec.Struct, frozen=True):
+    """A stream's extent as the receiver reports it (SPEC §4)."""
+
+    name: str
+    first: int  # lowest index still stored (== next index when count is 0)
+    last: int | None  # highest index written, None before the first message
+    count: int  # messages currently stored
+    bytes: int  # payload bytes as stored
+    finished: bool
+
+
+class FrameRef(msgspec.Struct, array_like=True, frozen=True):
+    """Body of a reply that carries one stored frame; its payload follows."""
+
+    stream: str
+    index: int
+    record: msgspec.Raw
+
+
+# --------------------------------------------------------------------------
+# Codec
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[type, msgspec.msgpack.Decoder] = {}
+
+
+def _decoder(kind: type) -> msgspec.msgpack.Decoder:
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.msgpack.Decoder(kind)
+    return dec
+
+
+def preamble(kind: Kind) -> bytes:
+    return MAGIC + bytes((VERSION, kind))
+
+
+def encode(kind: Kind, body: msgspec.Struct) -> bytes:
+    """A first frame: preamble + msgpack body."""
+    return preamble(kind) + _encoder.encode(body)
+
+
+def encode_body(body: Any) -> bytes:
+    return _encoder.encode(body)
+
+
+def peek_kind(frame: bytes | memoryview) -> Kind:
+    """Check magic and version of a first frame and return its kind."""
+    if len(frame) < PREAMBLE_SIZE or bytes(frame[:2]) != MAGIC:
+        raise ProtocolError(
+            f"first frame of {len(frame)} bytes does not start with the hidra_ng preamble "
+            f"{MAGIC!r}; expected a hidra_ng message"
+        )
+    version = frame[2]
+    if version != VERSION:
+        raise UnsupportedVersion(
+            f"message has protocol version {version}; this build speaks version {VERSION}"
+        )
+    try:
+        return Kind(frame[3])
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {frame[3]}") from None
+
+
+def decode(kind: Kind, body_type: type, frame: bytes | memoryview) -> Any:
+    """Decode a first frame of an expected kind into ``body_type``."""
+    got = peek_kind(frame)
+    if got != kind:
+        raise ProtocolError(f"expected a {kind.name} message, got {got.name}")
+    return decode_body(body_type, memoryview(frame)[PREAMBLE_SIZE:])
+
+
+def decode_body(body_type: type, data: bytes | memoryview) -> Any:
+    try:
+        return _decoder(body_type).decode(data)
+    except msgspec.DecodeError as err:
+        raise ProtocolError(f"malformed {body_type.__name__}: {err}") from err
+
+
+# --------------------------------------------------------------------------
+# Validation: every field is checked before anything is allocated from it.
+
+_STREAM_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_SENDER_ID = re.compile(r"[A-Za-z0-9._:@-]{1,100}")
+_DTYPE = re.compile(r"[<>|][biufc][0-9]{1,2}")
+
+
+def check_stream_name(name: object) -> str:
+    """Return ``name`` if it is a valid stream name (SPEC §2), else raise."""
+    if not isinstance(name, str):
+        raise InvalidStreamName(f"stream name {name!r} is a {type(name).__name__}; expected str")
+    if not 1 <= len(name) <= MAX_STREAM_NAME:
+        raise InvalidStreamName(
+            f"stream name {name[:40]!r}{'...' if len(name) > 40 else ''} has {len(name)} "
+            f"characters; expected 1 to {MAX_STREAM_NAME}"
+        )
+    for segment in name.split("/"):
+        if not segment:
+            raise InvalidStreamName(
+                f"stream name {name!r} has an empty segment; segments are joined by single '/'"
+                " and the name neither starts nor ends with '/'"
+            )
+        if not _STREAM_SEGMENT.fullmatch(segment):
+            bad = next(ch for ch in segment if not _STREAM_SEGMENT.fullmatch(ch))
+            what = "a space" if bad == " " else f"the character {bad!r}"
+            raise InvalidStreamName(
+                f"stream name {name!r} has {what}; use letters, digits, '.', '_', '-' and '/'"
+            )
+    return name
+
+
+def check_sender_id(sender: object) -> str:
+    if not isinstance(sender, str) or not _SENDER_ID.fullmatch(sender):
+        raise InvalidInput(
+            f"sender id {sender!r} is not valid; use 1 to 100 letters, digits, '.', '_', ':',"
+            " '@' and '-'"
+        )
+    return sender
+
+
+def check_dtype(dtype: str) -> np.dtype:
+    if not _DTYPE.fullmatch(dtype):
+        raise InvalidFrame(
+            f"dtype {dtype!r} is not supported; expected a numeric numpy dtype string"
+            " such as '<u2' or '<f4'"
+        )
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise InvalidFrame(f"dtype {dtype!r} is not a numpy dtype: {err}") from err
+    if dt.str != dtype and not (dt.itemsize == 1 and dtype[0] in "<>|"):
+        raise InvalidFrame(f"dtype {dtype!r} is not canonical; expected {dt.str!r}")
+    return dt
+
+
+def array_nbytes(dtype: str, shape: Sequence[int], max_data_bytes: int) -> int:
+    """Bytes an array of ``dtype`` and ``shape`` takes, checked against the limit."""
+    dt = check_dtype(dtype)
+    if len(shape) > MAX_NDIM:
+        raise InvalidFrame(f"shape {tuple(shape)} has {len(shape)} dimensions; at most {MAX_NDIM}")
+    for n in shape:
+        if not isinstance(n, int) or n < 0:
+            raise InvalidFrame(f"shape {tuple(shape)} has {n!r}; expected integers >= 0")
+    nbytes = math.prod(shape) * dt.itemsize
+    if nbytes > max_data_bytes:
+        raise MessageTooLarge(
+            f"array of shape {tuple(shape)} and dtype {dtype} is {nbytes} bytes;"
+            f" the maximum is {max_data_bytes} bytes"
+        )
+    return nbytes
+
+
+def check_meta(meta: bytes, max_meta_bytes: int = MAX_META_BYTES) -> None:
+    if len(meta) > max_meta_bytes:
+        raise MessageTooLarge(
+            f"meta is {len(meta)} bytes of JSON; the maximum is {max_meta_bytes} bytes"
+        )
+    if meta[:1] != b"{":
+        raise InvalidFrame(f"meta {bytes(meta[:40])!r} is not a JSON object")
+    try:
+        value = msgspec.json.decode(meta)
+    except msgspec.DecodeError as err:
+        raise InvalidFrame(f"meta is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise InvalidFrame("meta is not a JSON object")
+
+
+def check_header(
+    header: Header,
+    payload_size: int,
+    *,
+    max_data_bytes: int = MAX_DATA_BYTES,
+    max_meta_bytes: int = MAX_META_BYTES,
+) -> None:
+    """Validate one ingest header against its payload size and the limits."""
+    check_stream_name(header.stream)
+    if not 0 <= header.seq < SEQ_LIMIT:
+        raise InvalidFrame(f"seq {header.seq} is out of range; expected 0 <= seq < 2**63")
+    if header.compression not in COMPRESSIONS:
+        raise InvalidFrame(
+            f"compression {header.compression!r} is unknown; expected one of {COMPRESSIONS}"
+        )
+    if not math.isfinite(header.created):
+        raise InvalidFrame(f"created time {header.created!r} is not a finite number")
+    check_meta(header.meta, max_meta_bytes)
+    if payload_size > max_data_bytes:
+        raise MessageTooLarge(
+            f"payload of {payload_size} bytes for stream {header.stream!r} exceeds the maximum"
+            f" of {max_data_bytes} bytes"
+        )
+    kind = header.payload
+    if kind in (Payload.NONE, Payload.FINISH):
+        if payload_size or header.dtype or header.shape or header.compression != "none":
+            raise InvalidFrame(
+                f"a {kind.name.lower()} message for stream {header.stream!r} carries a payload,"
+                " dtype, shape or compression; expected none"
+            )
+    elif kind == Payload.BYTES:
+        if header.dtype or header.shape:
+            raise InvalidFrame(
+                f"a bytes message for stream {header.stream!r} has dtype {header.dtype!r} and"
+                f" shape {header.shape}; expected neither"
+            )
+    else:
+        nbytes = array_nbytes(header.dtype, header.shape, max_data_bytes)
+        if header.compression == "none" and nbytes != payload_size:
+            raise InvalidFrame(
+                f"array of shape {header.shape} and dtype {header.dtype} needs {nbytes} bytes"
+                f" but the payload has {payload_size}"
+            )
+
+
+def check_envelope(env: Envelope) -> None:
+    check_sender_id(env.sender)
+    for name in ("incarnation", "floor", "epoch"):
+        value = getattr(env, name)
+        if not 0 <= value < SEQ_LIMIT:
+            raise ProtocolError(f"envelope {name} {value} is out of range")
+
+
+# --------------------------------------------------------------------------
+# Metadata helpers shared by producers and consumers.
+
+
+def _meta_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def encode_meta(meta: dict[str, Any] | None, max_meta_bytes: int = MAX_META_BYTES) -> bytes:
+    """Encode a user's meta dict as the JSON object carried on the wire."""
+    if meta is None:
+        return b"{}"
+    if not isinstance(meta, dict):
+        raise InvalidFrame(f"meta {meta!r:.60} is a {type(meta).__name__}; expected a dict")
+    try:
+        data = msgspec.json.encode(meta, enc_hook=_meta_default)
+    except (TypeError, msgspec.EncodeError) as err:
+        raise InvalidFrame(f"meta cannot be encoded as JSON: {err}") from err
+    if len(data) > max_meta_bytes:
+        raise MessageTooLarge(
+            f"meta is {len(data)} bytes of JSON; the maximum is {max_meta_bytes} bytes"
+        )
+    return data
+
+
+def decode_meta(meta: bytes | memoryview) -> dict[str, Any]:
+    return msgspec.json.decode(meta)

@@ -1,0 +1,285 @@
+"""The receiver's LMDB stream store: indices, ordering, dedupe.
+
+Layout (named LMDB databases in one environment)::
+
+    streams    name                    -> StreamMeta (id, first, next, finished, bytes)
+    records    stream id | index (BE)  -> Record (msgpack, small: metadata queries read only this)
+    payloads   stream id | index (BE)  -> payload bytes as received (absent when empty)
+    senders    sender \\0 incarnation   -> last committed seq (8 bytes BE)
+
+Ordering and exactly-once follow go-back-N per sender incarnation: a message is
+stored only if its seq is the next one expected from that incarnation; an
+older seq is a duplicate (acknowledged again, stored nothing), a newer one
+means something was lost in transit, and the receiver asks the sender to
+resend from the expected seq (a gap). Indices are assigned at commit, so they
+are consecutive and never reused.
+
+One writer thread calls :meth:`Store.append`; any thread may read.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from hidra_ng.errors import Gone, NotYetAvailable, StreamFinished
+from hidra_ng.lmdbenv import Env
+from hidra_ng.protocol import Envelope, Header, Payload, Record, StreamInfo, encode_body
+
+log = logging.getLogger(__name__)
+
+_KEY = struct.Struct(">IQ")
+_SEQ = struct.Struct(">Q")
+
+
+class StreamMeta(msgspec.Struct, array_like=True):
+    id: int
+    first: int
+    next: int
+    finished: bool
+    bytes: int
+
+
+def frame_key(stream_id: int, index: int) -> bytes:
+    return _KEY.pack(stream_id, index)
+
+
+def sender_key(sender: str, incarnation: int) -> bytes:
+    return sender.encode() + b"\0" + _SEQ.pack(incarnation)
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One received message, not yet stored."""
+
+    envelope: Envelope
+    header: Header
+    payload: memoryview | bytes  # the received buffer; stored without a Python copy
+
+
+@dataclass(slots=True)
+class Committed:
+    stream: str
+    index: int
+    record: bytes  # encoded Record
+    payload: memoryview | bytes
+
+
+@dataclass
+class AppendResult:
+    """What one group commit did."""
+
+    committed: list[Committed] = field(default_factory=list)
+    acks: dict[tuple[str, int], int] = field(default_factory=dict)  # (sender, inc) -> last seq
+    gaps: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # -> (expected, epoch)
+    duplicates: int = 0
+    finished: list[str] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+
+class Store:
+    """Streams of messages with consecutive indices, kept in LMDB."""
+
+    DBS = ("streams", "records", "payloads", "senders")
+
+    def __init__(self, path: Path, *, map_bytes: int = 1 << 30) -> None:
+        self.env = Env(Path(path), self.DBS, sync=True, map_bytes=map_bytes)
+        self._db = self.env.dbs
+        self._lock = threading.Lock()  # guards the in-memory mirror below
+        self._streams: dict[str, StreamMeta] = {}
+        self._senders: dict[bytes, int] = {}
+        self._load()
+
+    # ------------------------------------------------------------------ state
+
+    def _load(self) -> None:
+        dec = msgspec.msgpack.Decoder(StreamMeta)
+        with self.env.read() as txn:
+            for name, value in txn.cursor(self._db["streams"]):
+                self._streams[bytes(name).decode()] = dec.decode(value)
+            for key, value in txn.cursor(self._db["senders"]):
+                self._senders[bytes(key)] = _SEQ.unpack(value)[0]
+        self._next_id = max((m.id for m in self._streams.values()), default=-1) + 1
+        log.info(
+            "store at %s opened: %d streams, %d sender incarnations",
+            self.env.path,
+            len(self._streams),
+            len(self._senders),
+        )
+
+    def last_seq(self, sender: str, incarnation: int) -> int:
+        """Highest committed seq of a sender incarnation, -1 if none."""
+        with self._lock:
+            return self._senders.get(sender_key(sender, incarnation), -1)
+
+    # ----------------------------------------------------------------- writes
+
+    def append(self, batch: Sequence[Incoming], now: float | None = None) -> AppendResult:
+        """Store a batch in one transaction with one fsync; return what happened."""
+        # Only this (writer) thread mutates the mirrors, so it reads them without the
+        # lock; changes are planned on copies and applied after the commit succeeded.
+        result = AppendResult()
+        stored = time.time() if now is None else now
+        streams: dict[str, StreamMeta] = {}
+        senders: dict[bytes, int] = {}
+        writes: list[tuple[bytes, bytes, memoryview | bytes]] = []
+        next_id = self._next_id
+
+        for item in batch:
+            env, hdr = item.envelope, item.header
+            key = sender_key(env.sender, env.incarnation)
+            who = (env.sender, env.incarnation)
+            last = senders.get(key, self._senders.get(key))
+            if last is None or last + 1 < env.floor:
+                if last is not None:
+                    log.warning(
+                        "store is behind sender %s: seqs %d..%d were acknowledged before but"
+                        " are not here (store restored from an older copy?)",
+                        env.sender,
+                        last + 1,
+                        env.floor - 1,
+                    )
+                last = env.floor - 1
+            expected = last + 1
+            if hdr.seq < expected:
+                result.duplicates += 1
+                result.acks[who] = last
+                continue
+            if hdr.seq > expected:
+                result.gaps[who] = (expected, env.epoch)
+                continue
+            senders[key] = hdr.seq
+            result.acks[who] = hdr.seq
+            meta = streams.get(hdr.stream)
+            if meta is None:
+                known = self._streams.get(hdr.stream)
+                if known is not None:
+                    meta = msgspec.structs.replace(known)
+                else:
+                    meta = StreamMeta(next_id, 0, 0, False, 0)
+                    next_id += 1
+                streams[hdr.stream] = meta
+            result.touched.add(hdr.stream)
+            if hdr.payload == Payload.FINISH:
+                meta.finished = True
+                result.finished.append(hdr.stream)
+                continue
+            record = encode_body(
+                Record(
+                    env.sender,
+                    hdr.seq,
+                    hdr.payload,
+                    hdr.dtype,
+                    hdr.shape,
+                    hdr.compression,
+                    hdr.meta,
+                    hdr.created,
+                    stored,
+                    len(item.payload),
+                )
+            )
+            index = meta.next
+            meta.next += 1
+            meta.bytes += len(item.payload)
+            writes.append((frame_key(meta.id, index), record, item.payload))
+            result.committed.append(Committed(hdr.stream, index, record, item.payload))
+
+        if not senders:
+            return result  # only duplicates and gaps: nothing to write
+
+        def fill(txn) -> None:
+            records, payloads = self._db["records"], self._db["payloads"]
+            for key, record, payload in writes:
+                txn.put(key, record, db=records)
+                if len(payload):
+                    txn.put(key, payload, db=payloads)
+            for name in result.touched:
+                txn.put(name.encode(), encode_body(streams[name]), db=self._db["streams"])
+            for key, seq in senders.items():
+                txn.put(key, _SEQ.pack(seq), db=self._db["senders"])
+
+        self.env.write(fill)
+        with self._lock:
+            self._streams.update(streams)
+            self._senders.update(senders)
+        self._next_id = next_id
+        return result
+
+    # ------------------------------------------------------------------ reads
+
+    def _meta(self, stream: str) -> StreamMeta | None:
+        with self._lock:
+            return self._streams.get(stream)
+
+    def info(self, stream: str) -> StreamInfo:
+        meta = self._meta(stream)
+        if meta is None:
+            raise NotYetAvailable(f"stream {stream!r} has no messages yet")
+        return _info(stream, meta)
+
+    def streams(self) -> list[StreamInfo]:
+        with self._lock:
+            items = sorted(self._streams.items())
+        return [_info(name, meta) for name, meta in items]
+
+    def next_index(self, stream: str) -> int:
+        meta = self._meta(stream)
+        return 0 if meta is None else meta.next
+
+    def is_finished(self, stream: str) -> bool:
+        meta = self._meta(stream)
+        return meta is not None and meta.finished
+
+    def check_index(self, stream: str, index: int) -> StreamMeta:
+        """Raise the error a reader of ``index`` should get, if any; else the stream's meta."""
+        if index < 0:
+            raise Gone(f"index {index} of stream {stream!r} is negative; indices start at 0")
+        meta = self._meta(stream)
+        if meta is None or index >= meta.next:
+            if meta is not None and meta.finished:
+                raise StreamFinished(
+                    f"stream {stream!r} is finished; its last index is {meta.next - 1},"
+                    f" index {index} will never be written"
+                )
+            raise NotYetAvailable(
+                f"index {index} of stream {stream!r} is not written yet"
+                f" (next index is {0 if meta is None else meta.next})"
+            )
+        if index < meta.first:
+            raise Gone(
+                f"index {index} of stream {stream!r} was removed by retention;"
+                f" the first stored index is {meta.first}"
+            )
+        return meta
+
+    def read(self, stream: str, index: int) -> tuple[bytes, bytes]:
+        """Copies of the encoded Record and payload of one stored message."""
+        meta = self.check_index(stream, index)
+        key = frame_key(meta.id, index)
+        with self.env.read() as txn:
+            record = txn.get(key, db=self._db["records"])
+            if record is None:
+                raise Gone(f"index {index} of stream {stream!r} was removed by retention")
+            payload = txn.get(key, db=self._db["payloads"])
+            return bytes(record), b"" if payload is None else bytes(payload)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _info(name: str, meta: StreamMeta) -> StreamInfo:
+    return StreamInfo(
+        name=name,
+        first=meta.first,
+        last=meta.next - 1 if meta.next else None,
+        count=meta.next - meta.first,
+        bytes=meta.bytes,
+        finished=meta.finished,
+    )
