@@ -34,6 +34,7 @@ from hidra_ng.errors import (
     StreamFinished,
 )
 from hidra_ng.frames import Data, describe
+from hidra_ng.metrics import SenderMetrics
 from hidra_ng.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Producer:
         window_bytes: int = 64 * MiB,
         resend_after_seconds: float = 3.0,
         heartbeat_seconds: float = 1.0,
+        metrics: SenderMetrics | None = None,
     ) -> None:
         proto.check_sender_id(sender_id)
         self.compression = check_compression(compression)
@@ -89,6 +91,7 @@ class Producer:
         )
         self._space = threading.Condition()  # notified when acks free spool space
         self._space_waiters = 0  # senders blocked on a full spool: free space at once
+        self.metrics = metrics
         self._link = _Link(self, window_bytes, resend_after_seconds, heartbeat_seconds)
         self._closed = False
         self._link.start()
@@ -209,6 +212,10 @@ class Producer:
     @property
     def receiver_up(self) -> bool:
         return self._link.receiver_up
+
+    @property
+    def link_alive(self) -> bool:
+        return self._link.is_alive()
 
     @property
     def spool_messages(self) -> int:
@@ -392,6 +399,8 @@ class _Link(threading.Thread):
             return
         last_seq = min(last_seq, self.spool.next_seq - 1)
         self.acked_total += last_seq - self.acked
+        if self.p.metrics is not None:
+            self.p.metrics.acked.inc(last_seq - self.acked)
         self._last_progress = now
         while self._inflight and self._inflight[0][0] <= last_seq:
             self._inflight_bytes -= self._inflight.popleft()[1]
@@ -459,5 +468,7 @@ class _Link(threading.Thread):
                 self._inflight.append((out.seq, len(out.payload)))
                 self._inflight_bytes += len(out.payload)
             self.sent_total += len(batch)
+            if self.p.metrics is not None:
+                self.p.metrics.sent.inc(len(batch))
             self.cursor = batch[-1].seq + 1
         return False

@@ -1,0 +1,40 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both create .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test check fmt perf perf-quick clean
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/hidra-ng demo
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q -p no:cacheprovider
+
+check: $(VENV)/.test
+	$(VENV)/bin/ruff check hidra_ng tests perf
+	$(VENV)/bin/ruff format --check hidra_ng tests perf
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+fmt: $(VENV)/.test
+	$(VENV)/bin/ruff check --fix hidra_ng tests perf
+	$(VENV)/bin/ruff format hidra_ng tests perf
+
+perf: $(VENV)/.test
+	$(PY) perf/run.py
+
+perf-quick: $(VENV)/.test
+	$(PY) perf/run.py --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

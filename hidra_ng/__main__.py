@@ -1,0 +1,5 @@
+import sys
+
+from hidra_ng.cli import main
+
+sys.exit(main())

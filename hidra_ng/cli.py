@@ -1,0 +1,253 @@
+"""The ``hidra-ng`` command line (SPEC §5): the only place that parses argv or sets up logging.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or config. Errors are one
+sentence on stderr; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hidra_ng import config as cfg
+from hidra_ng.errors import ConfigError, HidraError
+
+app = typer.Typer(
+    name="hidra-ng",
+    help="Move detector frames to the data center without losing any, and read them back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+DEFAULT_API = "tcp://localhost:50101"
+DEFAULT_PUBLISH = "tcp://localhost:50102"
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file")]
+ApiOpt = Annotated[str, typer.Option("--api", help="receiver api endpoint")]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="tracebacks and debug logs")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="info logs")] = False,
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(
+        stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+# ------------------------------------------------------------------ daemons
+
+
+@app.command()
+def receiver(
+    config: ConfigOpt = None,
+    data_dir: Annotated[str | None, typer.Option(help="LMDB store directory")] = None,
+    ingest: Annotated[str | None, typer.Option(help="PULL endpoint for frames")] = None,
+    api: Annotated[str | None, typer.Option(help="ROUTER endpoint for acks and requests")] = None,
+    publish: Annotated[str | None, typer.Option(help="PUB endpoint for live frames")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="HTTP /metrics port, 0: off")] = None,
+    ack_timeout: Annotated[float | None, typer.Option(help="consumer-group ack timeout, s")] = None,
+    max_store_bytes: Annotated[int | None, typer.Option(help="retention by size, 0: off")] = None,
+    max_age: Annotated[float | None, typer.Option(help="retention by age in s, 0: off")] = None,
+    keys_dir: Annotated[str | None, typer.Option(help="the receiver's CurveZMQ key pair")] = None,
+    authorized_keys_dir: Annotated[
+        str | None, typer.Option(help="client public keys to accept")
+    ] = None,
+) -> None:
+    """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
+    from hidra_ng import service
+    from hidra_ng.receiver import Receiver
+
+    settings = cfg.load(
+        "receiver",
+        config,
+        {
+            "data_dir": data_dir,
+            "ingest": ingest,
+            "api": api,
+            "publish": publish,
+            "metrics_port": metrics_port,
+            "ack_timeout_seconds": ack_timeout,
+            "max_store_bytes": max_store_bytes,
+            "max_age_seconds": max_age,
+            "keys_dir": keys_dir,
+            "authorized_keys_dir": authorized_keys_dir,
+        },
+    )
+    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
+    daemon = Receiver(settings)
+    raise typer.Exit(service.run(daemon))
+
+
+@app.command()
+def sender(
+    config: ConfigOpt = None,
+    ingest: Annotated[str | None, typer.Option(help="receiver ingest endpoint")] = None,
+    api: Annotated[str | None, typer.Option(help="receiver api endpoint")] = None,
+    spool_dir: Annotated[str | None, typer.Option(help="durable spool directory")] = None,
+    sender_id: Annotated[str | None, typer.Option(help="this sender's id")] = None,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", help="a source URI; may be repeated")
+    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="HTTP /metrics port, 0: off")] = None,
+    keys_dir: Annotated[str | None, typer.Option(help="this sender's CurveZMQ key pair")] = None,
+    server_key_dir: Annotated[str | None, typer.Option(help="the receiver's public key")] = None,
+    exit_when_done: Annotated[
+        bool, typer.Option(help="exit once every source is done and everything is acked")
+    ] = False,
+) -> None:
+    """Run the sender daemon: spool frames from sources and push them to the receiver."""
+    from hidra_ng import service, sources
+    from hidra_ng.sender import SenderDaemon
+
+    settings = cfg.load(
+        "sender",
+        config,
+        {
+            "ingest": ingest,
+            "api": api,
+            "spool_dir": spool_dir,
+            "sender_id": sender_id,
+            "sources": source or None,
+            "metrics_port": metrics_port,
+            "keys_dir": keys_dir,
+            "server_key_dir": server_key_dir,
+        },
+    )
+    parsed = [sources.parse(uri) for uri in settings.sources]
+    if not parsed:
+        raise ConfigError("no sources given; add --source URI or [[sender.sources]] in the config")
+    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
+    daemon = SenderDaemon(settings, parsed)
+
+    def done() -> bool:
+        return (
+            exit_when_done and daemon.sources_done() and daemon.producer.spool_messages == 0
+        )
+
+    raise typer.Exit(service.run(daemon, should_stop=done))
+
+
+@app.command()
+def demo(
+    frames: Annotated[int, typer.Option(help="frames to send")] = 100,
+    keep: Annotated[bool, typer.Option(help="keep the data directory")] = False,
+) -> None:
+    """Start a receiver and a simulated detector, stream, read back, print a summary."""
+    from hidra_ng.demo import run_demo
+
+    run_demo(frames=frames, keep=keep)
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path, typer.Argument(help="TOML config file")]) -> None:
+    """Validate a config file and print the effective settings."""
+    section, settings = cfg.check_file(path)
+    if section == "sender":
+        from hidra_ng import sources
+
+        for uri in settings.sources:
+            sources.parse(uri)
+    typer.echo(f"# {path}: valid {section} config; effective settings:")
+    typer.echo(cfg.to_toml(section, settings), nl=False)
+
+
+# ----------------------------------------------------------------- readers
+
+
+@app.command()
+def streams(api: ApiOpt = DEFAULT_API) -> None:
+    """List the receiver's streams."""
+    from hidra_ng.client import Consumer
+
+    with Consumer(api) as c:
+        _print_streams(c.streams())
+
+
+@app.command()
+def info(stream: str, api: ApiOpt = DEFAULT_API) -> None:
+    """Show one stream."""
+    from hidra_ng.client import Consumer
+
+    with Consumer(api) as c:
+        _print_streams([c.info(stream)])
+
+
+@app.command()
+def get(
+    stream: str,
+    index: int,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write .npy or raw")] = None,
+    timeout: Annotated[float, typer.Option(help="wait this long for a future index, s")] = 5.0,
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Fetch one frame; print its description, optionally save its data."""
+    import numpy as np
+
+    from hidra_ng.client import Consumer
+
+    with Consumer(api) as c:
+        frame = c.get(stream, index, timeout=timeout)
+    data = frame.data
+    what = (
+        f"array {data.dtype} {'x'.join(map(str, data.shape))}"
+        if isinstance(data, np.ndarray)
+        else "no data" if data is None else f"{len(data)} bytes"
+    )
+    typer.echo(f"{frame.stream} #{frame.index}: {what}, sender {frame.sender} seq {frame.seq}")
+    typer.echo(f"meta: {frame.meta}")
+    if output is not None:
+        if isinstance(data, np.ndarray):
+            np.save(output, data)
+        else:
+            output.write_bytes(b"" if data is None else data)
+        typer.echo(f"written to {output}")
+
+
+def _print_streams(infos) -> None:
+    rows = [("stream", "first", "last", "count", "bytes", "finished")]
+    for s in infos:
+        last = "-" if s.last is None else str(s.last)
+        rows.append((s.name, str(s.first), last, str(s.count), str(s.bytes), str(s.finished)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one clear sentence per error, exit codes per SPEC §5.
+
+    typer itself reports usage errors (exit 2); our errors are caught here.
+    """
+    try:
+        app(args=argv)
+        return 0
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+    except HidraError as err:
+        if _state["debug"]:
+            raise
+        print(f"hidra-ng: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    except OSError as err:
+        if _state["debug"]:
+            raise
+        print(f"hidra-ng: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
