@@ -131,9 +131,7 @@ def sender(
     daemon = SenderDaemon(settings, parsed)
 
     def done() -> bool:
-        return (
-            exit_when_done and daemon.sources_done() and daemon.producer.spool_messages == 0
-        )
+        return exit_when_done and daemon.sources_done() and daemon.producer.spool_messages == 0
 
     raise typer.Exit(service.run(daemon, should_stop=done))
 
@@ -202,7 +200,9 @@ def get(
     what = (
         f"array {data.dtype} {'x'.join(map(str, data.shape))}"
         if isinstance(data, np.ndarray)
-        else "no data" if data is None else f"{len(data)} bytes"
+        else "no data"
+        if data is None
+        else f"{len(data)} bytes"
     )
     typer.echo(f"{frame.stream} #{frame.index}: {what}, sender {frame.sender} seq {frame.seq}")
     typer.echo(f"meta: {frame.meta}")

@@ -30,7 +30,9 @@ def decode_frame(ref_body: bytes | memoryview, payload: bytes | memoryview) -> F
 class Consumer:
     """Read stored frames from a receiver (SPEC §4). Not thread-safe: one per thread."""
 
-    def __init__(self, api: str = "tcp://localhost:50101", *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self, api: str = "tcp://localhost:50101", *, request_timeout: float = 10.0
+    ) -> None:
         self.api = api
         self.request_timeout = request_timeout
         self._ids = itertools.count(1)

@@ -132,9 +132,7 @@ def check_file(path: str | os.PathLike[str]) -> tuple[str, Any]:
     sections = [name for name in raw if name in _SECTIONS]
     unknown = [name for name in raw if name not in _SECTIONS]
     if unknown:
-        raise ConfigError(
-            f"{path}: unknown table [{unknown[0]}]; expected [receiver] or [sender]"
-        )
+        raise ConfigError(f"{path}: unknown table [{unknown[0]}]; expected [receiver] or [sender]")
     if len(sections) != 1:
         raise ConfigError(f"{path}: expected exactly one of [receiver] or [sender]")
     return sections[0], load(sections[0], path, environ={})

@@ -31,8 +31,10 @@ def run_demo(frames: int = 100, keep: bool = False, shape: tuple[int, int] = (20
     try:
         echo(f"hidra-ng demo: data under {root}")
         with ReceiverProcess(root / "store") as rx:
-            echo(f"receiver up (pid {rx.proc.pid}): ingest {rx.ingest}, api {rx.api},"
-                 f" publish {rx.publish}")
+            echo(
+                f"receiver up (pid {rx.proc.pid}): ingest {rx.ingest}, api {rx.api},"
+                f" publish {rx.publish}"
+            )
             live = _LiveCounter(rx.publish)
             live.start()
             source = SimulateSource(name="demo", stream=STREAM, shape=shape, count=frames, rate=0)
@@ -48,10 +50,12 @@ def run_demo(frames: int = 100, keep: bool = False, shape: tuple[int, int] = (20
                 spooled = time.perf_counter() - started
                 producer.flush(timeout=120)
                 acked = time.perf_counter() - started
-            echo(f"sent {frames} frames of {shape[0]}x{shape[1]} uint16"
-                 f" ({nbytes / 1e6:.0f} MB): spooled in {spooled:.2f} s,"
-                 f" all acknowledged (durable at the receiver) after {acked:.2f} s"
-                 f" = {nbytes / acked / 1e9:.2f} GB/s")
+            echo(
+                f"sent {frames} frames of {shape[0]}x{shape[1]} uint16"
+                f" ({nbytes / 1e6:.0f} MB): spooled in {spooled:.2f} s,"
+                f" all acknowledged (durable at the receiver) after {acked:.2f} s"
+                f" = {nbytes / acked / 1e9:.2f} GB/s"
+            )
 
             with Consumer(rx.api) as consumer:
                 info = consumer.info(STREAM)
@@ -63,12 +67,18 @@ def run_demo(frames: int = 100, keep: bool = False, shape: tuple[int, int] = (20
                         mismatches += 1
                 read = time.perf_counter() - started
             live.stop()
-            echo(f"read back {info.count} frames by index in {read:.2f} s"
-                 f" = {nbytes / read / 1e9:.2f} GB/s; {mismatches} differ from what was sent")
-            echo(f"live subscriber saw {live.count} frames as they were committed"
-                 f" (it may skip frames when slow; it never slows ingest)")
-            echo(f"stream {STREAM}: indices {info.first}..{info.last}, {info.bytes} bytes,"
-                 f" finished={info.finished}")
+            echo(
+                f"read back {info.count} frames by index in {read:.2f} s"
+                f" = {nbytes / read / 1e9:.2f} GB/s; {mismatches} differ from what was sent"
+            )
+            echo(
+                f"live subscriber saw {live.count} frames as they were committed"
+                f" (it may skip frames when slow; it never slows ingest)"
+            )
+            echo(
+                f"stream {STREAM}: indices {info.first}..{info.last}, {info.bytes} bytes,"
+                f" finished={info.finished}"
+            )
             code = rx.terminate()
             echo(f"receiver stopped with exit code {code}")
         echo(f"the data lay in {root / 'store'} (LMDB), the sender's spool in {root / 'spool'}")

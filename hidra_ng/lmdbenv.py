@@ -165,6 +165,8 @@ class Env:
 
 
 def _is_disk_full(err: lmdb.Error) -> bool:
-    return isinstance(err, lmdb.DiskError) or "No space left" in str(err) or (
-        getattr(err, "args", None) and errno.ENOSPC in err.args
+    return (
+        isinstance(err, lmdb.DiskError)
+        or "No space left" in str(err)
+        or (getattr(err, "args", None) and errno.ENOSPC in err.args)
     )

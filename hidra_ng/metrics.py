@@ -44,7 +44,8 @@ class ReceiverMetrics:
             "hidra_ng_receiver_duplicates", "Resent messages already stored", registry=r
         )
         self.gaps = Counter(
-            "hidra_ng_receiver_gaps", "Out-of-order arrivals answered with a resend request",
+            "hidra_ng_receiver_gaps",
+            "Out-of-order arrivals answered with a resend request",
             registry=r,
         )
         self.commit_seconds = Histogram(
@@ -54,7 +55,8 @@ class ReceiverMetrics:
             registry=r,
         )
         self.commit_failures = Counter(
-            "hidra_ng_receiver_commit_failures", "Group commits that failed (disk full, ...)",
+            "hidra_ng_receiver_commit_failures",
+            "Group commits that failed (disk full, ...)",
             registry=r,
         )
         self.last_index = Gauge(
@@ -64,8 +66,10 @@ class ReceiverMetrics:
             "hidra_ng_receiver_store_bytes", "Size of the LMDB data file", registry=r
         )
         self.group_pending = Gauge(
-            "hidra_ng_group_pending", "Messages not yet acked in a consumer group",
-            ["stream", "group"], registry=r,
+            "hidra_ng_group_pending",
+            "Messages not yet acked in a consumer group",
+            ["stream", "group"],
+            registry=r,
         )
         self.subscriber_skipped = Counter(
             "hidra_ng_subscriber_skipped", "Frames a slow subscriber skipped", registry=r

@@ -14,6 +14,7 @@ Two threads, each owning its sockets:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -333,10 +334,9 @@ class Receiver:
         ident = self._senders.get((sender, incarnation))
         if ident is None:
             return  # not said HELLO yet: its next HELLO gets the current ack
-        try:
+        # a full pipe drops the ack: the sender's heartbeat HELLO fetches it again
+        with contextlib.suppress(zmq.Again):
             self.router.send_multipart([ident, proto.encode(kind, body)], zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the sender's heartbeat HELLO will fetch the ack
 
     def _take_requests(self) -> None:
         for _ in range(1000):  # then let notices and deadlines have a turn
@@ -366,8 +366,9 @@ class Receiver:
             log.info("sender %s (incarnation %x) connected", hello.sender, hello.incarnation)
             self._senders[key] = ident
         last = self.store.last_seq(hello.sender, hello.incarnation)
-        self._to_sender(hello.sender, hello.incarnation, proto.Kind.ACK,
-                        proto.Ack(hello.incarnation, last))
+        self._to_sender(
+            hello.sender, hello.incarnation, proto.Kind.ACK, proto.Ack(hello.incarnation, last)
+        )
 
     # -- requests
 
@@ -398,10 +399,8 @@ class Receiver:
 
     def _reply_error(self, ident: bytes, req: proto.Request, err: HidraError) -> None:
         reply = proto.Reply(req.id, error=type(err).__name__, message=str(err))
-        try:
+        with contextlib.suppress(zmq.Again):
             self.router.send_multipart([ident, proto.encode(proto.Kind.REPLY, reply)], zmq.NOBLOCK)
-        except zmq.Again:
-            pass
 
     def _op_ping(self, ident: bytes, req: proto.Request) -> None:
         self._reply(ident, req, "pong")

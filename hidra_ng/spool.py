@@ -206,7 +206,9 @@ class Spool:
                     break
                 out.append(
                     Outgoing(
-                        _SEQ.unpack(key)[0], bytes(header), b"" if payload is None else bytes(payload)
+                        _SEQ.unpack(key)[0],
+                        bytes(header),
+                        b"" if payload is None else bytes(payload),
                     )
                 )
                 total += size

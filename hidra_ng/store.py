@@ -78,7 +78,9 @@ class AppendResult:
 
     committed: list[Committed] = field(default_factory=list)
     acks: dict[tuple[str, int], int] = field(default_factory=dict)  # (sender, inc) -> last seq
-    gaps: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # -> (expected, epoch)
+    gaps: dict[tuple[str, int], tuple[int, int]] = field(
+        default_factory=dict
+    )  # -> (expected, epoch)
     duplicates: int = 0
     finished: list[str] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)

@@ -29,7 +29,9 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
 def digest(data) -> str:
     if data is None:
         return "none"
-    return hashlib.sha256(memoryview(data).cast("B") if not isinstance(data, bytes) else data).hexdigest()
+    return hashlib.sha256(
+        memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    ).hexdigest()
 
 
 @pytest.fixture
