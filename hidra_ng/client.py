@@ -21,10 +21,12 @@ _record_decoder = msgspec.msgpack.Decoder(proto.Record)
 _ref_decoder = msgspec.msgpack.Decoder(proto.FrameRef)
 
 
-def decode_frame(ref_body: bytes | memoryview, payload: bytes | memoryview) -> Frame:
+def decode_frame(
+    ref_body: bytes | memoryview, payload: bytes | memoryview, *, decode: bool = True
+) -> Frame:
     ref = _ref_decoder.decode(ref_body)
     record = _record_decoder.decode(ref.record)
-    return frame_from_record(ref.stream, ref.index, record, payload)
+    return frame_from_record(ref.stream, ref.index, record, payload, decode=decode)
 
 
 class Consumer:
@@ -60,14 +62,18 @@ class Consumer:
         body, payload = self._call("last", stream=proto.check_stream_name(stream), timeout=timeout)
         return decode_frame(body, payload)
 
-    def get(self, stream: str, index: int, timeout: float = 5.0) -> Frame:
-        """Frame ``index`` of ``stream``; waits up to ``timeout`` for a future index."""
+    def get(self, stream: str, index: int, timeout: float = 5.0, *, decode: bool = True) -> Frame:
+        """Frame ``index`` of ``stream``; waits up to ``timeout`` for a future index.
+
+        ``decode=False`` returns the payload as stored: ``data`` holds the compressed
+        bytes, ``compression`` names the codec, ``dtype``/``shape`` describe the array.
+        """
         if not isinstance(index, int) or isinstance(index, bool):
             raise TypeError(f"index {index!r} is not an int")
         body, payload = self._call(
             "get", stream=proto.check_stream_name(stream), index=index, timeout=timeout
         )
-        return decode_frame(body, payload)
+        return decode_frame(body, payload, decode=decode)
 
     # -------------------------------------------------------------- plumbing
 

@@ -27,8 +27,10 @@ class Frame:
     seq: int
     created: float
     stored: float
-    compression: str = "none"
+    compression: str = "none"  # codec of the stored payload
     nbytes: int = field(default=0, repr=False)  # payload bytes as stored
+    dtype: str = field(default="", repr=False)  # numpy dtype string of an array frame
+    shape: tuple[int, ...] = field(default=(), repr=False)  # shape of an array frame
 
 
 def describe(data: Data) -> tuple[Payload, str, tuple[int, ...], memoryview | bytes]:
@@ -67,17 +69,22 @@ def payload_to_data(record: Record, payload: bytes | memoryview) -> np.ndarray |
 
 
 def frame_from_record(
-    stream: str, index: int, record: Record, payload: bytes | memoryview
+    stream: str, index: int, record: Record, payload: bytes | memoryview, *, decode: bool = True
 ) -> Frame:
+    """A Frame; with ``decode=False`` its data is the payload as stored (compressed bytes)."""
     from hidra_ng.compression import decompress
 
-    raw = payload
-    if record.compression != "none" and record.payload != Payload.NONE:
-        raw = decompress(payload, record)
+    if not decode and record.payload != Payload.NONE:
+        data: np.ndarray | bytes | None = bytes(payload)
+    else:
+        raw = payload
+        if record.compression != "none" and record.payload != Payload.NONE:
+            raw = decompress(payload, record)
+        data = payload_to_data(record, raw)
     return Frame(
         stream=stream,
         index=index,
-        data=payload_to_data(record, raw),
+        data=data,
         meta=decode_meta(record.meta),
         sender=record.sender,
         seq=record.seq,
@@ -85,4 +92,6 @@ def frame_from_record(
         stored=record.stored,
         compression=record.compression,
         nbytes=record.nbytes,
+        dtype=record.dtype,
+        shape=tuple(record.shape),
     )
