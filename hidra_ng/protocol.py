@@ -218,7 +218,8 @@ def decode(kind: Kind, body_type: type, frame: bytes | memoryview) -> Any:
 def decode_body(body_type: type, data: bytes | memoryview) -> Any:
     try:
         return _decoder(body_type).decode(data)
-    except msgspec.DecodeError as err:
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as err:
+        # msgspec reports invalid UTF-8 in a str field as UnicodeDecodeError
         raise ProtocolError(f"malformed {body_type.__name__}: {err}") from err
 
 

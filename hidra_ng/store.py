@@ -155,7 +155,9 @@ class Store:
                 result.acks[who] = last
                 continue
             if hdr.seq > expected:
-                result.gaps[who] = (expected, env.epoch)
+                # report the newest epoch: the sender ignores gaps of epochs it left
+                seen = result.gaps.get(who)
+                result.gaps[who] = (expected, max(env.epoch, seen[1]) if seen else env.epoch)
                 continue
             senders[key] = hdr.seq
             result.acks[who] = hdr.seq

@@ -1,0 +1,210 @@
+"""The wire codec with bytes alone: round trips and every refusal, by name."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hidra_ng import protocol as proto
+from hidra_ng.errors import (
+    InvalidFrame,
+    InvalidStreamName,
+    MessageTooLarge,
+    ProtocolError,
+    UnsupportedVersion,
+)
+from hidra_ng.frames import describe, frame_from_record
+
+segment = st.text(alphabet=st.sampled_from("abcXYZ019._-"), min_size=1, max_size=20)
+stream_names = (
+    st.lists(segment, min_size=1, max_size=5)
+    .map("/".join)
+    .filter(lambda s: len(s) <= proto.MAX_STREAM_NAME)
+)
+
+
+def header(**overrides) -> proto.Header:
+    fields = dict(
+        stream="p11/scan_0001",
+        seq=7,
+        payload=proto.Payload.ARRAY,
+        dtype="<u2",
+        shape=(4, 8),
+        compression="none",
+        meta=b'{"exposure_s": 0.01}',
+        created=1.5,
+    )
+    fields.update(overrides)
+    return proto.Header(**fields)
+
+
+@given(
+    stream=stream_names,
+    seq=st.integers(0, proto.SEQ_LIMIT - 1),
+    shape=st.lists(st.integers(0, 64), min_size=0, max_size=4).map(tuple),
+    meta=st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=10), max_size=5),
+    created=st.floats(allow_nan=False, allow_infinity=False),
+)
+@settings(max_examples=300)
+def test_header_round_trip(stream, seq, shape, meta, created):
+    h = header(stream=stream, seq=seq, shape=shape, meta=proto.encode_meta(meta), created=created)
+    decoded = proto.decode_body(proto.Header, proto.encode_body(h))
+    assert decoded == h
+    nbytes = int(np.prod(shape, dtype=np.int64)) * 2
+    proto.check_header(decoded, nbytes)
+    assert proto.decode_meta(decoded.meta) == meta
+
+
+def test_first_frame_round_trip_and_kind_check():
+    env = proto.Envelope("eiger-p11", 2**62, 10, 3)
+    frame = proto.encode(proto.Kind.DATA, env)
+    assert frame[:4] == b"HN\x01\x01"
+    assert proto.decode(proto.Kind.DATA, proto.Envelope, frame) == env
+    with pytest.raises(ProtocolError, match="expected a HELLO message, got DATA"):
+        proto.decode(proto.Kind.HELLO, proto.Hello, frame)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error", "message"),
+    [
+        (b"", ProtocolError, "does not start with the hidra_ng preamble"),
+        (b"XX\x01\x01", ProtocolError, "preamble"),
+        (b"HN\x02\x01\x90", UnsupportedVersion, "version 2; this build speaks version 1"),
+        (b"HN\x01\x63", ProtocolError, "unknown message kind 99"),
+        (b"HN\x01\x01\xff\xff", ProtocolError, "malformed Envelope"),
+        (b"HN\x01\x01" + msgspec.msgpack.encode(["a", 1]), ProtocolError, "malformed Envelope"),
+    ],
+)
+def test_bad_first_frames_are_refused_by_name(frame, error, message):
+    with pytest.raises(error, match=message):
+        proto.decode(proto.Kind.DATA, proto.Envelope, frame)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("a b", "has a space"),
+        ("", "has 0 characters"),
+        ("x" * 201, "has 201 characters"),
+        ("/abs", "empty segment"),
+        ("a//b", "empty segment"),
+        ("trailing/", "empty segment"),
+        ("a\\b", "the character '\\\\\\\\'"),
+        ("caf\u00e9", "the character"),
+        ("a\x00b", "the character"),
+    ],
+)
+def test_invalid_stream_names_are_named(name, message):
+    with pytest.raises(InvalidStreamName, match=message) as err:
+        proto.check_stream_name(name)
+    if name and len(name) < 40:
+        assert repr(name)[1:-1][:10] in str(err.value)
+
+
+@given(stream_names)
+def test_valid_stream_names_pass(name):
+    assert proto.check_stream_name(name) == name
+
+
+def test_stream_name_must_be_str():
+    with pytest.raises(InvalidStreamName, match="is a bytes; expected str"):
+        proto.check_stream_name(b"abc")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "size", "error", "message"),
+    [
+        ({"stream": "bad name"}, 64, InvalidStreamName, "space"),
+        ({"seq": -1}, 64, InvalidFrame, "seq -1 is out of range"),
+        ({"compression": "gzip"}, 64, InvalidFrame, "compression 'gzip' is unknown"),
+        ({"created": float("nan")}, 64, InvalidFrame, "not a finite number"),
+        ({"meta": b"[1, 2]"}, 64, InvalidFrame, "is not a JSON object"),
+        ({"meta": b"{oops"}, 64, InvalidFrame, "not valid JSON"),
+        ({"meta": b'{"a": "' + b"x" * 70000 + b'"}'}, 64, MessageTooLarge, "meta is 70009 bytes"),
+        ({}, 63, InvalidFrame, "needs 64 bytes but the payload has 63"),
+        ({"dtype": "object"}, 64, InvalidFrame, "dtype 'object' is not supported"),
+        ({"dtype": "<M8"}, 64, InvalidFrame, "not supported"),
+        ({"shape": (-1, 8)}, 64, InvalidFrame, "expected integers >= 0"),
+        ({"shape": (1,) * 33}, 2, InvalidFrame, "33 dimensions"),
+        ({"shape": (2**40, 2**40)}, 64, MessageTooLarge, "the maximum is"),
+        ({"payload": proto.Payload.NONE}, 0, InvalidFrame, "carries a payload, dtype, shape"),
+        ({"payload": proto.Payload.BYTES}, 64, InvalidFrame, "expected neither"),
+    ],
+)
+def test_bad_headers_are_refused_by_name(overrides, size, error, message):
+    with pytest.raises(error, match=message):
+        proto.check_header(header(**overrides), size)
+
+
+def test_oversized_payload_is_refused():
+    h = header(payload=proto.Payload.BYTES, dtype="", shape=())
+    with pytest.raises(MessageTooLarge, match="exceeds the maximum of 100 bytes"):
+        proto.check_header(h, 101, max_data_bytes=100)
+
+
+def test_meta_encoding_accepts_numpy_scalars_and_refuses_the_rest():
+    assert proto.decode_meta(proto.encode_meta({"e": np.float32(0.5), "n": np.arange(3)})) == {
+        "e": 0.5,
+        "n": [0, 1, 2],
+    }
+    assert proto.encode_meta(None) == b"{}"
+    with pytest.raises(InvalidFrame, match="is a list; expected a dict"):
+        proto.encode_meta([1, 2])
+    with pytest.raises(InvalidFrame, match="cannot be encoded as JSON"):
+        proto.encode_meta({"f": object()})
+    with pytest.raises(MessageTooLarge, match="the maximum is 10 bytes"):
+        proto.encode_meta({"long": "x" * 20}, max_meta_bytes=10)
+
+
+@pytest.mark.parametrize("dtype", ["<u1", "<u2", ">u2", "<i4", "<u4", "<f4", ">f8", "<c8", "|b1"])
+def test_arrays_survive_describe_and_rebuild_without_copies(dtype):
+    array = (np.arange(24) % 7).astype(dtype).reshape(2, 3, 4)
+    kind, dt, shape, buf = describe(array)
+    assert (kind, shape) == (proto.Payload.ARRAY, (2, 3, 4))
+    assert np.shares_memory(np.frombuffer(buf, np.uint8), array)
+    record = proto.Record("s", 0, kind, dt, shape, "none", b"{}", 0.0, 0.0, len(buf))
+    frame = frame_from_record("x", 3, record, bytes(buf))
+    assert frame.data.dtype == array.dtype
+    assert np.array_equal(frame.data, array)
+
+
+def test_describe_bytes_none_and_refusals():
+    assert describe(b"abc")[:3] == (proto.Payload.BYTES, "", ())
+    assert describe(None) == (proto.Payload.NONE, "", (), b"")
+    with pytest.raises(InvalidFrame, match="type str cannot be sent"):
+        describe("text")
+    with pytest.raises(InvalidFrame, match="dtype object is not supported"):
+        describe(np.array([object()]))
+    fortran = np.asfortranarray(np.arange(6, dtype="<u2").reshape(2, 3))
+    _, _, shape, buf = describe(fortran)
+    assert shape == (2, 3) and bytes(buf) == np.ascontiguousarray(fortran).tobytes()
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=1000)
+def test_random_bytes_never_crash_the_decoders(data):
+    for kind, body in [
+        (proto.Kind.DATA, proto.Envelope),
+        (proto.Kind.HELLO, proto.Hello),
+        (proto.Kind.REQUEST, proto.Request),
+        (proto.Kind.REPLY, proto.Reply),
+    ]:
+        try:
+            proto.decode(kind, body, data)
+        except ProtocolError:
+            pass
+        try:
+            proto.decode(kind, body, proto.preamble(kind) + data)
+        except ProtocolError:
+            pass
+    try:
+        h = proto.decode_body(proto.Header, data)
+    except ProtocolError:
+        return
+    try:
+        proto.check_header(h, len(data))
+    except (InvalidFrame, InvalidStreamName, MessageTooLarge):
+        pass

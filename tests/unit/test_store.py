@@ -1,0 +1,187 @@
+"""The receiver's store without a network: indices, ordering, dedupe, restart."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hidra_ng import protocol as proto
+from hidra_ng.errors import Gone, NotYetAvailable, StreamFinished
+from hidra_ng.store import Incoming, Store
+
+
+def incoming(sender, incarnation, seq, stream="s", floor=0, epoch=0, payload=None, finish=False):
+    if payload is None:
+        payload = f"{sender}:{incarnation}:{seq}".encode()
+    kind = proto.Payload.FINISH if finish else proto.Payload.BYTES
+    header = proto.Header(stream, seq, kind, "", (), "none", b"{}", 0.0)
+    return Incoming(
+        proto.Envelope(sender, incarnation, floor, epoch), header, b"" if finish else payload
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(tmp_path / "store", map_bytes=64 << 20)
+    yield s
+    s.close()
+
+
+def stored_payloads(store: Store, stream: str) -> list[bytes]:
+    info = store.info(stream)
+    return [store.read(stream, i)[1] for i in range(info.first, info.count)]
+
+
+def test_indices_are_consecutive_from_zero_per_stream(store):
+    result = store.append([incoming("a", 1, i, stream=f"s{i % 2}") for i in range(6)])
+    assert [(c.stream, c.index) for c in result.committed] == [
+        ("s0", 0), ("s1", 0), ("s0", 1), ("s1", 1), ("s0", 2), ("s1", 2)
+    ]  # fmt: skip
+    assert result.acks == {("a", 1): 5}
+    assert store.info("s0").last == 2 and store.info("s1").count == 3
+
+
+def test_resends_are_stored_once_and_acked_again(store):
+    store.append([incoming("a", 1, i) for i in range(3)])
+    result = store.append([incoming("a", 1, i) for i in range(4)])
+    assert result.duplicates == 3
+    assert [c.index for c in result.committed] == [3]
+    assert result.acks == {("a", 1): 3}
+    assert stored_payloads(store, "s") == [b"a:1:0", b"a:1:1", b"a:1:2", b"a:1:3"]
+
+
+def test_a_gap_stores_nothing_after_it_and_asks_for_a_resend(store):
+    result = store.append([incoming("a", 1, 0), incoming("a", 1, 2, epoch=4), incoming("a", 1, 3)])
+    assert [c.index for c in result.committed] == [0]
+    assert result.gaps == {("a", 1): (1, 4)}
+    result = store.append([incoming("a", 1, 1), incoming("a", 1, 2)])
+    assert stored_payloads(store, "s") == [b"a:1:0", b"a:1:1", b"a:1:2"]
+
+
+def test_a_new_incarnation_starts_at_its_floor(store):
+    result = store.append([incoming("a", 9, 100, floor=100), incoming("a", 9, 101, floor=100)])
+    assert result.acks == {("a", 9): 101}
+    # a message below the floor of an unknown incarnation is an old duplicate
+    other = store.append([incoming("b", 1, 4, floor=5)])
+    assert other.duplicates == 1 and not other.committed
+
+
+def test_same_sender_new_incarnation_is_not_a_duplicate(store):
+    store.append([incoming("a", 1, i) for i in range(3)])
+    result = store.append([incoming("a", 2, i) for i in range(3)])
+    assert len(result.committed) == 3 and result.duplicates == 0
+
+
+def test_finish_and_reads(store):
+    store.append([incoming("a", 1, 0), incoming("a", 1, 1, finish=True)])
+    info = store.info("s")
+    assert (info.first, info.last, info.count, info.finished) == (0, 0, 1, True)
+    with pytest.raises(StreamFinished, match="stream 's' is finished; its last index is 0"):
+        store.check_index("s", 1)
+    with pytest.raises(NotYetAvailable, match="stream 'other' is not written yet|index 0"):
+        store.check_index("other", 0)
+    with pytest.raises(Gone, match="negative"):
+        store.check_index("s", -1)
+    with pytest.raises(NotYetAvailable, match="has no messages yet"):
+        store.info("other")
+
+
+def test_restart_resumes_indices_and_dedupe(tmp_path):
+    s = Store(tmp_path / "st", map_bytes=64 << 20)
+    s.append([incoming("a", 1, i) for i in range(5)])
+    s.close()
+    s = Store(tmp_path / "st", map_bytes=64 << 20)
+    assert s.last_seq("a", 1) == 4
+    result = s.append([incoming("a", 1, i) for i in range(3, 7)])
+    assert [c.index for c in result.committed] == [5, 6] and result.duplicates == 2
+    s.close()
+
+
+def test_the_map_grows_when_full(tmp_path):
+    s = Store(tmp_path / "st", map_bytes=1)  # clamped to the 64 MiB minimum
+    start = s.env.map_bytes
+    big = bytes(8 << 20)
+    for i in range(12):
+        s.append([incoming("a", 1, i, payload=big)])
+    assert s.env.map_bytes > start
+    assert s.info("s").count == 12 and s.read("s", 11)[1] == big
+    s.close()
+
+
+class Model:
+    """What the store must do, in plain Python: per incarnation, go-back-N."""
+
+    def __init__(self):
+        self.last: dict[tuple[str, int], int] = {}
+        self.streams: dict[str, list[bytes]] = {}
+
+    def offer(self, item: Incoming) -> None:
+        key = (item.envelope.sender, item.envelope.incarnation)
+        last = self.last.get(key, item.envelope.floor - 1)
+        if item.header.seq == last + 1:
+            self.last[key] = item.header.seq
+            self.streams.setdefault(item.header.stream, []).append(bytes(item.payload))
+
+
+@given(
+    plan=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]),  # sender
+            st.integers(1, 2),  # incarnation
+            st.integers(0, 12),  # seq
+            st.sampled_from(["x", "y/z"]),  # stream
+        ),
+        max_size=80,
+    ),
+    batch_cut=st.integers(1, 10),
+    restart_at=st.integers(0, 80),
+)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_store_matches_the_go_back_n_model(tmp_path_factory, plan, batch_cut, restart_at):
+    path = tmp_path_factory.mktemp("prop") / "st"
+    store = Store(path, map_bytes=64 << 20)
+    model = Model()
+    items = [
+        incoming(s, inc, seq, stream=stream, payload=f"{s}{inc}-{seq}".encode())
+        for s, inc, seq, stream in plan
+    ]
+    try:
+        for start in range(0, len(items), batch_cut):
+            if start >= restart_at > start - batch_cut:
+                store.close()
+                store = Store(path, map_bytes=64 << 20)
+            batch = items[start : start + batch_cut]
+            store.append(batch)
+            for item in batch:
+                model.offer(item)
+        for stream, expected in model.streams.items():
+            info = store.info(stream)
+            assert (info.first, info.count) == (0, len(expected))  # consecutive, no gaps
+            assert stored_payloads(store, stream) == expected  # once each, in seq order
+        assert {i.name for i in store.streams()} == set(model.streams)
+        for (sender, inc), last in model.last.items():
+            assert store.last_seq(sender, inc) == last
+    finally:
+        store.close()
+
+
+def test_many_random_batches_never_duplicate(tmp_path):
+    rng = random.Random(7)
+    store = Store(tmp_path / "st", map_bytes=64 << 20)
+    sent = [incoming("a", 1, i, payload=rng.randbytes(50)) for i in range(300)]
+    delivered = 0
+    while delivered < 300:
+        # resend from a little before what was acked, with loss and reordering
+        start = max(0, delivered - rng.randint(0, 5))
+        window = sent[start : start + rng.randint(1, 30)]
+        rng.shuffle(window) if rng.random() < 0.3 else None
+        result = store.append(window)
+        delivered = result.acks.get(("a", 1), delivered - 1) + 1
+    assert stored_payloads(store, "s") == [bytes(i.payload) for i in sent]
+    store.close()
