@@ -129,11 +129,23 @@ class Gap(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Request(msgspec.Struct, omit_defaults=True, frozen=True):
+    """A consumer's request. Replies carry the same id; a replay's frames all do."""
+
     id: int
     op: str
     stream: str = ""
-    index: int = 0
+    index: int = 0  # get: the index; replay: the start
     timeout: float = 0.0
+    stop: int = -1  # replay: exclusive end, -1 for none
+    follow: bool = False  # replay: keep going with frames committed later
+    credit_frames: int = 0  # replay and credit: frames the consumer can take more
+    credit_bytes: int = 0  # replay and credit: payload bytes the consumer can take more
+    count: int = 0  # skipped: frames a subscriber skipped since its last report
+
+
+#: Reply bodies that end or keep alive a replay (its frames are FrameRef bodies).
+REPLAY_END = "end"
+REPLAY_IDLE = "idle"
 
 
 class Reply(msgspec.Struct, omit_defaults=True, frozen=True):

@@ -274,6 +274,40 @@ class Store:
             payload = txn.get(key, db=self._db["payloads"])
             return bytes(record), b"" if payload is None else bytes(payload)
 
+    def read_range(
+        self, stream: str, start: int, stop: int, max_frames: int, max_bytes: int
+    ) -> list[tuple[int, bytes, bytes]]:
+        """Copies of (index, record, payload) from ``start`` up to ``stop`` (exclusive).
+
+        At least one frame is returned when ``start`` is stored, even one larger
+        than ``max_bytes``; fewer when the limits are reached.
+        """
+        meta = self.check_index(stream, start)
+        out: list[tuple[int, bytes, bytes]] = []
+        total = 0
+        records_db, payloads_db = self._db["records"], self._db["payloads"]
+        with self.env.read() as txn:
+            cursor = txn.cursor(db=records_db)
+            if not cursor.set_key(frame_key(meta.id, start)):
+                raise Gone(f"index {start} of stream {stream!r} was removed by retention")
+            for index in range(start, stop):
+                if len(out) >= max_frames:
+                    break
+                key = frame_key(meta.id, index)
+                if cursor.key() != key:
+                    break  # removed while we read: the next call reports Gone
+                payload = txn.get(key, db=payloads_db)
+                size = 0 if payload is None else len(payload)
+                if out and total + size > max_bytes:
+                    break
+                out.append(
+                    (index, bytes(cursor.value()), b"" if payload is None else bytes(payload))
+                )
+                total += size
+                if not cursor.next():
+                    break
+        return out
+
     def close(self) -> None:
         self.env.close()
 
