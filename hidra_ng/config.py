@@ -1,34 +1,64 @@
 """Typed configuration of the daemons: loading, precedence and validation (SPEC §7).
 
-One TOML file per daemon: ``[receiver]`` or ``[sender]`` (with
-``[[sender.sources]]``). Precedence: command-line flag > environment
-(``HIDRA_NG_RECEIVER_DATA_DIR``, ``HIDRA_NG_SENDER_SPOOL_DIR``, ...) > file >
-default. Everything is validated before a socket opens or a store is touched;
-an unknown key or a wrong type is a :class:`ConfigError` naming the key, the
-value and what was expected.
+One TOML file per daemon: a ``[receiver]`` table, or a ``[sender]`` table with
+its sources in ``[[sender.sources]]`` (``uri = "simulate:?count=100"``).
+
+Precedence, highest first: command-line flag > environment > file > default.
+Environment variables are ``HIDRA_NG_RECEIVER_<SETTING>`` and
+``HIDRA_NG_SENDER_<SETTING>`` (``HIDRA_NG_RECEIVER_DATA_DIR``, ...). Under
+systemd the default of ``data_dir`` / ``spool_dir`` is the unit's
+``StateDirectory`` (``$STATE_DIRECTORY``), so a config may leave it out.
+
+Everything is checked before a socket opens or a store is touched. Each mistake
+is one :class:`ConfigError` sentence naming where the value came from (file,
+environment variable or flag), the key, the value and what was expected::
+
+    receiver.metrics_port = 70000 in /etc/hidra-ng/receiver.toml: expected a
+    port number from 0 (off) to 65535
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import math
 import os
 import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
-from hidra_ng.errors import ConfigError
+from hidra_ng.errors import ConfigError, InvalidInput
 from hidra_ng.protocol import MAX_DATA_BYTES, MAX_META_BYTES, check_sender_id
 
 MiB = 1 << 20
 GiB = 1 << 30
+MIN_MAP_BYTES = 64 * MiB  # lmdbenv raises smaller maps to this anyway
 
-_ENDPOINT = re.compile(r"(tcp://[^\s:]+:(\d+|\*)|ipc://\S+|inproc://\S+)")
+ENV_PREFIX = "HIDRA_NG_"
+
+# Flags whose name is not "--" + the key with dashes (cli.py).
+_FLAG_NAMES = {
+    "ack_timeout_seconds": "--ack-timeout",
+    "max_age_seconds": "--max-age",
+    "sources": "--source",
+}
 
 
-class ReceiverConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class _Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=True):
+    """Base of the daemons' configs; ``origins`` tells where each value came from."""
+
+    section: ClassVar[str]
+    state_dir_key: ClassVar[str]  # the setting whose default is systemd's StateDirectory
+
+
+class ReceiverConfig(_Config):
+    section: ClassVar[str] = "receiver"
+    state_dir_key: ClassVar[str] = "data_dir"
+
     data_dir: str = "/var/lib/hidra-ng"
     ingest: str = "tcp://*:50100"
     api: str = "tcp://*:50101"
@@ -47,23 +77,27 @@ class ReceiverConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     authorized_keys_dir: str = ""
 
     def __post_init__(self) -> None:
+        c = _Checker(self)
+        c.path("data_dir")
         for name in ("ingest", "api", "publish"):
-            _check_endpoint(f"receiver.{name}", getattr(self, name))
-        _check_port("receiver.metrics_port", self.metrics_port)
-        _check_positive("receiver.ack_timeout_seconds", self.ack_timeout_seconds)
-        _check_not_negative("receiver.max_store_bytes", self.max_store_bytes)
-        _check_not_negative("receiver.max_age_seconds", self.max_age_seconds)
-        _check_range("receiver.max_message_bytes", self.max_message_bytes, 1, MAX_DATA_BYTES)
-        _check_range("receiver.max_meta_bytes", self.max_meta_bytes, 2, MAX_META_BYTES)
-        _check_positive("receiver.commit_max_messages", self.commit_max_messages)
-        _check_positive("receiver.commit_max_bytes", self.commit_max_bytes)
-        _check_positive("receiver.publish_hwm", self.publish_hwm)
-        _check_positive("receiver.initial_map_bytes", self.initial_map_bytes)
-        if not self.data_dir:
-            raise ConfigError("receiver.data_dir is empty; expected a directory path")
+            c.endpoint(name, bind=True)
+        c.distinct_endpoints("ingest", "api", "publish")
+        c.port("metrics_port")
+        c.number("ack_timeout_seconds", above=0)
+        c.number("max_store_bytes", low=0, note="0 (no limit) or more bytes")
+        c.number("max_age_seconds", low=0, note="0 (no limit) or more seconds")
+        c.number("max_message_bytes", low=1, high=MAX_DATA_BYTES)
+        c.number("max_meta_bytes", low=2, high=MAX_META_BYTES)
+        c.number("commit_max_messages", low=1)
+        c.number("commit_max_bytes", low=1)
+        c.number("publish_hwm", low=1)
+        c.number("initial_map_bytes", low=MIN_MAP_BYTES)
 
 
-class SenderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class SenderConfig(_Config):
+    section: ClassVar[str] = "sender"
+    state_dir_key: ClassVar[str] = "spool_dir"
+
     ingest: str = "tcp://localhost:50100"
     api: str = "tcp://localhost:50101"
     spool_dir: str = "/var/spool/hidra-ng"
@@ -81,32 +115,42 @@ class SenderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if not self.sender_id:
             self.sender_id = re.sub(r"[^A-Za-z0-9._:@-]", "-", socket.gethostname())[:100]
+        c = _Checker(self)
+        c.endpoint("ingest", bind=False)
+        c.endpoint("api", bind=False)
+        c.path("spool_dir")
         try:
             check_sender_id(self.sender_id)
-        except Exception as err:
-            raise ConfigError(f"sender.sender_id: {err}") from None
-        for name in ("ingest", "api"):
-            _check_endpoint(f"sender.{name}", getattr(self, name))
-        _check_port("sender.metrics_port", self.metrics_port)
-        if self.spool_sync not in ("always", "batch"):
-            raise ConfigError(
-                f"sender.spool_sync = {self.spool_sync!r}; expected 'always' or 'batch'"
+        except InvalidInput:
+            c.fail(
+                "sender_id",
+                "1 to 100 letters, digits, '.', '_', ':', '@' and '-', e.g. 'eiger-p11'",
             )
-        if self.compression not in ("none", "lz4", "zstd"):
-            raise ConfigError(
-                f"sender.compression = {self.compression!r}; expected 'none', 'lz4' or 'zstd'"
-            )
-        _check_positive("sender.spool_batch_seconds", self.spool_batch_seconds)
-        _check_positive("sender.max_spool_bytes", self.max_spool_bytes)
-        _check_positive("sender.send_timeout_seconds", self.send_timeout_seconds)
-        if not self.spool_dir:
-            raise ConfigError("sender.spool_dir is empty; expected a directory path")
+        c.choice("spool_sync", ("always", "batch"))
+        c.number("spool_batch_seconds", above=0)
+        c.number("max_spool_bytes", low=1)
+        c.number("send_timeout_seconds", above=0)
+        c.choice("compression", ("none", "lz4", "zstd"))
+        c.port("metrics_port")
+        for i, uri in enumerate(self.sources):
+            if not isinstance(uri, str) or ":" not in uri:
+                raise FieldError(
+                    self.section, f"sources[{i}]", uri, "a source URI such as 'simulate:?count=100'"
+                )
 
 
-_SECTIONS: dict[str, type[msgspec.Struct]] = {
-    "receiver": ReceiverConfig,
-    "sender": SenderConfig,
-}
+_SECTIONS: dict[str, type[_Config]] = {"receiver": ReceiverConfig, "sender": SenderConfig}
+
+
+class FieldError(ConfigError):
+    """One setting is wrong; the message names key, value and expectation."""
+
+    def __init__(self, section: str, key: str, value: Any, expected: str) -> None:
+        self.section, self.key, self.value, self.expected = section, key, value, expected
+        super().__init__(f"{section}.{key} = {_show(value)}: expected {expected}")
+
+
+# --------------------------------------------------------------------- public
 
 
 def load(
@@ -115,45 +159,87 @@ def load(
     flags: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
 ) -> Any:
-    """Build the effective config of ``section`` from file, environment and flags."""
+    """The effective config of ``section``: flag > environment > file > default.
+
+    ``flags`` maps setting names to values (None: not given); ``environ``
+    defaults to ``os.environ``.
+    """
     cls = _SECTIONS[section]
+    environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # key -> "file", "env:VAR", "flag", "state"
+
+    state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_dir:
+        values[cls.state_dir_key] = state_dir
+        origins[cls.state_dir_key] = "state"
     if path is not None:
-        values.update(_read_file(Path(path), section))
-    env_values = _from_environ(section, cls, os.environ if environ is None else environ)
-    values.update(env_values)
-    values.update({k: v for k, v in (flags or {}).items() if v is not None})
-    return _convert(section, cls, values, strict_keys=set(env_values))
-
-
-def check_file(path: str | os.PathLike[str]) -> tuple[str, Any]:
-    """Validate a config file of either daemon; returns (section, effective config)."""
-    raw = _read_toml(Path(path))
-    sections = [name for name in raw if name in _SECTIONS]
-    unknown = [name for name in raw if name not in _SECTIONS]
-    if unknown:
-        raise ConfigError(f"{path}: unknown table [{unknown[0]}]; expected [receiver] or [sender]")
-    if len(sections) != 1:
-        raise ConfigError(f"{path}: expected exactly one of [receiver] or [sender]")
-    return sections[0], load(sections[0], path, environ={})
-
-
-def to_toml(section: str, config: msgspec.Struct) -> str:
-    """The effective settings as TOML, for ``check-config``."""
-    lines = [f"[{section}]"]
-    sources: list[str] = []
-    for name in config.__struct_fields__:
-        value = getattr(config, name)
-        if name == "sources":
-            sources = value
+        for key, value in _read_file(Path(path), cls).items():
+            values[key], origins[key] = value, "file"
+    for key, (var, value) in _from_environ(cls, environ).items():
+        values[key], origins[key] = value, f"env:{var}"
+    for key, value in (flags or {}).items():
+        if value is None:
             continue
-        lines.append(f"{name} = {_toml_value(value)}")
-    for uri in sources:
-        lines += ["", f"[[{section}.sources]]", f"uri = {_toml_value(uri)}"]
+        if key not in cls.__struct_fields__:
+            raise ConfigError(f"{_flag(key)} is not a {section} setting")
+        expected = _type_problem(cls, key, value)
+        if expected:
+            raise ConfigError(f"{_flag(key)} {_show(value)}: expected {expected}")
+        values[key], origins[key] = value, "flag"
+
+    try:
+        config = cls(**values)
+    except FieldError as err:
+        raise ConfigError(_locate(err, origins, path)) from None
+    config.origins = origins
+    return config
+
+
+def check_file(
+    path: str | os.PathLike[str], environ: dict[str, str] | None = None
+) -> tuple[str, Any]:
+    """Validate a config file of either daemon; returns (section, effective config).
+
+    The environment applies as it would for the daemon (``HIDRA_NG_...``).
+    """
+    raw = _read_toml(Path(path))
+    _check_tables(Path(path), raw, expected=tuple(_SECTIONS))
+    section = next(iter(raw))
+    return section, load(section, path, environ=environ)
+
+
+def to_toml(section: str, config: _Config) -> str:
+    """The effective settings as TOML that ``check-config`` accepts again.
+
+    Settings that do not come from the file are marked with their origin.
+    """
+    origins: dict[str, str] = getattr(config, "origins", {})
+    lines = [f"[{section}]"]
+    for name in config.__struct_fields__:
+        if name == "sources":
+            continue
+        line = f"{name} = {_toml_value(getattr(config, name))}"
+        note = _origin_note(name, origins.get(name))
+        lines.append(f"{line}  # {note}" if note else line)
+    for uri in getattr(config, "sources", []):
+        note = _origin_note("sources", origins.get("sources"))
+        lines += ["", f"[[{section}.sources]]" + (f"  # {note}" if note else "")]
+        lines.append(f"uri = {_toml_value(uri)}")
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------- internals
+def env_name(section: str, key: str) -> str:
+    """The environment variable of a setting, e.g. ``HIDRA_NG_RECEIVER_DATA_DIR``."""
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+def settings(section: str) -> list[str]:
+    """Names of the settings of ``section``, in declaration order."""
+    return list(_SECTIONS[section].__struct_fields__)
+
+
+# ----------------------------------------------------------------- the file
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -161,114 +247,316 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"config file {path} does not exist; expected a TOML file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; expected a TOML file") from None
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {err.reason}") from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {_lower_first(err)}") from None
 
 
-def _read_file(path: Path, section: str) -> dict[str, Any]:
+def _check_tables(path: Path, raw: dict[str, Any], expected: tuple[str, ...]) -> None:
+    """Exactly one table, and one of ``expected``."""
+    wanted = " or ".join(f"[{name}]" for name in expected)
+    for name, value in raw.items():
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{name} = {_show(value)} in {path} is outside any table; expected it under"
+                f" {wanted}"
+            )
+        if name not in expected:
+            hint = _did_you_mean(name, expected)
+            raise ConfigError(f"config file {path} has an unknown table [{name}]; expected {hint}")
+    if not raw:
+        raise ConfigError(f"config file {path} is empty; expected a {wanted} table")
+    if len(raw) > 1:
+        names = " and ".join(f"[{n}]" for n in raw)
+        raise ConfigError(
+            f"config file {path} has both {names}; expected one daemon per file, {wanted}"
+        )
+
+
+def _read_file(path: Path, cls: type[_Config]) -> dict[str, Any]:
+    section = cls.section
     raw = _read_toml(path)
+    _check_tables(path, raw, expected=tuple(_SECTIONS))
     if section not in raw:
-        raise ConfigError(f"config file {path} has no [{section}] table")
-    other = [name for name in raw if name != section]
-    if other:
-        raise ConfigError(f"config file {path}: unexpected table [{other[0]}] beside [{section}]")
+        raise ConfigError(
+            f"config file {path} has a [{next(iter(raw))}] table; expected [{section}] for the"
+            f" {section}"
+        )
     table = dict(raw[section])
-    if section == "sender" and "sources" in table:
-        table["sources"] = _source_uris(path, table["sources"])
+    for key, value in table.items():
+        if key not in cls.__struct_fields__:
+            raise ConfigError(
+                f"{section}.{key} = {_show(value)} in {path} is not a {section} setting;"
+                f" expected {_did_you_mean(key, settings(section))}"
+            )
+        if key == "sources":
+            table[key] = _source_uris(path, value)
+            continue
+        expected = _type_problem(cls, key, value)
+        if expected:
+            raise ConfigError(f"{section}.{key} = {_show(value)} in {path}: expected {expected}")
     return table
 
 
 def _source_uris(path: Path, sources: Any) -> list[str]:
+    example = 'expected [[sender.sources]] tables, each with uri = "simulate:?count=100"'
     if not isinstance(sources, list):
-        raise ConfigError(f"{path}: sender.sources must be [[sender.sources]] tables")
+        raise ConfigError(f"sender.sources = {_show(sources)} in {path}: {example}")
     uris = []
     for i, item in enumerate(sources):
-        if not isinstance(item, dict) or set(item) != {"uri"} or not isinstance(item["uri"], str):
+        if not isinstance(item, dict):
+            raise ConfigError(f"sender.sources[{i}] = {_show(item)} in {path}: {example}")
+        extra = sorted(set(item) - {"uri"})
+        if extra:
             raise ConfigError(
-                f"{path}: sender.sources[{i}] = {item!r}; expected a table with one"
-                " string key 'uri', e.g. uri = \"simulate:?count=100\""
+                f"sender.sources[{i}].{extra[0]} = {_show(item[extra[0]])} in {path} is not a"
+                " source setting; expected only uri, with the source's options in its query"
+                ' string, e.g. uri = "simulate:?count=100&stream=sim"'
+            )
+        if not isinstance(item.get("uri"), str):
+            raise ConfigError(
+                f"sender.sources[{i}].uri = {_show(item.get('uri'))} in {path}: expected a"
+                ' source URI string such as "simulate:?count=100"'
             )
         uris.append(item["uri"])
     return uris
 
 
-def _from_environ(section: str, cls: type, environ: dict[str, str]) -> dict[str, Any]:
-    prefix = f"HIDRA_NG_{section.upper()}_"
-    fields = {name.upper(): name for name in cls.__struct_fields__ if name != "sources"}
-    values: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith(prefix):
+# ---------------------------------------------------------- the environment
+
+
+def _from_environ(cls: type[_Config], environ: dict[str, str]) -> dict[str, tuple[str, Any]]:
+    """``HIDRA_NG_<SECTION>_<KEY>`` values of ``cls``, parsed to the key's type.
+
+    The other daemon's variables are skipped (one environment may serve both);
+    any other ``HIDRA_NG_`` name is a mistake.
+    """
+    section = cls.section
+    own = f"{ENV_PREFIX}{section.upper()}_"
+    prefixes = tuple(f"{ENV_PREFIX}{name.upper()}_" for name in _SECTIONS)
+    names = [env_name(section, k) for k in cls.__struct_fields__ if k != "sources"]
+    values: dict[str, tuple[str, Any]] = {}
+    for var, text in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
             continue
-        name = fields.get(key[len(prefix) :])
-        if name is None:
+        if not var.startswith(prefixes):
             raise ConfigError(
-                f"environment variable {key} names no {section} setting; expected one of "
-                + ", ".join(prefix + f for f in sorted(fields))
+                f"environment variable {var} is not a hidra-ng setting; expected"
+                f" {ENV_PREFIX}RECEIVER_<SETTING> or {ENV_PREFIX}SENDER_<SETTING>"
             )
-        values[name] = value
+        if not var.startswith(own):
+            continue
+        key = var[len(own) :].lower()
+        if key == "sources":
+            raise ConfigError(
+                f"environment variable {var} cannot set sources; use --source or"
+                " [[sender.sources]] in the config file"
+            )
+        if key not in cls.__struct_fields__:
+            raise ConfigError(
+                f"environment variable {var} is not a {section} setting; expected"
+                f" {_did_you_mean(var, names)}"
+            )
+        values[key] = (var, _parse_env(cls, key, var, text))
     return values
 
 
-def _convert(section: str, cls: type, values: dict[str, Any], strict_keys: set[str]) -> Any:
+def _parse_env(cls: type[_Config], key: str, var: str, text: str) -> Any:
+    kind = _field_type(cls, key)
     try:
-        # Environment values are strings: let msgspec parse "5" as 5 for them only.
-        lax = {k: v for k, v in values.items() if k in strict_keys}
-        if lax:
-            lax_cls = msgspec.defstruct(
-                "Env", [(k, cls.__annotations__[k]) for k in lax], forbid_unknown_fields=True
-            )
-            parsed = msgspec.convert(lax, lax_cls, strict=False)
-            values = {**values, **msgspec.structs.asdict(parsed)}
-        return msgspec.convert(values, cls)
-    except msgspec.ValidationError as err:
-        raise ConfigError(_explain(section, values, str(err))) from None
-    except ConfigError:
-        raise
-
-
-def _explain(section: str, values: dict[str, Any], message: str) -> str:
-    """Turn msgspec's message into one naming the key, the value and the expectation."""
-    match = re.match(r"(.*?) - at `\$\.(\w+)(.*)`", message)
-    if match:
-        what, key, rest = match.groups()
-        shown = values.get(key, "?")
-        what = what.replace("`", "")
-        return f"{section}.{key}{rest} = {shown!r}: {what[0].lower()}{what[1:]}"
-    match = re.match(r"Object contains unknown field `(\w+)`", message)
-    if match:
-        key = match.group(1)
-        return f"{section}.{key} = {values.get(key)!r}: unknown setting"
-    return f"[{section}]: {message}"
-
-
-def _check_endpoint(key: str, value: str) -> None:
-    if not _ENDPOINT.fullmatch(value):
+        if kind is int:
+            return int(text.strip())
+        if kind is float:
+            value = float(text.strip())
+            if math.isnan(value):
+                raise ValueError(text)
+            return value
+    except ValueError:
         raise ConfigError(
-            f"{key} = {value!r}: expected a ZeroMQ endpoint such as 'tcp://*:50100' or"
-            " 'tcp://host:50100'"
+            f"environment variable {var}={text!r}: expected {_describe_type(key, kind)}"
+        ) from None
+    return text
+
+
+# ------------------------------------------------------------------- checks
+
+
+def _field_type(cls: type[_Config], key: str) -> Any:
+    for field in msgspec.structs.fields(cls):
+        if field.name == key:
+            return field.type
+    raise KeyError(key)
+
+
+def _type_problem(cls: type[_Config], key: str, value: Any) -> str:
+    """What the key's type expects if ``value`` does not fit it, else ''."""
+    kind = _field_type(cls, key)
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is str:
+        ok = isinstance(value, str)
+    else:  # list[str]: the sources
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return "" if ok else _describe_type(key, kind)
+
+
+def _describe_type(key: str, kind: Any) -> str:
+    if kind is int:
+        if key.endswith("_port"):
+            return "a port number (an integer)"
+        return "an integer number of bytes" if key.endswith("_bytes") else "an integer"
+    if kind is float:
+        return "a number of seconds" if key.endswith("_seconds") else "a number"
+    if kind is str:
+        return "a directory path (a string)" if key.endswith("_dir") else "a string"
+    return "a list of source URIs"
+
+
+class _Checker:
+    """Range and format checks of one config, raising :class:`FieldError`."""
+
+    def __init__(self, config: _Config) -> None:
+        self.config = config
+        self.section = config.section
+
+    def fail(self, key: str, expected: str) -> None:
+        raise FieldError(self.section, key, getattr(self.config, key), expected)
+
+    def number(
+        self,
+        key: str,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        above: float | None = None,
+        note: str = "",
+    ) -> None:
+        value = getattr(self.config, key)
+        unit = (
+            " bytes" if key.endswith("_bytes") else " seconds" if key.endswith("_seconds") else ""
         )
+        if not math.isfinite(value):
+            self.fail(key, f"a finite number{unit and ' of' + unit}")
+        if above is not None and not value > above:
+            self.fail(key, note or f"more than {above}{unit}")
+        if low is not None and high is not None and not low <= value <= high:
+            self.fail(key, note or f"{low} to {high}{unit}{_mib(high)}")
+        if low is not None and high is None and value < low:
+            self.fail(key, note or f"{low}{unit}{_mib(low)} or more")
+
+    def port(self, key: str) -> None:
+        value = getattr(self.config, key)
+        if not 0 <= value <= 65535:
+            self.fail(key, "a port number from 0 (off) to 65535")
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> None:
+        if getattr(self.config, key) not in choices:
+            listed = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+            self.fail(key, f"one of {listed}")
+
+    def path(self, key: str) -> None:
+        if not getattr(self.config, key).strip():
+            self.fail(key, "a directory path")
+
+    def endpoint(self, key: str, *, bind: bool) -> None:
+        value: str = getattr(self.config, key)
+        problem = _endpoint_problem(value, bind)
+        if problem:
+            example = "'tcp://*:50100'" if bind else "'tcp://dc-receiver:50100'"
+            self.fail(key, f"a ZeroMQ endpoint such as {example} ({problem})")
+
+    def distinct_endpoints(self, *keys: str) -> None:
+        seen: dict[str, str] = {}
+        for key in keys:
+            value = getattr(self.config, key)
+            if value.endswith(":*"):
+                continue  # a random port each
+            if value in seen:
+                self.fail(key, f"an endpoint other than that of {self.section}.{seen[value]}")
+            seen[value] = key
 
 
-def _check_port(key: str, value: int) -> None:
-    _check_range(key, value, 0, 65535)
+def _endpoint_problem(value: str, bind: bool) -> str:
+    """Why ``value`` is no usable ZeroMQ endpoint, or ''."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc"):
+        return "tcp://, ipc:// or inproc://"
+    if not rest or any(ch.isspace() for ch in rest):
+        return "an address without spaces after " + scheme + "://"
+    if scheme != "tcp":
+        return ""
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        return "host:port"
+    if host.startswith("[") != host.endswith("]"):
+        return "an IPv6 address in brackets, e.g. [::1]"
+    if port == "*":
+        return "" if bind else "a port number, not *"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return "port from 1 to 65535" + (" or *" if bind else "")
+    if not bind and host == "*":
+        return "a host name or address to connect to, not *"
+    return ""
 
 
-def _check_range(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{key} = {value!r}: expected a value from {low} to {high}")
+# ---------------------------------------------------------------- messages
 
 
-def _check_positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key} = {value!r}: expected a number greater than 0")
+def _locate(err: FieldError, origins: dict[str, str], path: Any) -> str:
+    """``err`` prefixed with where its value came from."""
+    origin = origins.get(err.key.split("[")[0], "")
+    if origin == "file":
+        return f"{err.section}.{err.key} = {_show(err.value)} in {path}: expected {err.expected}"
+    if origin.startswith("env:"):
+        return f"environment variable {origin[4:]}={str(err.value)!r}: expected {err.expected}"
+    if origin == "flag":
+        return f"{_flag(err.key)} {_show(err.value)}: expected {err.expected}"
+    if origin == "state":
+        return f"STATE_DIRECTORY={err.value!r} (from systemd): expected {err.expected}"
+    return f"{err.section}.{err.key} = {_show(err.value)} (the default): expected {err.expected}"
 
 
-def _check_not_negative(key: str, value: float) -> None:
-    if value < 0:
-        raise ConfigError(f"{key} = {value!r}: expected 0 (no limit) or more")
+def _flag(key: str) -> str:
+    return _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+
+
+def _origin_note(key: str, origin: str | None) -> str:
+    if origin is None:
+        return "default"
+    if origin.startswith("env:"):
+        return f"from environment {origin[4:]}"
+    if origin == "flag":
+        return f"from {_flag(key)}"
+    if origin == "state":
+        return "from systemd STATE_DIRECTORY"
+    return ""
+
+
+def _did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    listed = ", ".join(choices)
+    if close:
+        return f"one of {listed} (did you mean {close[0]}?)"
+    return f"one of {listed}"
+
+
+def _mib(value: float) -> str:
+    return f" ({value / MiB:g} MiB)" if value >= MiB and value % MiB == 0 else ""
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it (TOML-ish)."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return _toml_value(value)
 
 
 def _toml_value(value: Any) -> str:
@@ -276,4 +564,9 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _lower_first(err: object) -> str:
+    text = str(err)
+    return text[:1].lower() + text[1:]
