@@ -2,6 +2,12 @@
 
 Each daemon gets its own registry so that several can live in one process
 (tests, the demo) without clashing; ``serve()`` exposes one on ``/metrics``.
+
+Names follow the Prometheus guide: ``hidra_ng_`` prefix, base units (bytes,
+seconds), bounded labels (stream and group names, reasons, ops; never
+indices). Counters are declared without ``_total``: prometheus_client appends
+it, so ``Counter("hidra_ng_receiver_messages", ...)`` is exposed as
+``hidra_ng_receiver_messages_total``. docs/operations.md lists every metric.
 """
 
 from __future__ import annotations
@@ -9,7 +15,14 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import start_http_server
 
 from hidra_ng.errors import ConfigError
@@ -71,6 +84,18 @@ class ReceiverMetrics:
             ["stream", "group"],
             registry=r,
         )
+        self.group_redelivered = Counter(
+            "hidra_ng_group_redelivered",
+            "Messages handed out again after an ack timeout or a nack",
+            ["stream", "group"],
+            registry=r,
+        )
+        self.group_parked = Counter(
+            "hidra_ng_group_parked",
+            "Messages set aside after too many redeliveries",
+            ["stream", "group"],
+            registry=r,
+        )
         self.subscriber_skipped = Counter(
             "hidra_ng_subscriber_skipped", "Frames a slow subscriber skipped", registry=r
         )
@@ -101,6 +126,9 @@ def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):
     """Serve ``/metrics`` on ``port``; 0 disables. Returns the server (or None)."""
     if not port:
         return None
+    # The *_created series of every counter double the series count and no
+    # dashboard of ours uses them (process-wide switch, so only when serving).
+    disable_created_metrics()
     try:
         server, _thread = start_http_server(port, addr=addr, registry=registry)
     except OSError as err:
