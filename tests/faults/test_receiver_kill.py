@@ -1,0 +1,83 @@
+"""Fault: the receiver is killed with SIGKILL three times during a transfer (G1, G3, G4, G5)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from workload import (
+    assert_sender_order,
+    check,
+    expected_digests,
+    message,
+    read_finished_stream,
+)
+
+from hidra_ng import Consumer, Producer
+from hidra_ng.localrun import ReceiverProcess
+
+pytestmark = pytest.mark.slow
+
+MESSAGES = 1500
+SEED = 1
+STREAM = "faults/receiver-kill"
+SENDER = "kill-receiver"
+#: kill the receiver once this share of the messages is acknowledged
+KILL_AT = (0.2, 0.45, 0.7)
+
+
+def send_all(producer: Producer, errors: list[BaseException]) -> None:
+    try:
+        for k in range(MESSAGES):
+            data, meta = message(SEED, k)
+            assert producer.send(STREAM, data, meta) == k
+    except BaseException as err:  # reported by the test thread
+        errors.append(err)
+
+
+def stored_count(api: str) -> int:
+    with Consumer(api, request_timeout=5.0) as consumer:
+        return consumer.info(STREAM).count
+
+
+def test_receiver_killed_three_times_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    receiver = ReceiverProcess(tmp_path / "store")
+    receiver.start()
+    try:
+        with Producer(receiver.ingest, receiver.api, tmp_path / "spool", SENDER) as producer:
+            errors: list[BaseException] = []
+            sender = threading.Thread(target=send_all, args=(producer, errors))
+            sender.start()
+            for share in KILL_AT:
+                wait_for(
+                    lambda share=share: producer.stats["acked"] >= share * MESSAGES,
+                    timeout=90,
+                    what=f"{share:.0%} of the messages acknowledged",
+                )
+                acked = producer.stats["acked"]
+                receiver.kill()
+                assert receiver.proc.returncode == -9
+                assert acked < MESSAGES, "the kill must come during the transfer"
+                receiver.start()
+                # G1: what was acknowledged before the kill survived it
+                assert stored_count(receiver.api) >= acked
+            sender.join(timeout=120)
+            assert not sender.is_alive()
+            assert not errors, errors
+            producer.finish(STREAM)
+            producer.flush(timeout=120)
+            wait_for(lambda: producer.spool_messages == 0, what="acked messages released")
+
+        frames = read_finished_stream(receiver.api, STREAM)
+    finally:
+        receiver.kill()
+
+    expected = expected_digests(SEED, range(MESSAGES))
+    verdict = check(frames, expected, required=range(MESSAGES))
+    assert verdict.ok, verdict.summary()
+    assert len(frames) == MESSAGES
+    assert_sender_order(frames, expected, SENDER)
+    assert verdict.present == list(range(MESSAGES))
+    assert [f.seq for f in frames] == list(range(MESSAGES))
