@@ -1,0 +1,197 @@
+"""Raw baselines: what pyzmq and LMDB alone do with the same bytes on the same machine.
+
+Each baseline states what it measures; hidra_ng's figures are divided by them.
+
+raw_zmq_pushpull_4mib
+    MB/s of 4 MiB frames from a PUSH socket in this process to a PULL socket in a
+    child process (perf/zmq_peer.py) over tcp loopback, sent with ``copy=False``
+    and received with ``copy=False``; timed from the first send until the child
+    reports the last frame received.
+raw_zmq_latency_4mib_p50 / _p99
+    One-way latency in ms of one 4 MiB message over the same pair of sockets: the
+    send time (monotonic clock, shared by both processes on Linux) travels in a
+    first frame and the child subtracts it from the arrival time of the whole
+    message. The next message is sent only after the child answered the previous
+    one, so nothing queues. Percentiles over the samples of all runs, each run's
+    first ``latency_warmup`` samples dropped.
+raw_lmdb_append_4mib
+    MB/s of a durable LMDB append of 4 MiB values: each value put (``append=True``,
+    8-byte big-endian key) in its own write transaction committed with
+    ``sync=True`` (one fsync per frame), as ``Producer.send()`` with the default
+    ``spool_sync="always"`` does. Same open flags as hidra_ng's store and spool.
+raw_lmdb_append_4mib_batch16
+    The same with 16 frames per transaction (one fsync per 16 frames), for
+    reference: what group commit can at best buy.
+raw_lmdb_put_1kib
+    Messages/s of LMDB puts of 1 KiB values, ``batch_1kib`` (1000) per write
+    transaction, each committed with ``sync=True``.
+
+Throughputs are the median over the rounds of a perf run (see run.py). Every
+LMDB environment is fresh, lives in a temp dir on the filesystem of /tmp,
+is sized up front (no map growth while timed) and is removed after its run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import lmdb
+import zmq
+from harness import MB, PERF_DIR, Metric, Probe, Run, Scale, probe, scratch_dir
+from payloads import FRAME_BYTES, frame_buffers, messages_1kib
+
+PEER = PERF_DIR / "zmq_peer.py"
+PEER_TIMEOUT_MS = 120_000
+ZMQ_HWM = 64  # both ends: bounds what can queue in memory to 64 frames (256 MiB)
+_KEY = struct.Struct(">Q")
+_NS = struct.Struct("<q")
+
+BASELINES: list[Probe] = []
+
+
+# ------------------------------------------------------------------------ pyzmq
+
+
+@contextlib.contextmanager
+def _peer(role: str, count: int) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
+    """A PUSH socket here, a zmq_peer.py child PULLing from it, and its answers."""
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, ZMQ_HWM)
+    back = ctx.socket(zmq.PULL)
+    proc = None
+    try:
+        data_ep = f"tcp://127.0.0.1:{push.bind_to_random_port('tcp://127.0.0.1')}"
+        back_ep = f"tcp://127.0.0.1:{back.bind_to_random_port('tcp://127.0.0.1')}"
+        cmd = [sys.executable, str(PEER), role, data_ep, back_ep, str(count), str(ZMQ_HWM)]
+        proc = subprocess.Popen(cmd)
+        if not push.poll(PEER_TIMEOUT_MS, zmq.POLLOUT):
+            raise TimeoutError(f"zmq peer {role} did not connect")
+        push.send(b"hello")
+        if _recv(back, proc) != b"ready":
+            raise RuntimeError("zmq peer did not answer ready")
+        yield push, back
+    finally:
+        push.close(linger=0)
+        back.close(linger=0)
+        ctx.term()
+        if proc is not None:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _recv(sock: zmq.Socket, proc: subprocess.Popen | None = None) -> bytes:
+    if not sock.poll(PEER_TIMEOUT_MS):
+        state = "" if proc is None else f" (peer exit code {proc.poll()})"
+        raise TimeoutError(f"zmq peer did not answer within {PEER_TIMEOUT_MS / 1000} s{state}")
+    return sock.recv()
+
+
+@probe(BASELINES, Metric("raw_zmq_pushpull_4mib", "MB/s"))
+def zmq_pushpull_4mib(scale: Scale) -> Run:
+    """4 MiB frames PUSH -> PULL to another process over tcp loopback, copy=False."""
+    frames = frame_buffers()
+    n = scale.frames_4mib
+    with _peer("sink", n) as (push, back):
+        t0 = time.perf_counter()
+        for i in range(n):
+            push.send(frames[i % len(frames)], copy=False)
+        summary = json.loads(_recv(back))
+        seconds = time.perf_counter() - t0
+    if summary["bytes"] != n * FRAME_BYTES:
+        raise RuntimeError(f"zmq sink got {summary['bytes']} bytes, not {n * FRAME_BYTES}")
+    return Run([n * FRAME_BYTES / seconds / MB], {"frames": n, "seconds": seconds})
+
+
+@probe(
+    BASELINES,
+    Metric("raw_zmq_latency_4mib_p50", "ms", percentile=50),
+    Metric("raw_zmq_latency_4mib_p99", "ms", percentile=99),
+)
+def zmq_latency_4mib(scale: Scale) -> Run:
+    """One-way latency of one 4 MiB message to another process over tcp loopback."""
+    frames = frame_buffers()
+    total = scale.latency_warmup + scale.latency_samples
+    with _peer("latency", total) as (push, back):
+        for i in range(total):
+            push.send_multipart(
+                [_NS.pack(time.monotonic_ns()), frames[i % len(frames)]], copy=False
+            )
+            if _recv(back) != b"k":
+                raise RuntimeError("zmq latency peer answered something else than b'k'")
+        result = json.loads(_recv(back))
+    ms = [ns / 1e6 for ns in result["latencies_ns"][scale.latency_warmup :]]
+    return Run(ms, {"max_ms": max(ms)})
+
+
+# ------------------------------------------------------------------------- LMDB
+
+
+def _open_lmdb(path, data_bytes: int) -> lmdb.Environment:
+    # the flags hidra_ng.lmdbenv.Env uses; the map is sized so it never grows while timed
+    return lmdb.open(
+        str(path),
+        map_size=int(data_bytes * 1.25) + (64 << 20),
+        sync=True,
+        metasync=True,
+        readahead=False,
+        max_dbs=2,
+    )
+
+
+def _lmdb_append(values: tuple, count: int, per_txn: int, label: str) -> float:
+    """Seconds to append ``count`` values, ``per_txn`` per durable transaction."""
+    size = memoryview(values[0]).nbytes
+    with scratch_dir(label) as d:
+        env = _open_lmdb(d, count * (size + 2 * 4096))
+        try:
+            t0 = time.perf_counter()
+            for start in range(0, count, per_txn):
+                with env.begin(write=True) as txn:
+                    for i in range(start, min(start + per_txn, count)):
+                        txn.put(_KEY.pack(i), values[i % len(values)], append=True)
+            seconds = time.perf_counter() - t0
+            entries = env.stat()["entries"]
+            if entries != count:
+                raise RuntimeError(f"LMDB holds {entries} entries, not {count}")
+        finally:
+            env.close()
+    return seconds
+
+
+def _lmdb_append_4mib(scale: Scale, per_txn: int) -> Run:
+    n = scale.frames_4mib
+    seconds = _lmdb_append(frame_buffers(), n, per_txn, "lmdb-4mib")
+    return Run(
+        [n * FRAME_BYTES / seconds / MB],
+        {"frames": n, "seconds": seconds, "ms_per_commit": 1000 * seconds * per_txn / n},
+    )
+
+
+@probe(BASELINES, Metric("raw_lmdb_append_4mib", "MB/s"))
+def lmdb_append_4mib(scale: Scale) -> Run:
+    """LMDB append of 4 MiB values, one write transaction with sync=True (fsync) per value."""
+    return _lmdb_append_4mib(scale, 1)
+
+
+@probe(BASELINES, Metric("raw_lmdb_append_4mib_batch16", "MB/s"))
+def lmdb_append_4mib_batch16(scale: Scale) -> Run:
+    """LMDB append of 4 MiB values, 16 per write transaction with sync=True (reference)."""
+    return _lmdb_append_4mib(scale, 16)
+
+
+@probe(BASELINES, Metric("raw_lmdb_put_1kib", "msg/s"))
+def lmdb_put_1kib(scale: Scale) -> Run:
+    """LMDB put of 1 KiB values, 1000 per write transaction with sync=True."""
+    n, per_txn = scale.messages_1kib, scale.batch_1kib
+    seconds = _lmdb_append(messages_1kib(), n, per_txn, "lmdb-1kib")
+    return Run([n / seconds], {"messages": n, "seconds": seconds, "messages_per_fsync": per_txn})

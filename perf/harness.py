@@ -1,0 +1,295 @@
+"""Shared helpers of the perf harness: scales, timing, statistics, temp dirs, the machine.
+
+Baselines and figures are :class:`Probe` s: a function that does one timed run and
+the :class:`Metric` s it yields. The runner calls every probe once per round and
+turns the runs into :class:`Measurement` s: the median over runs for throughputs,
+a percentile over all samples for latencies, with the samples kept, so that
+results.json says exactly what was measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+KiB = 1 << 10
+MiB = 1 << 20
+MB = 1e6  # throughputs are reported in MB/s (10**6 bytes), as SPEC §12 shows them
+
+PERF_DIR = Path(__file__).resolve().parent
+REPO_DIR = PERF_DIR.parent
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much work one run does: ``quick`` fits in a minute, ``full`` in a few minutes."""
+
+    name: str
+    rounds: int  # every baseline and figure runs once per round; medians over rounds
+    frames_4mib: int  # 4 MiB frames per throughput run
+    messages_1kib: int  # 1 KiB messages per throughput run
+    batch_1kib: int  # 1 KiB messages per LMDB transaction / Producer.send_many call
+    latency_samples: int  # one-way latency samples per run (after the warm-up)
+    latency_warmup: int  # samples dropped at the start of each latency run
+
+
+QUICK = Scale("quick", rounds=3, frames_4mib=96, messages_1kib=20_000, batch_1kib=1000,
+              latency_samples=100, latency_warmup=10)  # fmt: skip
+FULL = Scale("full", rounds=5, frames_4mib=512, messages_1kib=200_000, batch_1kib=1000,
+             latency_samples=200, latency_warmup=20)  # fmt: skip
+
+
+# ------------------------------------------------------------ probes and results
+
+
+@dataclass
+class Run:
+    """What one run of a probe gave: its samples and details worth keeping."""
+
+    samples: list[float]  # one throughput, or many latencies
+    detail: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number a probe reports.
+
+    ``percentile=None``: the median over runs of each run's single sample (throughputs);
+    otherwise that percentile of all runs' samples pooled (latencies).
+    ``baseline`` (figures only): the baseline this figure is divided by.
+    """
+
+    name: str
+    unit: str
+    percentile: float | None = None
+    baseline: str | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A baseline or figure measurement: one call of ``run`` is one timed run."""
+
+    metrics: tuple[Metric, ...]
+    run: Callable[[Scale], Run]
+    doc: str
+
+
+def probe(registry: list[Probe], *metrics: Metric):
+    """Decorator: register a run function that measures ``metrics``."""
+
+    def register(fn: Callable[[Scale], Run]) -> Callable[[Scale], Run]:
+        doc = " ".join((fn.__doc__ or "").split())
+        registry.append(Probe(tuple(metrics), fn, doc))
+        return fn
+
+    return register
+
+
+@dataclass
+class Measurement:
+    """One reported number with the samples behind it."""
+
+    name: str
+    value: float
+    unit: str
+    stat: str  # how ``value`` came from ``samples``, e.g. "median of 3 runs"
+    samples: list[float]  # per-run values (throughputs) or none (latencies: too many)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["name"]
+        out["samples"] = [_round(s) for s in self.samples]
+        return out
+
+
+def summarize(metric: Metric, runs: list[Run]) -> Measurement:
+    """The metric's value from all runs of its probe, with per-run details as lists."""
+    detail: dict[str, Any] = {}
+    for run in runs:
+        for key, value in run.detail.items():
+            detail.setdefault(key, []).append(_round(value))
+    if metric.percentile is None:
+        samples = [run.samples[0] for run in runs]
+        value = statistics.median(samples)
+        stat = f"median of {len(samples)} runs"
+    else:
+        pooled = [s for run in runs for s in run.samples]
+        value = percentile(pooled, metric.percentile)
+        stat = f"p{metric.percentile:g} of {len(pooled)} samples from {len(runs)} runs"
+        samples = []
+        detail["per_run"] = [_round(percentile(run.samples, metric.percentile)) for run in runs]
+    return Measurement(metric.name, value, metric.unit, stat, samples, detail)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.5g}") if isinstance(x, float) else x
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by linear interpolation, as numpy's default."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+class Stopwatch:
+    """Wall time and this process's CPU time of a block (CPU time shows what was busy)."""
+
+    def __enter__(self) -> Stopwatch:
+        self.cpu0 = time.process_time()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = time.process_time() - self.cpu0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait until ``condition()`` holds, checking often; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def scratch_dir(label: str) -> Iterator[Path]:
+    """A fresh directory under the system temp dir (same filesystem as /tmp), removed after."""
+    path = Path(tempfile.mkdtemp(prefix=f"hidra-perf-{label}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def peak_rss_bytes() -> dict[str, int]:
+    """Peak resident memory of this process and of its largest finished child."""
+    # ru_maxrss is in KiB on Linux
+    return {
+        "perf_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KiB,
+        "largest_child": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * KiB,
+    }
+
+
+# ---------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _virtualized() -> bool:
+    with contextlib.suppress(OSError):
+        return " hypervisor" in Path("/proc/cpuinfo").read_text()
+    return False
+
+
+def _memory_bytes() -> int:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * KiB
+    return 0
+
+
+def _filesystem_of(path: Path) -> str:
+    """'ext4 on /dev/vda (mounted at /)' for the mount that holds ``path``."""
+    best = ("", "?", "?")
+    with contextlib.suppress(OSError):
+        resolved = str(path.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, fstype = line.split()[:3]
+            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best[0]):
+                best = (mount, fstype, device)
+    mount, fstype, device = best
+    return f"{fstype} on {device} (mounted at {mount})"
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    import blosc2
+    import lmdb
+    import msgspec
+    import numpy
+    import zmq
+
+    import hidra_ng
+
+    return {
+        "python": platform.python_version(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "py-lmdb": lmdb.__version__,
+        "lmdb": ".".join(map(str, lmdb.version())),
+        "numpy": numpy.__version__,
+        "msgspec": msgspec.__version__,
+        "blosc2": blosc2.__version__,
+        "hidra_ng": f"{getattr(hidra_ng, '__version__', '0.1.0')} ({_git_revision()})",
+    }
+
+
+def machine() -> tuple[str, dict[str, Any]]:
+    """One line that names the machine, and the same facts as a dict."""
+    tmp = Path(tempfile.gettempdir())
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "virtualized": _virtualized(),
+        "memory_bytes": _memory_bytes(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "temp_dir": str(tmp),
+        "temp_filesystem": _filesystem_of(tmp),
+        "versions": _versions(),
+    }
+    v = info["versions"]
+    line = (
+        f"{info['cpu']}{' (VM)' if info['virtualized'] else ''}, {info['cores']} cores,"
+        f" {info['memory_bytes'] / (1 << 30):.1f} GiB RAM, {info['kernel']},"
+        f" {tmp} on {info['temp_filesystem'].split(' (')[0]};"
+        f" Python {v['python']}, pyzmq {v['pyzmq']} (libzmq {v['libzmq']}),"
+        f" py-lmdb {v['py-lmdb']} (LMDB {v['lmdb']}), numpy {v['numpy']},"
+        f" msgspec {v['msgspec']}, blosc2 {v['blosc2']}; hidra_ng {v['hidra_ng']}"
+    )
+    return line, info
+
+
+def progress(message: str) -> None:
+    """One status line on stderr, so stdout keeps only the report."""
+    print(message, file=sys.stderr, flush=True)

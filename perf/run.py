@@ -1,0 +1,286 @@
+"""Measure hidra_ng against raw pyzmq and LMDB on this machine (SPEC §12).
+
+    .venv/bin/python perf/run.py            # make perf: a few minutes
+    .venv/bin/python perf/run.py --quick    # make perf-quick: under a minute
+
+Runs every baseline (perf/baselines.py) and every figure (perf/figures.py) once
+per round, for several rounds, interleaved so that drift of the machine (a busy
+disk, say) hits baselines and figures alike. A throughput is the median over
+rounds; a latency is a percentile over the samples of all rounds. Each figure's
+ratio is its value divided by its baseline's value (for latencies: ours / raw,
+so lower is better there).
+
+Prints tables on stdout (progress goes to stderr) and writes perf/results.json
+(the shape SPEC §12 fixes, plus "baselines" and details) and perf/RESULTS.md (a
+table to paste into the README). Exit code 1 if any measurement failed; the
+others are still reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from baselines import BASELINES
+from figures import FIGURES, PLANNED
+from harness import (
+    FULL,
+    PERF_DIR,
+    QUICK,
+    Measurement,
+    Metric,
+    Probe,
+    Run,
+    machine,
+    peak_rss_bytes,
+    percentile,
+    progress,
+    summarize,
+)
+
+RESULTS_JSON = PERF_DIR / "results.json"
+RESULTS_MD = PERF_DIR / "RESULTS.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    scale = QUICK if args.quick else FULL
+    if args.rounds:
+        scale = replace(scale, rounds=args.rounds)
+    probes = [p for p in BASELINES + FIGURES if _selected(p, args.only)]
+    started = time.perf_counter()
+    machine_line, machine_info = machine()
+    progress(f"perf {scale.name}: {scale.rounds} rounds on {machine_line}")
+
+    runs: dict[int, list[Run]] = {id(p): [] for p in probes}
+    errors: dict[str, str] = {}
+    for r in range(1, scale.rounds + 1):
+        for p in probes:
+            label = p.metrics[0].name
+            if label in errors:
+                continue
+            t0 = time.perf_counter()
+            try:
+                run = p.run(scale)
+            except Exception as err:
+                errors[label] = f"{type(err).__name__}: {err}"
+                progress(f"[round {r}/{scale.rounds}] {label} FAILED:\n{traceback.format_exc()}")
+                continue
+            runs[id(p)].append(run)
+            shown = (
+                run.samples[0]
+                if len(run.samples) == 1
+                else sorted(run.samples)[len(run.samples) // 2]
+            )
+            progress(
+                f"[round {r}/{scale.rounds}] {label}: {shown:,.1f} {p.metrics[0].unit}"
+                f" ({time.perf_counter() - t0:.1f} s)"
+            )
+
+    baselines = _measure(BASELINES, runs, errors)
+    figures = _figures(FIGURES, runs, baselines, errors)
+    results: dict[str, Any] = {
+        "machine": machine_line,
+        "figures": figures,
+        "baselines": {name: m.to_json() for name, m in baselines.items()},
+        "not_measured_yet": [name for name in PLANNED if name not in figures],
+        "errors": errors,
+        "mode": scale.name,
+        "scale": scale.__dict__,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "machine_detail": machine_info,
+    }
+    _write_json(args.output, results)
+    markdown = render_markdown(results)
+    if args.output == RESULTS_JSON:
+        RESULTS_MD.write_text(markdown)
+    print(render_text(results, baselines))
+    if args.markdown:
+        print(markdown)
+    progress(f"wrote {args.output} in {results['seconds']} s")
+    return 1 if errors else 0
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="under a minute (make perf-quick)")
+    ap.add_argument("--markdown", action="store_true", help="also print RESULTS.md")
+    ap.add_argument("--rounds", type=int, default=0, help="override the number of rounds")
+    ap.add_argument(
+        "--only", action="append", default=[], metavar="NAME",
+        help="only probes whose metric names contain NAME (repeatable)",
+    )  # fmt: skip
+    ap.add_argument("--output", type=Path, default=RESULTS_JSON, help="results file")
+    return ap.parse_args(argv)
+
+
+def _selected(p: Probe, only: list[str]) -> bool:
+    return not only or any(word in m.name for m in p.metrics for word in only)
+
+
+# -------------------------------------------------------------------- results
+
+
+def _measure(
+    probes: list[Probe], runs: dict[int, list[Run]], errors: dict[str, str]
+) -> dict[str, Measurement]:
+    out = {}
+    for p in probes:
+        if runs.get(id(p)):
+            for metric in p.metrics:
+                out[metric.name] = summarize(metric, runs[id(p)])
+    return out
+
+
+def _per_run(metric: Metric, run: Run) -> float:
+    return (
+        run.samples[0] if metric.percentile is None else percentile(run.samples, metric.percentile)
+    )
+
+
+def _figures(
+    probes: list[Probe],
+    runs: dict[int, list[Run]],
+    baselines: dict[str, Measurement],
+    errors: dict[str, str],
+) -> dict[str, dict[str, Any]]:
+    baseline_runs = {
+        m.name: (m, runs[id(p)]) for p in BASELINES for m in p.metrics if id(p) in runs
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for p in probes:
+        if not runs.get(id(p)):
+            continue
+        for metric in p.metrics:
+            m = summarize(metric, runs[id(p)])
+            base = baselines.get(metric.baseline)
+            entry: dict[str, Any] = {
+                "value": _num(m.value),
+                "unit": m.unit,
+                "baseline": metric.baseline,
+                "baseline_value": _num(base.value) if base else None,
+                "ratio": round(m.value / base.value, 3) if base and base.value else None,
+            }
+            if base is not None:
+                if base.unit != m.unit:
+                    raise ValueError(f"{m.name} is in {m.unit} but {base.name} in {base.unit}")
+                bmetric, bruns = baseline_runs[metric.baseline]
+                pairs = zip(runs[id(p)], bruns, strict=False)
+                entry["ratio_per_round"] = [
+                    round(_per_run(metric, a) / _per_run(bmetric, b), 3) for a, b in pairs
+                ]
+            entry.update(stat=m.stat, samples=m.samples, detail=m.detail)
+            out[metric.name] = entry
+    return out
+
+
+def _num(x: float) -> float:
+    return round(x, 3) if abs(x) < 100 else round(x, 1)
+
+
+def _write_json(path: Path, results: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------- rendering
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _spread(samples: list[float]) -> str:
+    return f"{_fmt(min(samples))} .. {_fmt(max(samples))}" if samples else ""
+
+
+def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> str:
+    out = [f"machine: {results['machine']}", f"mode: {results['mode']}, {results['date']}", ""]
+    out.append("raw baselines")
+    rows = [
+        [name, _fmt(m.value), m.unit, m.stat, _spread(m.samples or m.detail.get("per_run", []))]
+        for name, m in baselines.items()
+    ]
+    out += [_table(["baseline", "value", "unit", "stat", "runs min .. max"], rows), ""]
+    out.append("hidra_ng figures (ratio = figure / baseline)")
+    rows = [
+        [
+            name,
+            _fmt(f["value"]),
+            f["unit"],
+            f["baseline"] or "-",
+            _fmt(f["baseline_value"]),
+            _fmt(f["ratio"]),
+            _spread(f.get("ratio_per_round", [])),
+        ]
+        for name, f in results["figures"].items()
+    ]
+    rows += [
+        [name, "not measured yet", "", PLANNED[name], "", "", ""]
+        for name in results["not_measured_yet"]
+    ]
+    header = ["figure", "value", "unit", "baseline", "baseline value", "ratio", "ratio per round"]
+    out.append(_table(header, rows))
+    for name, err in results["errors"].items():
+        out.append(f"FAILED {name}: {err}")
+    return "\n".join(out)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# hidra_ng performance",
+        "",
+        f"`make perf{'-quick' if results['mode'] == 'quick' else ''}` on {results['date']}"
+        f" ({results['mode']} mode, {results['scale']['rounds']} rounds)",
+        "",
+        f"Machine: {results['machine']}",
+        "",
+        "| figure | value | baseline | baseline value | ratio |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for name, f in results["figures"].items():
+        lines.append(
+            f"| `{name}` | {_fmt(f['value'])} {f['unit']} | `{f['baseline']}` |"
+            f" {_fmt(f['baseline_value'])} {f['unit']} | {_fmt(f['ratio'])} |"
+        )
+    for name in results["not_measured_yet"]:
+        lines.append(f"| `{name}` | not measured yet | `{PLANNED[name]}` | | |")
+    lines += ["", "| raw baseline | value | how |", "|---|---:|---|"]
+    for name, b in results["baselines"].items():
+        lines.append(f"| `{name}` | {_fmt(b['value'])} {b['unit']} | {b['stat']} |")
+    lines += [
+        "",
+        "Throughputs are medians over rounds, latencies percentiles over all samples; every"
+        " round runs each baseline and figure once. Definitions: perf/baselines.py and"
+        " perf/figures.py.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
