@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from hidra_ng import protocol as proto
-from hidra_ng.compression import check_compression, compress
+from hidra_ng.compression import Encoded, check_compression, compress
 from hidra_ng.errors import (
     ConfigError,
     MessageTooLarge,
@@ -134,15 +134,20 @@ class Producer:
     def _prepare(
         self, stream: str, data: Data, meta: dict[str, Any] | None
     ) -> tuple[proto.Header, memoryview | bytes]:
-        kind, dtype, shape, payload = describe(data)
+        if isinstance(data, Encoded):  # compressed by its source: spooled as it is
+            kind, dtype, shape, payload = proto.Payload.ARRAY, data.dtype, data.shape, data.check()
+            codec = data.compression
+        else:
+            kind, dtype, shape, payload = describe(data)
+            codec = "none"
         if len(payload) > self.max_message_bytes:
             raise MessageTooLarge(
                 f"data of {len(payload)} bytes for stream {stream!r} exceeds the maximum of"
                 f" {self.max_message_bytes} bytes"
             )
         meta_bytes = proto.encode_meta(meta, self.max_meta_bytes)
-        codec = "none"
-        if self.compression != "none" and kind in (proto.Payload.ARRAY, proto.Payload.BYTES):
+        compressible = kind in (proto.Payload.ARRAY, proto.Payload.BYTES) and codec == "none"
+        if compressible and self.compression != "none":
             payload = compress(payload, dtype, self.compression)
             codec = self.compression
         header = proto.Header(stream, 0, kind, dtype, shape, codec, meta_bytes, time.time())
@@ -228,6 +233,11 @@ class Producer:
     @property
     def stats(self) -> dict[str, int]:
         return {"sent": self._link.sent_total, "acked": self._link.acked_total}
+
+    @property
+    def acked_seq(self) -> int:
+        """Highest seq the receiver acknowledged (with every seq below it); -1 before any."""
+        return self._link.acked
 
     def checkpoint(self, name: str) -> bytes | None:
         """A source's position saved with the messages it spooled (see ``send_many``)."""
