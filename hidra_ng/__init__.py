@@ -8,7 +8,7 @@ The public API (SPEC §4)::
     HidraError and its subclasses every error a user can meet
 """
 
-from hidra_ng.client import Consumer, Subscriber
+from hidra_ng.client import Consumer
 from hidra_ng.errors import (
     AuthenticationError,
     ConfigError,
@@ -30,6 +30,7 @@ from hidra_ng.errors import (
 from hidra_ng.frames import Frame
 from hidra_ng.producer import Producer
 from hidra_ng.protocol import StreamInfo
+from hidra_ng.subscriber import Subscriber
 
 __all__ = [
     "AuthenticationError",

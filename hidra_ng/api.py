@@ -65,8 +65,8 @@ class _Replay:
     follow: bool
     credit_frames: int
     credit_bytes: int
-    heard: float
-    idle_sent: float = 0.0
+    heard: float  # last message from the consumer
+    sent: float  # last message to the consumer
 
 
 class ApiServer:
@@ -320,6 +320,7 @@ class ApiServer:
             req.credit_frames,
             req.credit_bytes,
             time.monotonic(),
+            time.monotonic(),
         )
         self._ready.add(key)
 
@@ -381,6 +382,7 @@ class ApiServer:
             r.next = index + 1
             r.credit_frames -= 1
             r.credit_bytes -= len(payload)
+            r.sent = time.monotonic()
         return True
 
     def _finish_replay(self, r: _Replay) -> None:
@@ -388,7 +390,7 @@ class ApiServer:
         return None
 
     def _sweep_replays(self) -> None:
-        """Keep waiting follow replays alive; drop those whose consumer went silent."""
+        """Keep follow replays that wait for frames alive; drop those whose consumer is silent."""
         now = time.monotonic()
         if now < self._next_sweep:
             return
@@ -397,8 +399,9 @@ class ApiServer:
             if now - r.heard > SESSION_SECONDS:
                 log.info("replay of %s for a silent consumer dropped at index %d", r.stream, r.next)
                 self._end_replay(key)
-            elif key not in self._ready and now - r.idle_sent > IDLE_SECONDS:
-                r.idle_sent = now
+            elif r.follow and r.credit_frames > 0 and now - r.sent > IDLE_SECONDS:
+                # waiting for new frames, not for credit: say we are alive
+                r.sent = now
                 self._reply(r.ident, r.id, proto.REPLAY_IDLE)
 
 

@@ -214,6 +214,52 @@ def get(
         typer.echo(f"written to {output}")
 
 
+@app.command()
+def tail(
+    stream: str,
+    publish: Annotated[str, typer.Option("--publish", help="receiver publish endpoint")] = (
+        DEFAULT_PUBLISH
+    ),
+    api: Annotated[str | None, typer.Option("--api", help="receiver api endpoint")] = None,
+    count: Annotated[int, typer.Option(help="stop after this many frames, 0: never")] = 0,
+) -> None:
+    """Print live frames of STREAM as lines until Ctrl-C."""
+    import time
+
+    from hidra_ng.subscriber import Subscriber
+
+    shown = 0
+    window: list[float] = []
+    try:
+        with Subscriber(publish, [stream], api=api) as sub:
+            for frame in sub:
+                now = time.monotonic()
+                window = [t for t in window if now - t < 1.0] + [now]
+                typer.echo(
+                    f"{frame.index:>8}  {_describe(frame):<22} {len(window):>5} Hz"
+                    f"  skipped {sub.skipped:<5} {_short_meta(frame.meta)}"
+                )
+                shown += 1
+                if count and shown >= count:
+                    return
+    except KeyboardInterrupt:
+        return
+
+
+def _describe(frame) -> str:
+    import numpy as np
+
+    data = frame.data
+    if isinstance(data, np.ndarray):
+        return f"{'x'.join(map(str, data.shape))} {data.dtype}"
+    return "no data" if data is None else f"{len(data)} bytes"
+
+
+def _short_meta(meta: dict, width: int = 60) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in meta.items())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _print_streams(infos) -> None:
     rows = [("stream", "first", "last", "count", "bytes", "finished")]
     for s in infos:

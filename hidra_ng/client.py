@@ -1,4 +1,4 @@
-"""Consumer (requests to the receiver's api) and Subscriber (live frames from its PUB)."""
+"""Consumer: requests to the receiver's api (get, last, info, streams, replay)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,14 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import zmq
 
 from hidra_ng import protocol as proto
-from hidra_ng.errors import (
-    REMOTE_ERRORS,
-    HidraError,
-    NotYetAvailable,
-    ProtocolError,
-    ReceiverUnavailable,
-)
+from hidra_ng.errors import REMOTE_ERRORS, HidraError, ProtocolError, ReceiverUnavailable
 from hidra_ng.frames import Frame, frame_from_record
 
 log = logging.getLogger(__name__)
@@ -142,7 +136,7 @@ class Consumer:
     def close(self) -> None:
         for replay in list(self._replays):
             replay.close()
-        self._sock.close(linger=0)
+        self._sock.close()  # with its LINGER option: 0 unless a last message must leave
         self._ctx.term()
 
     def __enter__(self) -> Consumer:
@@ -261,149 +255,3 @@ def api_idle_seconds() -> float:
     from hidra_ng.api import IDLE_SECONDS
 
     return 3 * IDLE_SECONDS
-
-
-class Subscriber:
-    """Live frames of some streams from the receiver's PUB socket (SPEC §4, G6).
-
-    Iteration yields frames as they are committed; when the reader is slow the
-    receiver drops frames for it rather than slowing ingest, and ``skipped``
-    counts what was missed (from the gaps in the indices). ``latest()`` returns
-    the newest frame, right after joining too: it takes a snapshot from the
-    receiver's api (``api``, by default the publish host at port 50101) and
-    merges it with the live feed, dropping anything older than what it has.
-    """
-
-    def __init__(
-        self,
-        publish: str = "tcp://localhost:50102",
-        streams: Iterable[str] = (),
-        *,
-        api: str | None = None,
-        rcvhwm: int = 8,
-    ) -> None:
-        self.publish = publish
-        self.streams = [proto.check_stream_name(s) for s in streams]
-        self.api = api or _default_api(publish)
-        self.skipped = 0
-        self._reported = 0
-        self._last_report = time.monotonic()
-        self._seen: dict[str, int] = {}  # stream -> newest index yielded or snapshotted
-        self._newest: dict[str, Frame] = {}
-        self._snapshotted = False
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        for stream in self.streams or [""]:
-            # the NUL ends the topic, so "p11/a" does not also match "p11/ab"
-            self._sock.setsockopt(zmq.SUBSCRIBE, stream.encode() + b"\0" if stream else b"")
-        self._sock.connect(publish)
-        self._consumer: Consumer | None = None
-
-    # ------------------------------------------------------------- live feed
-
-    def _recv(self, timeout: float | None) -> Frame | None:
-        if not self._sock.poll(None if timeout is None else max(0.0, timeout) * 1000):
-            return None
-        frames = self._sock.recv_multipart(copy=False)
-        if len(frames) != 3:
-            raise ProtocolError(f"published message has {len(frames)} frames; expected 3")
-        proto.peek_kind(frames[1].buffer)
-        return decode_frame(frames[1].buffer[proto.PREAMBLE_SIZE :], frames[2].buffer)
-
-    def _accept(self, frame: Frame) -> bool:
-        """Track order per stream; False for a frame older than one already seen."""
-        seen = self._seen.get(frame.stream)
-        if seen is not None:
-            if frame.index <= seen:
-                return False
-            self.skipped += frame.index - seen - 1
-        self._seen[frame.stream] = frame.index
-        self._newest[frame.stream] = frame
-        self._report_skipped()
-        return True
-
-    def receive(self, timeout: float | None = None) -> Frame | None:
-        """The next live frame, or None when none came within ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            frame = self._recv(left)
-            if frame is None:
-                return None
-            if self._accept(frame):
-                return frame
-
-    def __iter__(self) -> Iterator[Frame]:
-        while True:
-            frame = self.receive()
-            if frame is not None:
-                yield frame
-
-    # ------------------------------------------------------------ the newest
-
-    def latest(self, timeout: float = 1.0, stream: str | None = None) -> Frame:
-        """The newest committed frame of ``stream`` (default: the one subscribed to)."""
-        if stream is None:
-            if len(self.streams) != 1:
-                raise ValueError("latest() needs stream= when subscribed to several streams")
-            stream = self.streams[0]
-        if not self._snapshotted:
-            self._snapshotted = True
-            self._snapshot()
-        while (frame := self._recv(0)) is not None:  # drain: keep only what is newer
-            self._accept(frame)
-        newest = self._newest.get(stream)
-        if newest is not None:
-            return newest
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            frame = self._recv(left)
-            if frame is not None and self._accept(frame) and frame.stream == stream:
-                return frame
-        raise NotYetAvailable(f"no frame of stream {stream!r} within {timeout} s")
-
-    def _snapshot(self) -> None:
-        try:
-            self._consumer = self._consumer or Consumer(self.api, request_timeout=2.0)
-            for stream in self.streams:
-                try:
-                    frame = self._consumer.last(stream)
-                except NotYetAvailable:
-                    continue
-                if frame.index > self._seen.get(stream, -1):
-                    self._seen[stream] = frame.index
-                    self._newest[stream] = frame
-        except ReceiverUnavailable as err:
-            log.warning("no snapshot from %s (%s); waiting for live frames", self.api, err)
-
-    def _report_skipped(self) -> None:
-        """Tell the receiver (its skipped metric) at most once a second, fire and forget."""
-        now = time.monotonic()
-        if self.skipped == self._reported or now - self._last_report < 1.0:
-            return
-        self._last_report = now
-        with contextlib.suppress(zmq.ZMQError, HidraError):
-            self._consumer = self._consumer or Consumer(self.api, request_timeout=2.0)
-            req = proto.Request(0, "skipped", count=self.skipped - self._reported)
-            self._consumer._sock.send(proto.encode(proto.Kind.REQUEST, req), zmq.NOBLOCK)
-            self._reported = self.skipped
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-        self._sock.close(linger=0)
-        self._ctx.term()
-
-    def __enter__(self) -> Subscriber:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _default_api(publish: str) -> str:
-    """The api endpoint beside a publish endpoint: same host, the default api port."""
-    host = publish.rsplit(":", 1)[0].replace("*", "localhost").replace("0.0.0.0", "localhost")
-    return f"{host}:50101"

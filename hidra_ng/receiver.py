@@ -27,7 +27,7 @@ from hidra_ng.api import ApiServer, Notice
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.errors import HidraError, InvalidInput, ProtocolError, StorageError
 from hidra_ng.metrics import ReceiverMetrics, serve
-from hidra_ng.store import AppendResult, Incoming, Store
+from hidra_ng.store import RETENTION_BATCH, AppendResult, Incoming, Store
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class Receiver:
         for info in self.store.streams():
             if info.last is not None:
                 self.metrics.last_index.labels(info.name).set(info.last)
+        self.metrics.store_bytes.set_function(self.store.env.disk_bytes)
+        self._next_retention = 0.0
 
     def _bind(self) -> None:
         c = self.config
@@ -148,14 +150,34 @@ class Receiver:
     def _ingest_loop(self) -> None:
         try:
             while not self._stop_ingest.is_set():
-                if not self.pull.poll(100):
-                    continue
-                batch = self._receive_batch()
-                if batch:
-                    self._commit(batch)
+                if self.pull.poll(100):
+                    batch = self._receive_batch()
+                    if batch:
+                        self._commit(batch)
+                self._retention()
         except Exception:
             log.exception("ingest thread failed")
             raise
+
+    def _retention(self) -> None:
+        """Apply max_store_bytes / max_age_seconds: after commits that overflow, and each second."""
+        c = self.config
+        if not (c.max_store_bytes or c.max_age_seconds):
+            return
+        now = time.monotonic()
+        over = c.max_store_bytes and self.store.stored_bytes() > c.max_store_bytes
+        if not over and now < self._next_retention:
+            return
+        self._next_retention = now + 1.0
+        try:
+            while (
+                self.store.enforce_retention(c.max_store_bytes, c.max_age_seconds)
+                >= RETENTION_BATCH
+                and not self._stop_ingest.is_set()
+            ):
+                pass
+        except StorageError as err:
+            log.error("retention failed: %s", err)
 
     def _receive_batch(self) -> list[Incoming]:
         """Everything that arrived, up to the commit limits, without waiting."""

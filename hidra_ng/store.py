@@ -36,6 +36,8 @@ from hidra_ng.protocol import Envelope, Header, Payload, Record, StreamInfo, enc
 log = logging.getLogger(__name__)
 
 _KEY = struct.Struct(">IQ")
+#: messages removed per retention transaction
+RETENTION_BATCH = 20_000
 _SEQ = struct.Struct(">Q")
 
 
@@ -273,6 +275,73 @@ class Store:
                 raise Gone(f"index {index} of stream {stream!r} was removed by retention")
             payload = txn.get(key, db=self._db["payloads"])
             return bytes(record), b"" if payload is None else bytes(payload)
+
+    # -------------------------------------------------------------- retention
+
+    def stored_bytes(self) -> int:
+        with self._lock:
+            return sum(m.bytes for m in self._streams.values())
+
+    def enforce_retention(
+        self,
+        max_bytes: int = 0,
+        max_age_seconds: float = 0.0,
+        now: float | None = None,
+        max_delete: int = RETENTION_BATCH,
+    ) -> int:
+        """Remove the oldest messages until within the limits (0: no limit); returns how many.
+
+        Age: every message stored before ``now - max_age_seconds``. Size: the oldest
+        messages of the oldest streams (by creation) until the payload bytes fit.
+        Indices are never reused: a removed index reads as ``Gone``. At most
+        ``max_delete`` messages go per call (one transaction), so a writer thread
+        can interleave commits; call again while it returns ``max_delete``.
+        """
+        cutoff = (time.time() if now is None else now) - max_age_seconds
+        with self._lock:
+            order = sorted(self._streams.items(), key=lambda item: item[1].id)
+            metas = {name: msgspec.structs.replace(meta) for name, meta in order}
+        total = sum(m.bytes for m in metas.values())
+        if not max_age_seconds and (not max_bytes or total <= max_bytes):
+            return 0
+        dec = msgspec.msgpack.Decoder(Record)
+        doomed: list[bytes] = []
+        touched: set[str] = set()
+        with self.env.read() as txn:
+            records = txn.cursor(db=self._db["records"])
+            for name, meta in metas.items():
+                if not records.set_range(frame_key(meta.id, meta.first)):
+                    continue
+                for key, value in records:
+                    stream_id, index = _KEY.unpack(key)
+                    if stream_id != meta.id or len(doomed) >= max_delete:
+                        break
+                    record = dec.decode(value)
+                    too_old = max_age_seconds and record.stored < cutoff
+                    too_big = max_bytes and total > max_bytes
+                    if not (too_old or too_big):
+                        break
+                    doomed.append(bytes(key))
+                    meta.first = index + 1
+                    meta.bytes -= record.nbytes
+                    total -= record.nbytes
+                    touched.add(name)
+        if not doomed:
+            return 0
+
+        def fill(txn) -> None:
+            for key in doomed:
+                txn.delete(key, db=self._db["records"])
+                txn.delete(key, db=self._db["payloads"])
+            for name in touched:
+                txn.put(name.encode(), encode_body(metas[name]), db=self._db["streams"])
+
+        self.env.write(fill)
+        with self._lock:
+            for name in touched:
+                self._streams[name] = metas[name]
+        log.info("retention removed %d messages from %d streams", len(doomed), len(touched))
+        return len(doomed)
 
     def read_range(
         self, stream: str, start: int, stop: int, max_frames: int, max_bytes: int
