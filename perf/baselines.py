@@ -109,7 +109,7 @@ def zmq_pushpull_4mib(scale: Scale) -> Run:
         seconds = time.perf_counter() - t0
     if summary["bytes"] != n * FRAME_BYTES:
         raise RuntimeError(f"zmq sink got {summary['bytes']} bytes, not {n * FRAME_BYTES}")
-    return Run([n * FRAME_BYTES / seconds / MB], {"frames": n, "seconds": seconds})
+    return Run({"raw_zmq_pushpull_4mib": [n * FRAME_BYTES / seconds / MB]}, {"seconds": seconds})
 
 
 @probe(
@@ -130,7 +130,9 @@ def zmq_latency_4mib(scale: Scale) -> Run:
                 raise RuntimeError("zmq latency peer answered something else than b'k'")
         result = json.loads(_recv(back))
     ms = [ns / 1e6 for ns in result["latencies_ns"][scale.latency_warmup :]]
-    return Run(ms, {"max_ms": max(ms)})
+    return Run(
+        {"raw_zmq_latency_4mib_p50": ms, "raw_zmq_latency_4mib_p99": ms}, {"max_ms": max(ms)}
+    )
 
 
 # ------------------------------------------------------------------------- LMDB
@@ -168,25 +170,25 @@ def _lmdb_append(values: tuple, count: int, per_txn: int, label: str) -> float:
     return seconds
 
 
-def _lmdb_append_4mib(scale: Scale, per_txn: int) -> Run:
+def _lmdb_append_4mib(scale: Scale, per_txn: int, name: str) -> Run:
     n = scale.frames_4mib
     seconds = _lmdb_append(frame_buffers(), n, per_txn, "lmdb-4mib")
     return Run(
-        [n * FRAME_BYTES / seconds / MB],
-        {"frames": n, "seconds": seconds, "ms_per_commit": 1000 * seconds * per_txn / n},
+        {name: [n * FRAME_BYTES / seconds / MB]},
+        {"seconds": seconds, "ms_per_commit": 1000 * seconds * per_txn / n},
     )
 
 
 @probe(BASELINES, Metric("raw_lmdb_append_4mib", "MB/s"))
 def lmdb_append_4mib(scale: Scale) -> Run:
     """LMDB append of 4 MiB values, one write transaction with sync=True (fsync) per value."""
-    return _lmdb_append_4mib(scale, 1)
+    return _lmdb_append_4mib(scale, 1, "raw_lmdb_append_4mib")
 
 
 @probe(BASELINES, Metric("raw_lmdb_append_4mib_batch16", "MB/s"))
 def lmdb_append_4mib_batch16(scale: Scale) -> Run:
     """LMDB append of 4 MiB values, 16 per write transaction with sync=True (reference)."""
-    return _lmdb_append_4mib(scale, 16)
+    return _lmdb_append_4mib(scale, 16, "raw_lmdb_append_4mib_batch16")
 
 
 @probe(BASELINES, Metric("raw_lmdb_put_1kib", "msg/s"))
@@ -194,4 +196,4 @@ def lmdb_put_1kib(scale: Scale) -> Run:
     """LMDB put of 1 KiB values, 1000 per write transaction with sync=True."""
     n, per_txn = scale.messages_1kib, scale.batch_1kib
     seconds = _lmdb_append(messages_1kib(), n, per_txn, "lmdb-1kib")
-    return Run([n / seconds], {"messages": n, "seconds": seconds, "messages_per_fsync": per_txn})
+    return Run({"raw_lmdb_put_1kib": [n / seconds]}, {"seconds": seconds})

@@ -2,9 +2,10 @@
 
 A figure is a probe registered in :data:`FIGURES` with the baseline it is
 compared to. :data:`PLANNED` lists every figure SPEC §12 names; one that is not
-registered yet (its API does not exist yet) is reported as "not measured yet",
-never with a made-up value. To add one: write a run function here, decorate it
-with ``@probe(FIGURES, Metric(name, unit, baseline=...))``, done.
+registered (its API does not exist yet: consumer groups for ``group_1kib``) is
+reported as "not measured yet", never with a made-up value. To add one: write a
+run function here and decorate it with ``@probe(FIGURES, Metric(name, unit,
+baseline=...))``.
 
 ingest_4mib
     MB/s of 4 MiB frame payload from a ``Producer`` with default durability
@@ -13,27 +14,46 @@ ingest_4mib
     (``hidra_ng.localrun.ReceiverProcess``, fsync per group commit) on loopback;
     timed from the first ``send()`` until ``flush()`` returns, i.e. until every
     frame is acknowledged as durably stored. Checked afterwards: the stream
-    holds every frame.
+    holds every frame. Baseline: raw_lmdb_append_4mib.
+ingest_4mib_lz4
+    The same with ``Producer(compression="lz4")`` (blosc2 LZ4 + bitshuffle, in
+    the caller's thread); MB/s of frame data before compression. The frames are
+    Poisson(2) counts (perf/payloads.py), so the ratio depends on that choice.
 ingest_1kib
-    Messages/s of 1 KiB messages on the same path, sent with
+    Messages/s of 1 KiB messages on the ingest path, sent with
     ``Producer.send_many`` in batches of ``batch_1kib`` (1000): one spool fsync per
-    batch, as the raw baseline has one fsync per 1000 puts.
+    batch, as the baseline raw_lmdb_put_1kib has one fsync per 1000 puts.
+replay_4mib
+    MB/s of ``Consumer.replay(stream, 0, n)`` (default window, frames decoded to
+    arrays) of a stream of 4 MiB frames stored just before (untimed, so the data
+    is in the page cache as the baseline's is in memory); from the call until the
+    last frame is in. Baseline: raw_zmq_pushpull_4mib.
+live_latency_4mib_p50 / _p99
+    Milliseconds from commit to a ``Subscriber`` in this process: its wall clock
+    on arrival minus ``Frame.stored`` (the receiver's clock at commit, same
+    machine). Frames are sent one at a time, each after the previous one
+    arrived, so nothing queues; the producer uses ``spool_sync="batch"`` as its
+    fsync is not on this path. Percentiles over all samples after a warm-up;
+    ratio = ours / raw one-way pyzmq latency (lower is better).
 
 Every run starts a fresh receiver and producer on fresh temp dirs (the same
 filesystem as /tmp), waits until the producer has heard from the receiver
-before the clock starts, and removes everything afterwards.
+before the clock starts, and removes everything afterwards. Details kept per run:
+CPU seconds of this process and of the receiver process in the timed part, and
+for ingest the split between the send() calls and the final flush().
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from harness import MB, Metric, Probe, Run, Scale, probe, scratch_dir, wait_for
+from harness import MB, Metric, Probe, Run, Scale, percentile, probe, scratch_dir, wait_for
 from payloads import FRAME_BYTES, SMALL_BYTES, frames_4mib, messages_1kib
 
-from hidra_ng import Consumer, Producer
+from hidra_ng import Consumer, Producer, Subscriber
 from hidra_ng.localrun import ReceiverProcess
 
 try:  # a test extra: CPU time of the receiver process, where the time goes
@@ -77,35 +97,40 @@ class _CpuClock:
         }
 
 
+#: Makes the receiver process of a figure from its data dir; profile_ingest.py swaps in
+#: one that runs under cProfile.
+receiver_factory: Callable[[Path], ReceiverProcess] = ReceiverProcess
+
+
 @contextlib.contextmanager
 def _pipeline(label: str, **producer_options) -> Iterator[tuple[ReceiverProcess, Producer]]:
     """A fresh receiver process and a Producer connected to it, on fresh temp dirs."""
     with (
         scratch_dir(label) as d,
-        ReceiverProcess(d / "store") as rx,
+        receiver_factory(d / "store") as rx,
         Producer(rx.ingest, rx.api, d / "spool", "perf", **producer_options) as p,
     ):
         wait_for(lambda: p.receiver_up, 30, "the producer hearing from the receiver")
         yield rx, p
 
 
-def _check_stored(rx: ReceiverProcess, stream: str, count: int, nbytes: int | None) -> None:
+def _check_stored(rx: ReceiverProcess, stream: str, count: int, nbytes: int | None = None):
+    """The stream's StreamInfo, after checking it holds what was sent."""
     with Consumer(rx.api) as c:
         info = c.info(stream)
     if info.count != count or (nbytes is not None and info.bytes != nbytes):
         raise RuntimeError(
             f"stream {stream} holds {info.count} messages of {info.bytes} bytes after flush();"
-            f" expected {count} messages of {nbytes} bytes"
+            f" expected {count} messages of {nbytes or 'any number of'} bytes"
         )
+    return info
 
 
-@probe(FIGURES, Metric("ingest_4mib", "MB/s", baseline="raw_lmdb_append_4mib"))
-def ingest_4mib(scale: Scale) -> Run:
-    """Producer.send() of 4 MiB frames (default durability) -> receiver process, acknowledged."""
+def _ingest_4mib(scale: Scale, name: str, **producer_options) -> Run:
     frames = frames_4mib()
     n = scale.frames_4mib
-    stream = "perf/ingest_4mib"
-    with _pipeline("ingest-4mib") as (rx, p):
+    stream = f"perf/{name}"
+    with _pipeline(name, **producer_options) as (rx, p):
         cpu = _CpuClock(rx)
         t0 = time.perf_counter()
         for i in range(n):
@@ -114,9 +139,22 @@ def ingest_4mib(scale: Scale) -> Run:
         p.flush(timeout=FLUSH_TIMEOUT)
         done = time.perf_counter()
         detail = cpu.read()
-        _check_stored(rx, stream, n, n * FRAME_BYTES)
-    detail.update(frames=n, send_seconds=sent - t0, flush_seconds=done - sent)
-    return Run([n * FRAME_BYTES / (done - t0) / MB], detail)
+        stored = _check_stored(rx, stream, n)
+    detail.update(send_seconds=sent - t0, flush_seconds=done - sent)
+    detail["stored_bytes_per_frame"] = stored.bytes / n
+    return Run({name: [n * FRAME_BYTES / (done - t0) / MB]}, detail)
+
+
+@probe(FIGURES, Metric("ingest_4mib", "MB/s", baseline="raw_lmdb_append_4mib"))
+def ingest_4mib(scale: Scale) -> Run:
+    """Producer.send() of 4 MiB frames (default durability) -> receiver process, acknowledged."""
+    return _ingest_4mib(scale, "ingest_4mib")
+
+
+@probe(FIGURES, Metric("ingest_4mib_lz4", "MB/s", baseline="raw_lmdb_append_4mib"))
+def ingest_4mib_lz4(scale: Scale) -> Run:
+    """ingest_4mib with Producer(compression="lz4"); MB/s of frame data before compression."""
+    return _ingest_4mib(scale, "ingest_4mib_lz4", compression="lz4")
 
 
 @probe(FIGURES, Metric("ingest_1kib", "msg/s", baseline="raw_lmdb_put_1kib"))
@@ -127,7 +165,7 @@ def ingest_1kib(scale: Scale) -> Run:
     calls = scale.messages_1kib // scale.batch_1kib
     n = calls * scale.batch_1kib
     stream = "perf/ingest_1kib"
-    with _pipeline("ingest-1kib") as (rx, p):
+    with _pipeline("ingest_1kib") as (rx, p):
         cpu = _CpuClock(rx)
         t0 = time.perf_counter()
         for _ in range(calls):
@@ -137,6 +175,81 @@ def ingest_1kib(scale: Scale) -> Run:
         done = time.perf_counter()
         detail = cpu.read()
         _check_stored(rx, stream, n, n * SMALL_BYTES)
-    detail.update(messages=n, send_seconds=sent - t0, flush_seconds=done - sent)
+    detail.update(send_seconds=sent - t0, flush_seconds=done - sent)
     detail["MB/s"] = n * SMALL_BYTES / (done - t0) / MB
-    return Run([n / (done - t0)], detail)
+    return Run({"ingest_1kib": [n / (done - t0)]}, detail)
+
+
+@probe(FIGURES, Metric("replay_4mib", "MB/s", baseline="raw_zmq_pushpull_4mib"))
+def replay_4mib(scale: Scale) -> Run:
+    """Consumer.replay() of a stored stream of 4 MiB frames, decoded to arrays."""
+    frames = frames_4mib()
+    n = scale.frames_4mib
+    stream = "perf/replay_4mib"
+    # filling the store is not timed: batch spool sync, send_many of 16 frames
+    with _pipeline("replay_4mib", spool_sync="batch") as (rx, p):
+        for start in range(0, n, 16):
+            p.send_many(
+                stream, [(frames[i % len(frames)], None) for i in range(start, min(start + 16, n))]
+            )
+        p.flush(timeout=FLUSH_TIMEOUT)
+        _check_stored(rx, stream, n, n * FRAME_BYTES)
+        with Consumer(rx.api) as c:
+            cpu = _CpuClock(rx)
+            nbytes, expected = 0, 0
+            t0 = time.perf_counter()
+            for frame in c.replay(stream, 0, n):
+                if frame.index != expected:
+                    raise RuntimeError(f"replay gave index {frame.index}, expected {expected}")
+                expected += 1
+                nbytes += frame.data.nbytes
+            seconds = time.perf_counter() - t0
+            detail = cpu.read()
+    if expected != n or nbytes != n * FRAME_BYTES:
+        raise RuntimeError(f"replay gave {expected} frames of {nbytes} bytes; expected {n}")
+    detail["consumer_cpu_seconds"] = detail.pop("producer_cpu_seconds")
+    detail["seconds"] = seconds
+    return Run({"replay_4mib": [n * FRAME_BYTES / seconds / MB]}, detail)
+
+
+@probe(
+    FIGURES,
+    Metric("live_latency_4mib_p50", "ms", percentile=50, baseline="raw_zmq_latency_4mib_p50"),
+    Metric("live_latency_4mib_p99", "ms", percentile=99, baseline="raw_zmq_latency_4mib_p99"),
+)
+def live_latency_4mib(scale: Scale) -> Run:
+    """Commit (Frame.stored) -> Subscriber of 4 MiB frames sent one at a time."""
+    frames = frames_4mib()
+    stream = "perf/live_latency_4mib"
+    live, end_to_end = [], []
+    # the spool's fsync per send() is not on the measured path (commit -> subscriber),
+    # and without it each sample takes half the time
+    with (
+        _pipeline("live_latency_4mib", spool_sync="batch") as (rx, p),
+        Subscriber(rx.publish, [stream]) as sub,
+    ):
+        # PUB/SUB joins asynchronously: send until the subscriber sees a frame
+        deadline = time.monotonic() + 30
+        while sub.receive(timeout=0.05) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the subscriber got no frame within 30 s")
+            p.send(stream, frames[0])
+        p.flush(timeout=FLUSH_TIMEOUT)
+        while sub.receive(timeout=0.05) is not None:
+            pass  # the warm-up frames still on their way
+        for i in range(scale.latency_warmup + scale.latency_samples):
+            sent = time.time()
+            p.send(stream, frames[i % len(frames)])
+            frame = sub.receive(timeout=30)
+            arrived = time.time()
+            if frame is None:
+                raise TimeoutError(f"frame {i} of the latency run did not arrive within 30 s")
+            if i >= scale.latency_warmup:
+                live.append(1000 * (arrived - frame.stored))
+                end_to_end.append(1000 * (arrived - sent))
+    detail = {
+        "send_to_subscriber_p50_ms": percentile(end_to_end, 50),
+        "send_to_subscriber_p99_ms": percentile(end_to_end, 99),
+        "skipped": sub.skipped,
+    }
+    return Run({"live_latency_4mib_p50": live, "live_latency_4mib_p99": live}, detail)

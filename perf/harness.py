@@ -45,8 +45,8 @@ class Scale:
     latency_warmup: int  # samples dropped at the start of each latency run
 
 
-QUICK = Scale("quick", rounds=3, frames_4mib=96, messages_1kib=20_000, batch_1kib=1000,
-              latency_samples=100, latency_warmup=10)  # fmt: skip
+QUICK = Scale("quick", rounds=3, frames_4mib=64, messages_1kib=10_000, batch_1kib=1000,
+              latency_samples=40, latency_warmup=5)  # fmt: skip
 FULL = Scale("full", rounds=5, frames_4mib=512, messages_1kib=200_000, batch_1kib=1000,
              latency_samples=200, latency_warmup=20)  # fmt: skip
 
@@ -56,9 +56,9 @@ FULL = Scale("full", rounds=5, frames_4mib=512, messages_1kib=200_000, batch_1ki
 
 @dataclass
 class Run:
-    """What one run of a probe gave: its samples and details worth keeping."""
+    """What one run of a probe gave: samples per metric name, and details worth keeping."""
 
-    samples: list[float]  # one throughput, or many latencies
+    samples: dict[str, list[float]]  # metric -> one throughput, or many latencies
     detail: dict[str, float] = field(default_factory=dict)
 
 
@@ -122,16 +122,22 @@ def summarize(metric: Metric, runs: list[Run]) -> Measurement:
         for key, value in run.detail.items():
             detail.setdefault(key, []).append(_round(value))
     if metric.percentile is None:
-        samples = [run.samples[0] for run in runs]
+        samples = [run.samples[metric.name][0] for run in runs]
         value = statistics.median(samples)
         stat = f"median of {len(samples)} runs"
     else:
-        pooled = [s for run in runs for s in run.samples]
+        pooled = [s for run in runs for s in run.samples[metric.name]]
         value = percentile(pooled, metric.percentile)
         stat = f"p{metric.percentile:g} of {len(pooled)} samples from {len(runs)} runs"
         samples = []
-        detail["per_run"] = [_round(percentile(run.samples, metric.percentile)) for run in runs]
+        detail["per_run"] = [per_run(metric, run) for run in runs]
     return Measurement(metric.name, value, metric.unit, stat, samples, detail)
+
+
+def per_run(metric: Metric, run: Run) -> float:
+    """The metric's value in one run."""
+    values = run.samples[metric.name]
+    return values[0] if metric.percentile is None else percentile(values, metric.percentile)
 
 
 def _round(x: float) -> float:

@@ -36,12 +36,11 @@ from harness import (
     PERF_DIR,
     QUICK,
     Measurement,
-    Metric,
     Probe,
     Run,
     machine,
     peak_rss_bytes,
-    percentile,
+    per_run,
     progress,
     summarize,
 )
@@ -57,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = replace(scale, rounds=args.rounds)
     probes = [p for p in BASELINES + FIGURES if _selected(p, args.only)]
     started = time.perf_counter()
+    load_before = os.getloadavg()
     machine_line, machine_info = machine()
     progress(f"perf {scale.name}: {scale.rounds} rounds on {machine_line}")
 
@@ -75,29 +75,25 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"[round {r}/{scale.rounds}] {label} FAILED:\n{traceback.format_exc()}")
                 continue
             runs[id(p)].append(run)
-            shown = (
-                run.samples[0]
-                if len(run.samples) == 1
-                else sorted(run.samples)[len(run.samples) // 2]
-            )
-            progress(
-                f"[round {r}/{scale.rounds}] {label}: {shown:,.1f} {p.metrics[0].unit}"
-                f" ({time.perf_counter() - t0:.1f} s)"
-            )
+            shown = ", ".join(f"{m.name} {per_run(m, run):,.1f} {m.unit}" for m in p.metrics)
+            progress(f"[round {r}/{scale.rounds}] {shown} ({time.perf_counter() - t0:.1f} s)")
 
+    registered = {m.name for p in FIGURES for m in p.metrics}
     baselines = _measure(BASELINES, runs, errors)
     figures = _figures(FIGURES, runs, baselines, errors)
     results: dict[str, Any] = {
         "machine": machine_line,
         "figures": figures,
         "baselines": {name: m.to_json() for name, m in baselines.items()},
-        "not_measured_yet": [name for name in PLANNED if name not in figures],
+        "not_measured_yet": [name for name in PLANNED if name not in registered],
         "errors": errors,
         "mode": scale.name,
         "scale": scale.__dict__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
         "peak_rss_bytes": peak_rss_bytes(),
+        # other work on the machine during the run: 1-minute load averages (2 cores here)
+        "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
         "machine_detail": machine_info,
     }
     _write_json(args.output, results)
@@ -142,12 +138,6 @@ def _measure(
     return out
 
 
-def _per_run(metric: Metric, run: Run) -> float:
-    return (
-        run.samples[0] if metric.percentile is None else percentile(run.samples, metric.percentile)
-    )
-
-
 def _figures(
     probes: list[Probe],
     runs: dict[int, list[Run]],
@@ -177,7 +167,7 @@ def _figures(
                 bmetric, bruns = baseline_runs[metric.baseline]
                 pairs = zip(runs[id(p)], bruns, strict=False)
                 entry["ratio_per_round"] = [
-                    round(_per_run(metric, a) / _per_run(bmetric, b), 3) for a, b in pairs
+                    round(per_run(metric, a) / per_run(bmetric, b), 3) for a, b in pairs
                 ]
             entry.update(stat=m.stat, samples=m.samples, detail=m.detail)
             out[metric.name] = entry
@@ -219,7 +209,13 @@ def _spread(samples: list[float]) -> str:
 
 
 def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> str:
-    out = [f"machine: {results['machine']}", f"mode: {results['mode']}, {results['date']}", ""]
+    load = results["load_average_1min"]
+    out = [
+        f"machine: {results['machine']}",
+        f"mode: {results['mode']}, {results['date']}, {results['seconds']} s;"
+        f" load average {load['start']:.2f} at start, {load['end']:.2f} at end",
+        "",
+    ]
     out.append("raw baselines")
     rows = [
         [name, _fmt(m.value), m.unit, m.stat, _spread(m.samples or m.detail.get("per_run", []))]
