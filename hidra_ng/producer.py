@@ -92,7 +92,11 @@ class Producer:
         self._space = threading.Condition()  # notified when acks free spool space
         self._space_waiters = 0  # senders blocked on a full spool: free space at once
         self.metrics = metrics
-        self._link = _Link(self, window_bytes, resend_after_seconds, heartbeat_seconds)
+        try:
+            self._link = _Link(self, window_bytes, resend_after_seconds, heartbeat_seconds)
+        except BaseException:
+            self._spool.close()  # else the spool stays open and cannot be opened again
+            raise
         self._closed = False
         self._link.start()
 

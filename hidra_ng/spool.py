@@ -67,7 +67,13 @@ class Spool:
         self.env = Env(Path(path), self.DBS, sync=sync == "always", map_bytes=map_bytes)
         self._db = self.env.dbs
         self._lock = threading.Lock()  # serializes appends (seq assignment)
-        self._load(sender_id)
+        try:
+            self._load(sender_id)
+        except BaseException:
+            # LMDB refuses a second open of the same environment in one process, so an
+            # environment left open here would make every later open of this spool fail.
+            self.env.close()
+            raise
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
         if sync == "batch":
