@@ -2,6 +2,9 @@
 
 A source is given by a URI, ``KIND:TARGET?key=value&...`` (SPEC §5), e.g.
 ``simulate:?shape=2048x1024&dtype=uint16&rate=100&count=1000&stream=sim``.
+Kinds (docs/sources.md): ``simulate`` (Poisson frames), ``watch`` (files that
+appear in a directory), ``hdf5`` (replay a recorded series), ``dectris``
+(DECTRIS SIMPLON Stream V2) and ``zmq`` (frames pushed by local software).
 Each source keeps its position in the Producer's spool (a checkpoint written
 in the same commit as the messages), so a restarted daemon resumes exactly
 where it stopped: nothing twice, nothing skipped.
@@ -50,6 +53,34 @@ def _simulate(uri: str, target: str, params: dict[str, str]) -> Source:
     return SimulateSource.from_params(uri, target, params)
 
 
+def _watch(uri: str, target: str, params: dict[str, str]) -> Source:
+    from hidra_ng.sources.watch import WatchSource
+
+    return WatchSource.from_params(uri, target, params)
+
+
+def _hdf5(uri: str, target: str, params: dict[str, str]) -> Source:
+    from hidra_ng.sources.hdf5 import Hdf5Source
+
+    return Hdf5Source.from_params(uri, target, params)
+
+
+def _dectris(uri: str, target: str, params: dict[str, str]) -> Source:
+    from hidra_ng.sources.dectris import DectrisSource
+
+    return DectrisSource.from_params(uri, target, params)
+
+
+def _zmq(uri: str, target: str, params: dict[str, str]) -> Source:
+    from hidra_ng.sources.zmq_push import ZmqSource
+
+    return ZmqSource.from_params(uri, target, params)
+
+
 _KINDS: dict[str, Callable[[str, str, dict[str, str]], Source]] = {
     "simulate": _simulate,
+    "watch": _watch,
+    "hdf5": _hdf5,
+    "dectris": _dectris,
+    "zmq": _zmq,
 }
