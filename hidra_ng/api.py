@@ -23,8 +23,16 @@ import msgspec
 import zmq
 
 from hidra_ng import protocol as proto
-from hidra_ng.errors import HidraError, InvalidInput, ProtocolError
+from hidra_ng.errors import (
+    REMOTE_ERRORS,
+    HidraError,
+    InvalidInput,
+    NotYetAvailable,
+    ProtocolError,
+)
+from hidra_ng.groups import Groups
 from hidra_ng.metrics import ReceiverMetrics
+from hidra_ng.query import DEFAULT_LIMIT, MAX_LIMIT, compile_query
 from hidra_ng.store import Store
 
 log = logging.getLogger(__name__)
@@ -76,8 +84,10 @@ class ApiServer:
         router: zmq.Socket,
         notices: zmq.Socket,
         metrics: ReceiverMetrics,
+        groups: Groups,
     ) -> None:
         self.store = store
+        self.groups = groups
         self.router = router
         self.notices = notices
         self.metrics = metrics
@@ -107,13 +117,20 @@ class ApiServer:
             if stop and not events:
                 return  # every notice is handled: the last acks are out
             self._serve_replays()
+            for stream, _ in self.groups.due_groups():
+                self._wake_waiters(stream)  # a redelivery is due
             self._expire_waiters()
             self._sweep_replays()
+            self.groups.commit()
 
     def _poll_timeout(self) -> int:
         timeout = 100
-        if self._deadlines:
-            wait = self._deadlines[0].deadline - time.monotonic()
+        deadlines = [w.deadline for w in self._deadlines[:1]]
+        due = self.groups.next_due()
+        if due is not None:
+            deadlines.append(time.monotonic() + due - time.time())
+        if deadlines:
+            wait = min(deadlines) - time.monotonic()
             timeout = max(0, min(timeout, int(wait * 1000) + 1))
         return timeout
 
@@ -220,7 +237,9 @@ class ApiServer:
         return self._send(frames, copy=False)
 
     def _reply_error(self, ident: bytes, req_id: int, err: HidraError) -> None:
-        reply = proto.Reply(req_id, error=type(err).__name__, message=str(err))
+        # the nearest class a client knows by name (QueryError travels as InvalidInput)
+        name = next(c.__name__ for c in type(err).__mro__ if c.__name__ in REMOTE_ERRORS)
+        reply = proto.Reply(req_id, error=name, message=str(err))
         self._send([ident, proto.encode(proto.Kind.REPLY, reply)])
 
     # -- simple operations
@@ -259,27 +278,37 @@ class ApiServer:
         ref = proto.FrameRef(req.stream, index, msgspec.Raw(record))
         self._reply(ident, req.id, ref, payload)
 
-    # -- waiting for a future index
+    # -- waiting: get/last of a future index, next of a group with nothing due
 
-    def _wait_or_fail(self, ident: bytes, req: proto.Request, index: int) -> None:
-        """Fail now if ``index`` can never come or the request does not wait; else wait."""
-        if req.timeout <= 0 or self.store.is_finished(req.stream):
+    def _wait_or_fail(self, ident: bytes, req: proto.Request, index: int | None = None) -> None:
+        """Fail now if the answer can never come or the request does not wait; else wait."""
+        if index is not None and (req.timeout <= 0 or self.store.is_finished(req.stream)):
             self.store.check_index(req.stream, index)  # NotYetAvailable or StreamFinished
+        if req.timeout <= 0:
+            raise NotYetAvailable(f"nothing for {req.op} on stream {req.stream!r} yet")
         deadline = time.monotonic() + min(req.timeout, 3600.0)
         waiter = _Waiter(deadline, next(self._order), ident, req)
         self._waiters.setdefault(req.stream, []).append(waiter)
         heapq.heappush(self._deadlines, waiter)
 
+    def _retry(self, w: _Waiter) -> bool:
+        """Try a waiting request again; True once it is answered (with data or an error)."""
+        handler = getattr(self, f"_op_{w.request.op}")
+        try:
+            handler(w.ident, msgspec.structs.replace(w.request, timeout=0.0))
+        except NotYetAvailable:
+            return False
+        except HidraError as err:
+            self._reply_error(w.ident, w.request.id, err)
+        return True
+
     def _wake_waiters(self, stream: str) -> None:
-        """Serve the waiting requests of ``stream`` that a commit made answerable."""
-        next_index = self.store.next_index(stream)
-        finished = self.store.is_finished(stream)
+        """Try the waiting requests of ``stream`` again after something changed there."""
         for w in self._waiters.pop(stream, []):
             if w.done:
                 continue
-            if _waited_index(w.request) < next_index or finished:
+            if self._retry(w):
                 w.done = True
-                self._on_request(w.ident, msgspec.structs.replace(w.request, timeout=0.0))
             else:
                 self._waiters.setdefault(stream, []).append(w)
 
@@ -297,6 +326,45 @@ class ApiServer:
             else:
                 self._waiters.pop(stream, None)
             self._on_request(w.ident, msgspec.structs.replace(w.request, timeout=0.0))
+
+    # -- consumer groups
+
+    def _op_next(self, ident: bytes, req: proto.Request) -> None:
+        group = self.groups.group(
+            req.stream,
+            req.group,
+            ack_timeout=req.ack_timeout or None,
+            max_deliveries=req.max_deliveries or None,
+        )
+        try:
+            index = self.groups.hand_out(group)
+        except NotYetAvailable:
+            self._wait_or_fail(ident, req)
+            return
+        record, payload = self.store.read(req.stream, index)
+        deliveries = group.entries[index].deliveries
+        ref = proto.FrameRef(req.stream, index, msgspec.Raw(record), req.group, deliveries)
+        self._reply(ident, req.id, ref, payload)
+
+    def _op_ack(self, ident: bytes, req: proto.Request) -> None:
+        self.groups.ack(req.stream, req.group, req.index)
+        self._reply(ident, req.id, None)
+        self._wake_waiters(req.stream)  # the group may be settled now: StreamFinished
+
+    def _op_nack(self, ident: bytes, req: proto.Request) -> None:
+        self.groups.nack(req.stream, req.group, req.index, req.delay)
+        self._reply(ident, req.id, None)
+        self._wake_waiters(req.stream)
+
+    def _op_parked(self, ident: bytes, req: proto.Request) -> None:
+        self._reply(ident, req.id, self.groups.parked(req.stream, req.group))
+
+    def _op_query(self, ident: bytes, req: proto.Request) -> None:
+        proto.check_stream_name(req.stream)
+        matches = compile_query(req.expr)
+        limit = min(req.limit or DEFAULT_LIMIT, MAX_LIMIT)
+        rows = self.store.select(req.stream, matches, limit)
+        self._reply(ident, req.id, [proto.FrameRef(req.stream, i, msgspec.Raw(r)) for i, r in rows])
 
     # -- replays
 
@@ -395,6 +463,14 @@ class ApiServer:
         if now < self._next_sweep:
             return
         self._next_sweep = now + 1.0
+        for (stream, group), pending in self.groups.pending().items():
+            self.metrics.group_pending.labels(stream, group).set(pending)
+        for stream, group in self.groups.redelivered:
+            self.metrics.group_redelivered.labels(stream, group).inc()
+        for stream, group in self.groups.parked_now:
+            self.metrics.group_parked.labels(stream, group).inc()
+        self.groups.redelivered.clear()
+        self.groups.parked_now.clear()
         for key, r in list(self._replays.items()):
             if now - r.heard > SESSION_SECONDS:
                 log.info("replay of %s for a silent consumer dropped at index %d", r.stream, r.next)
@@ -405,8 +481,7 @@ class ApiServer:
                 self._reply(r.ident, r.id, proto.REPLAY_IDLE)
 
 
-OPS = ("ping", "streams", "info", "last", "get", "replay", "credit", "cancel", "skipped")
-
-
-def _waited_index(req: proto.Request) -> int:
-    return req.index if req.op == "get" else 0
+OPS = (
+    "ping", "streams", "info", "last", "get", "replay", "credit", "cancel", "skipped",
+    "next", "ack", "nack", "parked", "query",
+)  # fmt: skip

@@ -32,7 +32,15 @@ def decode_frame(
 ) -> Frame:
     ref = ref_body if isinstance(ref_body, proto.FrameRef) else _ref_decoder.decode(ref_body)
     record = _record_decoder.decode(ref.record)
-    return frame_from_record(ref.stream, ref.index, record, payload, decode=decode)
+    return frame_from_record(
+        ref.stream,
+        ref.index,
+        record,
+        payload,
+        decode=decode,
+        group=ref.group,
+        deliveries=ref.deliveries,
+    )
 
 
 class Consumer:
@@ -81,6 +89,68 @@ class Consumer:
             "get", stream=proto.check_stream_name(stream), index=index, timeout=timeout
         )
         return decode_frame(body, payload, decode=decode)
+
+    # ------------------------------------------------------- consumer groups
+
+    def next(
+        self,
+        stream: str,
+        group: str,
+        timeout: float = 5.0,
+        *,
+        ack_timeout: float | None = None,
+        max_deliveries: int | None = None,
+        decode: bool = True,
+    ) -> Frame:
+        """The next message of ``stream`` for ``group``: redeliveries first, then new ones.
+
+        Each message goes to one member of the group at a time; ack it with
+        :meth:`ack` within the group's ack timeout (receiver ``--ack-timeout``, or
+        ``ack_timeout`` here, which sets it for the group) or it is handed out
+        again; after ``max_deliveries`` it is parked (see :meth:`parked`).
+        Raises ``StreamFinished`` once the stream is finished and every message
+        is acknowledged in the group, ``NotYetAvailable`` after ``timeout``.
+        """
+        body, payload = self._call(
+            "next",
+            stream=proto.check_stream_name(stream),
+            group=group,
+            timeout=timeout,
+            ack_timeout=ack_timeout or 0.0,
+            max_deliveries=max_deliveries or 0,
+        )
+        return decode_frame(body, payload, decode=decode)
+
+    def ack(self, frame: Frame) -> None:
+        """Acknowledge a frame from :meth:`next`: its group will not hand it out again."""
+        self._call("ack", **_group_fields(frame))
+
+    def nack(self, frame: Frame, delay: float = 0.0) -> None:
+        """Give a frame from :meth:`next` back to its group, to be handed out after ``delay``."""
+        self._call("nack", delay=delay, **_group_fields(frame))
+
+    def parked(self, stream: str, group: str) -> list[int]:
+        """Indices that ``group`` delivered ``max_deliveries`` times without an ack."""
+        body, _ = self._call("parked", stream=proto.check_stream_name(stream), group=group)
+        return msgspec.msgpack.decode(body, type=list[int])
+
+    def query(self, stream: str, expr: str, *, limit: int = 0) -> list[Frame]:
+        """Metadata-only frames (data None) of ``stream`` matching ``expr``, in index order.
+
+        The filter language is described in hidra_ng/query.py and the README; at
+        most ``limit`` results (default 10,000).
+        """
+        body, _ = self._call(
+            "query", stream=proto.check_stream_name(stream), expr=expr, limit=limit
+        )
+        refs = msgspec.msgpack.decode(body, type=list[proto.FrameRef])
+        return [
+            frame_from_record(r.stream, r.index, _record_decoder.decode(r.record), b"",
+                              decode=False)
+            for r in refs
+        ]  # fmt: skip
+
+    # --------------------------------------------------------------- replay
 
     def replay(
         self,
@@ -144,6 +214,15 @@ class Consumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _group_fields(frame: Frame) -> dict:
+    if not frame.group:
+        raise ValueError(
+            f"frame {frame.stream!r} #{frame.index} did not come from Consumer.next(); only"
+            " those can be acked or nacked"
+        )
+    return {"stream": frame.stream, "group": frame.group, "index": frame.index}
 
 
 class _Replay:

@@ -31,6 +31,8 @@ class Frame:
     nbytes: int = field(default=0, repr=False)  # payload bytes as stored
     dtype: str = field(default="", repr=False)  # numpy dtype string of an array frame
     shape: tuple[int, ...] = field(default=(), repr=False)  # shape of an array frame
+    group: str = ""  # the consumer group that handed it out (ack/nack go there)
+    deliveries: int = field(default=0, repr=False)  # 2 and more: a redelivery
 
 
 def describe(data: Data) -> tuple[Payload, str, tuple[int, ...], memoryview | bytes]:
@@ -69,7 +71,14 @@ def payload_to_data(record: Record, payload: bytes | memoryview) -> np.ndarray |
 
 
 def frame_from_record(
-    stream: str, index: int, record: Record, payload: bytes | memoryview, *, decode: bool = True
+    stream: str,
+    index: int,
+    record: Record,
+    payload: bytes | memoryview,
+    *,
+    decode: bool = True,
+    group: str = "",
+    deliveries: int = 0,
 ) -> Frame:
     """A Frame; with ``decode=False`` its data is the payload as stored (compressed bytes)."""
     from hidra_ng.compression import decompress
@@ -94,4 +103,6 @@ def frame_from_record(
         nbytes=record.nbytes,
         dtype=record.dtype,
         shape=tuple(record.shape),
+        group=group,
+        deliveries=deliveries,
     )

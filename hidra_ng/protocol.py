@@ -141,6 +141,12 @@ class Request(msgspec.Struct, omit_defaults=True, frozen=True):
     credit_frames: int = 0  # replay and credit: frames the consumer can take more
     credit_bytes: int = 0  # replay and credit: payload bytes the consumer can take more
     count: int = 0  # skipped: frames a subscriber skipped since its last report
+    group: str = ""  # next, ack, nack, parked: the consumer group
+    delay: float = 0.0  # nack: seconds before the message is handed out again
+    ack_timeout: float = 0.0  # next: the group's ack timeout, 0 for the receiver's
+    max_deliveries: int = 0  # next: deliveries before a message is parked, 0 for default
+    expr: str = ""  # query: the filter expression
+    limit: int = 0  # query: at most this many results, 0 for the default
 
 
 #: Reply bodies that end or keep alive a replay (its frames are FrameRef bodies).
@@ -172,6 +178,8 @@ class FrameRef(msgspec.Struct, array_like=True, frozen=True):
     stream: str
     index: int
     record: msgspec.Raw
+    group: str = ""  # set when handed out by a consumer group
+    deliveries: int = 0  # how often the group handed this message out
 
 
 # --------------------------------------------------------------------------

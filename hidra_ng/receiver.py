@@ -26,6 +26,7 @@ from hidra_ng import protocol as proto
 from hidra_ng.api import ApiServer, Notice
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.errors import HidraError, InvalidInput, ProtocolError, StorageError
+from hidra_ng.groups import Groups
 from hidra_ng.metrics import ReceiverMetrics, serve
 from hidra_ng.store import RETENTION_BATCH, AppendResult, Incoming, Store
 
@@ -42,6 +43,9 @@ class Receiver:
         self.config = config
         self.metrics = ReceiverMetrics()
         self.store = Store(Path(config.data_dir), map_bytes=config.initial_map_bytes)
+        self.groups = Groups(
+            Path(config.data_dir) / "groups", self.store, ack_timeout=config.ack_timeout_seconds
+        )
         self._ctx = zmq.Context()
         self._stop_ingest = threading.Event()
         self._stop_api = threading.Event()
@@ -53,6 +57,7 @@ class Receiver:
             self.metrics_server = serve(self.metrics.registry, config.metrics_port)
         except BaseException:
             self._close_sockets()
+            self.groups.close()
             self.store.close()
             raise
         for info in self.store.streams():
@@ -97,7 +102,7 @@ class Receiver:
     # ------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        api = ApiServer(self.store, self.router, self._notice_rx, self.metrics)
+        api = ApiServer(self.store, self.router, self._notice_rx, self.metrics, self.groups)
         for target, name in (
             (self._ingest_loop, "ingest"),
             (lambda: api.run(self._stop_api), "api"),
@@ -129,6 +134,7 @@ class Receiver:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
+        self.groups.close()
         self.store.close()
 
     def _close_sockets(self) -> None:

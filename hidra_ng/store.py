@@ -23,7 +23,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,15 @@ import msgspec
 
 from hidra_ng.errors import Gone, NotYetAvailable, StreamFinished
 from hidra_ng.lmdbenv import Env
-from hidra_ng.protocol import Envelope, Header, Payload, Record, StreamInfo, encode_body
+from hidra_ng.protocol import (
+    Envelope,
+    Header,
+    Payload,
+    Record,
+    StreamInfo,
+    decode_meta,
+    encode_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +283,32 @@ class Store:
                 raise Gone(f"index {index} of stream {stream!r} was removed by retention")
             payload = txn.get(key, db=self._db["payloads"])
             return bytes(record), b"" if payload is None else bytes(payload)
+
+    def select(
+        self, stream: str, predicate: Callable[[tuple], object], limit: int
+    ) -> list[tuple[int, bytes]]:
+        """(index, record) of stored messages whose (meta, index, stored, created) match.
+
+        Reads only the records, never the payloads.
+        """
+        meta = self._meta(stream)
+        if meta is None:
+            raise NotYetAvailable(f"stream {stream!r} has no messages yet")
+        dec = msgspec.msgpack.Decoder(Record)
+        out: list[tuple[int, bytes]] = []
+        with self.env.read() as txn:
+            cursor = txn.cursor(db=self._db["records"])
+            if not cursor.set_range(frame_key(meta.id, meta.first)):
+                return out
+            for key, value in cursor:
+                stream_id, index = _KEY.unpack(key)
+                if stream_id != meta.id or len(out) >= limit:
+                    break
+                record = dec.decode(value)
+                row = (decode_meta(record.meta), index, record.stored, record.created)
+                if predicate(row):
+                    out.append((index, bytes(value)))
+        return out
 
     # -------------------------------------------------------------- retention
 
