@@ -145,8 +145,11 @@ _SECTIONS: dict[str, type[_Config]] = {"receiver": ReceiverConfig, "sender": Sen
 class FieldError(ConfigError):
     """One setting is wrong; the message names key, value and expectation."""
 
-    def __init__(self, section: str, key: str, value: Any, expected: str) -> None:
+    def __init__(
+        self, section: str, key: str, value: Any, expected: str, clashes_with: str = ""
+    ) -> None:
         self.section, self.key, self.value, self.expected = section, key, value, expected
+        self.clashes_with = clashes_with  # another key that must differ from this one
         super().__init__(f"{section}.{key} = {_show(value)}: expected {expected}")
 
 
@@ -480,7 +483,14 @@ class _Checker:
             if value.endswith(":*"):
                 continue  # a random port each
             if value in seen:
-                self.fail(key, f"an endpoint other than that of {self.section}.{seen[value]}")
+                other = seen[value]
+                raise FieldError(
+                    self.section,
+                    key,
+                    value,
+                    f"an endpoint other than that of {self.section}.{other}",
+                    clashes_with=other,
+                )
             seen[value] = key
 
 
@@ -513,6 +523,12 @@ def _endpoint_problem(value: str, bind: bool) -> str:
 def _locate(err: FieldError, origins: dict[str, str], path: Any) -> str:
     """``err`` prefixed with where its value came from."""
     origin = origins.get(err.key.split("[")[0], "")
+    if not origin and origins.get(err.clashes_with):
+        # blame the value the user set, not the default it collides with
+        other = err.clashes_with
+        expected = f"an endpoint other than that of {err.section}.{err.key} (the default)"
+        err = FieldError(err.section, other, err.value, expected)
+        origin = origins[other]
     if origin == "file":
         return f"{err.section}.{err.key} = {_show(err.value)} in {path}: expected {err.expected}"
     if origin.startswith("env:"):
