@@ -35,7 +35,7 @@ from hidra_ng.errors import (
 )
 from hidra_ng.frames import Data, describe
 from hidra_ng.metrics import SenderMetrics
-from hidra_ng.spool import Spool
+from hidra_ng.spool import Spool, entry_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ class Producer:
     commit without fsync and the spool is fsynced every ``spool_batch_seconds``;
     a crash of the process loses nothing, a crash of the machine may lose the
     messages of the last ``spool_batch_seconds``.
+
+    ``max_spool_bytes`` bounds the spool (payloads plus headers with their
+    metadata); at the limit ``send()`` waits up to ``send_timeout`` for acks to
+    free space, then raises ``SpoolFull``.
     """
 
     def __init__(
@@ -169,7 +173,7 @@ class Producer:
         finish: Iterable[str] = (),
         checkpoint: tuple[str, bytes] | None = None,
     ) -> list[int]:
-        size = sum(len(p) for _, p in prepared)
+        size = sum(entry_bytes(h, p) for h, p in prepared)
         if size > self.max_spool_bytes:
             raise MessageTooLarge(
                 f"{len(prepared)} messages of {size} bytes exceed max_spool_bytes"

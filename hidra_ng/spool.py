@@ -8,6 +8,10 @@ Layout::
     headers    seq (8 bytes BE) -> encoded protocol.Header
     payloads   seq (8 bytes BE) -> payload bytes (absent when empty)
 
+Size: :attr:`Spool.bytes` counts the payloads and the encoded headers (with their
+metadata) of the spooled messages, so metadata-only messages count against a
+sender's ``max_spool_bytes`` too.
+
 The incarnation is a random id made when the spool is created: a receiver
 dedupes by (sender id, incarnation, seq), so a wiped spool that starts again
 at seq 0 is a new incarnation, not a stream of duplicates.
@@ -98,8 +102,9 @@ class Spool:
             if cur.first():
                 lowest = _SEQ.unpack(cur.key())[0]
             count = txn.stat(self._db["headers"])["entries"]
-            for _, value in txn.cursor(db=self._db["payloads"]):
-                nbytes += len(value)
+            for name in ("headers", "payloads"):
+                for _, value in txn.cursor(db=self._db[name]):
+                    nbytes += len(value)
         if owner is not None and owner != sender_id:
             raise ConfigError(
                 f"spool at {self.env.path} belongs to sender {owner!r}, not {sender_id!r};"
@@ -166,7 +171,7 @@ class Spool:
             self.env.write(fill)
             self.next_seq = new_next
             self.count += len(encoded)
-            self.bytes += sum(len(p) for _, _, p in encoded)
+            self.bytes += sum(len(h) + len(p) for _, h, p in encoded)
             self.finished.update(finish)
             return list(range(first, new_next))
 
@@ -182,10 +187,13 @@ class Spool:
                 headers, payloads = self._db["headers"], self._db["payloads"]
                 for seq in range(self.lowest, stop):
                     key = _SEQ.pack(seq)
-                    value = txn.pop(key, db=payloads)
-                    if value is not None:
-                        freed += len(value)
-                    removed += txn.delete(key, db=headers)
+                    payload = txn.pop(key, db=payloads)
+                    if payload is not None:
+                        freed += len(payload)
+                    header = txn.pop(key, db=headers)
+                    if header is not None:
+                        freed += len(header)
+                        removed += 1
                 return freed, removed
 
             freed, removed = self.env.write(fill)
@@ -240,6 +248,12 @@ class Spool:
             self._flusher.join()
             self.env.sync()
         self.env.close()
+
+
+def entry_bytes(header: Header, payload: memoryview | bytes) -> int:
+    """Spool bytes a message will take at most (its seq is not assigned yet)."""
+    # msgpack takes 1 byte for the placeholder seq 0 and at most 9 for a real one
+    return len(payload) + len(encode_body(header)) + 8
 
 
 def _with_seq(header: Header, seq: int) -> Header:
