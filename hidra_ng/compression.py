@@ -86,9 +86,15 @@ def decompressed_size(payload: bytes | memoryview, codec: str = "lz4") -> int:
     """The size a compressed payload decodes to, read from its header alone."""
     if codec in _CODECS:
         try:
-            return blosc2.get_cbuffer_sizes(payload)[0]
+            nbytes, cbytes, _ = blosc2.get_cbuffer_sizes(payload)
         except Exception as err:  # blosc2 raises plain errors for bad headers
             raise InvalidFrame(f"payload is not a blosc2 chunk: {err}") from err
+        if cbytes != len(payload):
+            raise InvalidFrame(
+                f"payload of {len(payload)} bytes is not a blosc2 chunk: its header says"
+                f" {cbytes} compressed bytes"
+            )
+        return nbytes
     if codec in FRAMED:
         if len(payload) < _FRAME_HEADER.size:
             raise InvalidFrame(

@@ -160,6 +160,7 @@ class WatchSource:
         self.sent_files = 0
         self.removed_files = 0
         self.using_inotify = False
+        self.rounds = 0  # turns of the main loop, each ending with the removal check
         self._sent: dict[str, Ident] = {}
         self._waiting: dict[str, float] = {}  # not settled yet: rel -> when to look again
         self._pending: collections.deque[tuple[int, str, Ident]] = collections.deque()
@@ -218,6 +219,7 @@ class WatchSource:
                     next_scan = time.monotonic() + every
                 self._recheck_waiting(producer, stop)
                 self._remove_acked(producer)
+                self.rounds += 1
         finally:
             if ino is not None:
                 ino.close()
