@@ -43,7 +43,7 @@ from collections.abc import Iterator
 
 import lmdb
 import zmq
-from harness import MB, PERF_DIR, Metric, Probe, Run, Scale, probe, scratch_dir
+from harness import MB, PERF_DIR, Metric, Probe, Round, Run, Scale, probe, scratch_dir
 from payloads import FRAME_BYTES, frame_buffers, messages_1kib
 
 PEER = PERF_DIR / "zmq_peer.py"
@@ -97,7 +97,7 @@ def _recv(sock: zmq.Socket, proc: subprocess.Popen | None = None) -> bytes:
 
 
 @probe(BASELINES, Metric("raw_zmq_pushpull_4mib", "MB/s"))
-def zmq_pushpull_4mib(scale: Scale) -> Run:
+def zmq_pushpull_4mib(scale: Scale, _round: Round) -> Run:
     """4 MiB frames PUSH -> PULL to another process over tcp loopback, copy=False."""
     frames = frame_buffers()
     n = scale.frames_4mib
@@ -117,7 +117,7 @@ def zmq_pushpull_4mib(scale: Scale) -> Run:
     Metric("raw_zmq_latency_4mib_p50", "ms", percentile=50),
     Metric("raw_zmq_latency_4mib_p99", "ms", percentile=99),
 )
-def zmq_latency_4mib(scale: Scale) -> Run:
+def zmq_latency_4mib(scale: Scale, _round: Round) -> Run:
     """One-way latency of one 4 MiB message to another process over tcp loopback."""
     frames = frame_buffers()
     total = scale.latency_warmup + scale.latency_samples
@@ -180,19 +180,19 @@ def _lmdb_append_4mib(scale: Scale, per_txn: int, name: str) -> Run:
 
 
 @probe(BASELINES, Metric("raw_lmdb_append_4mib", "MB/s"))
-def lmdb_append_4mib(scale: Scale) -> Run:
+def lmdb_append_4mib(scale: Scale, _round: Round) -> Run:
     """LMDB append of 4 MiB values, one write transaction with sync=True (fsync) per value."""
     return _lmdb_append_4mib(scale, 1, "raw_lmdb_append_4mib")
 
 
 @probe(BASELINES, Metric("raw_lmdb_append_4mib_batch16", "MB/s"))
-def lmdb_append_4mib_batch16(scale: Scale) -> Run:
+def lmdb_append_4mib_batch16(scale: Scale, _round: Round) -> Run:
     """LMDB append of 4 MiB values, 16 per write transaction with sync=True (reference)."""
     return _lmdb_append_4mib(scale, 16, "raw_lmdb_append_4mib_batch16")
 
 
 @probe(BASELINES, Metric("raw_lmdb_put_1kib", "msg/s"))
-def lmdb_put_1kib(scale: Scale) -> Run:
+def lmdb_put_1kib(scale: Scale, _round: Round) -> Run:
     """LMDB put of 1 KiB values, 1000 per write transaction with sync=True."""
     n, per_txn = scale.messages_1kib, scale.batch_1kib
     seconds = _lmdb_append(messages_1kib(), n, per_txn, "lmdb-1kib")

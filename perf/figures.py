@@ -2,8 +2,8 @@
 
 A figure is a probe registered in :data:`FIGURES` with the baseline it is
 compared to. :data:`PLANNED` lists every figure SPEC §12 names; one that is not
-registered (its API does not exist yet: consumer groups for ``group_1kib``) is
-reported as "not measured yet", never with a made-up value. To add one: write a
+registered (because its API did not exist yet) is reported as "not measured
+yet", never with a made-up value. To add one: write a
 run function here and decorate it with ``@probe(FIGURES, Metric(name, unit,
 baseline=...))``.
 
@@ -35,6 +35,12 @@ live_latency_4mib_p50 / _p99
     arrived, so nothing queues; the producer uses ``spool_sync="batch"`` as its
     fsync is not on this path. Percentiles over all samples after a warm-up;
     ratio = ours / raw one-way pyzmq latency (lower is better).
+group_1kib
+    Messages/s through one consumer group of 4 members (4 threads of this
+    process, each with its own ``Consumer``), each doing ``next()`` and ``ack()``
+    per message until ``StreamFinished``, on a finished stream of 1 KiB messages
+    stored just before (untimed). Checked: every index delivered exactly once.
+    Baseline: raw_lmdb_put_1kib, as SPEC §12 fixes it.
 
 Every run starts a fresh receiver and producer on fresh temp dirs (the same
 filesystem as /tmp), waits until the producer has heard from the receiver
@@ -46,14 +52,15 @@ for ingest the split between the send() calls and the final flush().
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from harness import MB, Metric, Probe, Run, Scale, percentile, probe, scratch_dir, wait_for
+from harness import MB, Metric, Probe, Round, Run, Scale, percentile, probe, scratch_dir, wait_for
 from payloads import FRAME_BYTES, SMALL_BYTES, frames_4mib, messages_1kib
 
-from hidra_ng import Consumer, Producer, Subscriber
+from hidra_ng import Consumer, Producer, StreamFinished, Subscriber
 from hidra_ng.localrun import ReceiverProcess
 
 try:  # a test extra: CPU time of the receiver process, where the time goes
@@ -97,18 +104,34 @@ class _CpuClock:
         }
 
 
-#: Makes the receiver process of a figure from its data dir; profile_ingest.py swaps in
-#: one that runs under cProfile.
+#: Makes the receiver process from its data dir; profile_ingest.py swaps in one that
+#: runs under cProfile.
 receiver_factory: Callable[[Path], ReceiverProcess] = ReceiverProcess
 
 
 @contextlib.contextmanager
-def _pipeline(label: str, **producer_options) -> Iterator[tuple[ReceiverProcess, Producer]]:
-    """A fresh receiver process and a Producer connected to it, on fresh temp dirs."""
+def _receiver() -> Iterator[ReceiverProcess]:
+    with scratch_dir("receiver") as d, receiver_factory(d / "store") as rx:
+        yield rx
+
+
+def _round_receiver(rnd: Round) -> ReceiverProcess:
+    """The round's receiver process, started on first use, stopped after the round."""
+    rx = rnd.shared("receiver", _receiver)
+    if rx.proc is not None and rx.proc.poll() is not None:
+        raise RuntimeError(f"the receiver exited with {rx.proc.returncode}:\n{rx.read_log()}")
+    return rx
+
+
+@contextlib.contextmanager
+def _pipeline(
+    rnd: Round, name: str, **producer_options
+) -> Iterator[tuple[ReceiverProcess, Producer]]:
+    """The round's receiver and a new Producer (own spool dir and sender id) connected to it."""
+    rx = _round_receiver(rnd)
     with (
-        scratch_dir(label) as d,
-        receiver_factory(d / "store") as rx,
-        Producer(rx.ingest, rx.api, d / "spool", "perf", **producer_options) as p,
+        scratch_dir(name) as d,
+        Producer(rx.ingest, rx.api, d / "spool", f"perf-{name}", **producer_options) as p,
     ):
         wait_for(lambda: p.receiver_up, 30, "the producer hearing from the receiver")
         yield rx, p
@@ -126,11 +149,20 @@ def _check_stored(rx: ReceiverProcess, stream: str, count: int, nbytes: int | No
     return info
 
 
-def _ingest_4mib(scale: Scale, name: str, **producer_options) -> Run:
+def _fill(p: Producer, stream: str, pool: tuple, n: int, batch: int) -> None:
+    """Untimed set-up: ``n`` messages cycled from ``pool``, ``batch`` per send_many, acked."""
+    for start in range(0, n, batch):
+        p.send_many(
+            stream, [(pool[i % len(pool)], None) for i in range(start, min(start + batch, n))]
+        )
+    p.flush(timeout=FLUSH_TIMEOUT)
+
+
+def _ingest_4mib(scale: Scale, rnd: Round, name: str, **producer_options) -> Run:
     frames = frames_4mib()
     n = scale.frames_4mib
     stream = f"perf/{name}"
-    with _pipeline(name, **producer_options) as (rx, p):
+    with _pipeline(rnd, name, **producer_options) as (rx, p):
         cpu = _CpuClock(rx)
         t0 = time.perf_counter()
         for i in range(n):
@@ -146,26 +178,26 @@ def _ingest_4mib(scale: Scale, name: str, **producer_options) -> Run:
 
 
 @probe(FIGURES, Metric("ingest_4mib", "MB/s", baseline="raw_lmdb_append_4mib"))
-def ingest_4mib(scale: Scale) -> Run:
+def ingest_4mib(scale: Scale, rnd: Round) -> Run:
     """Producer.send() of 4 MiB frames (default durability) -> receiver process, acknowledged."""
-    return _ingest_4mib(scale, "ingest_4mib")
+    return _ingest_4mib(scale, rnd, "ingest_4mib")
 
 
 @probe(FIGURES, Metric("ingest_4mib_lz4", "MB/s", baseline="raw_lmdb_append_4mib"))
-def ingest_4mib_lz4(scale: Scale) -> Run:
+def ingest_4mib_lz4(scale: Scale, rnd: Round) -> Run:
     """ingest_4mib with Producer(compression="lz4"); MB/s of frame data before compression."""
-    return _ingest_4mib(scale, "ingest_4mib_lz4", compression="lz4")
+    return _ingest_4mib(scale, rnd, "ingest_4mib_lz4", compression="lz4")
 
 
 @probe(FIGURES, Metric("ingest_1kib", "msg/s", baseline="raw_lmdb_put_1kib"))
-def ingest_1kib(scale: Scale) -> Run:
+def ingest_1kib(scale: Scale, rnd: Round) -> Run:
     """Producer.send_many() of 1 KiB messages in batches of 1000 -> receiver, acknowledged."""
     pool = messages_1kib()
     batch = [(pool[i % len(pool)], None) for i in range(scale.batch_1kib)]
     calls = scale.messages_1kib // scale.batch_1kib
     n = calls * scale.batch_1kib
     stream = "perf/ingest_1kib"
-    with _pipeline("ingest_1kib") as (rx, p):
+    with _pipeline(rnd, "ingest_1kib") as (rx, p):
         cpu = _CpuClock(rx)
         t0 = time.perf_counter()
         for _ in range(calls):
@@ -181,13 +213,13 @@ def ingest_1kib(scale: Scale) -> Run:
 
 
 @probe(FIGURES, Metric("replay_4mib", "MB/s", baseline="raw_zmq_pushpull_4mib"))
-def replay_4mib(scale: Scale) -> Run:
+def replay_4mib(scale: Scale, rnd: Round) -> Run:
     """Consumer.replay() of a stored stream of 4 MiB frames, decoded to arrays."""
     frames = frames_4mib()
     n = scale.frames_4mib
     stream = "perf/replay_4mib"
     # filling the store is not timed: batch spool sync, send_many of 16 frames
-    with _pipeline("replay_4mib", spool_sync="batch") as (rx, p):
+    with _pipeline(rnd, "replay_4mib", spool_sync="batch") as (rx, p):
         for start in range(0, n, 16):
             p.send_many(
                 stream, [(frames[i % len(frames)], None) for i in range(start, min(start + 16, n))]
@@ -217,7 +249,7 @@ def replay_4mib(scale: Scale) -> Run:
     Metric("live_latency_4mib_p50", "ms", percentile=50, baseline="raw_zmq_latency_4mib_p50"),
     Metric("live_latency_4mib_p99", "ms", percentile=99, baseline="raw_zmq_latency_4mib_p99"),
 )
-def live_latency_4mib(scale: Scale) -> Run:
+def live_latency_4mib(scale: Scale, rnd: Round) -> Run:
     """Commit (Frame.stored) -> Subscriber of 4 MiB frames sent one at a time."""
     frames = frames_4mib()
     stream = "perf/live_latency_4mib"
@@ -225,7 +257,7 @@ def live_latency_4mib(scale: Scale) -> Run:
     # the spool's fsync per send() is not on the measured path (commit -> subscriber),
     # and without it each sample takes half the time
     with (
-        _pipeline("live_latency_4mib", spool_sync="batch") as (rx, p),
+        _pipeline(rnd, "live_latency_4mib", spool_sync="batch") as (rx, p),
         Subscriber(rx.publish, [stream]) as sub,
     ):
         # PUB/SUB joins asynchronously: send until the subscriber sees a frame
@@ -253,3 +285,61 @@ def live_latency_4mib(scale: Scale) -> Run:
         "skipped": sub.skipped,
     }
     return Run({"live_latency_4mib_p50": live, "live_latency_4mib_p99": live}, detail)
+
+
+GROUP_MEMBERS = 4
+
+
+@probe(FIGURES, Metric("group_1kib", "msg/s", baseline="raw_lmdb_put_1kib"))
+def group_1kib(scale: Scale, rnd: Round) -> Run:
+    """4 consumer-group members (threads), next() + ack() of each 1 KiB message."""
+    pool = messages_1kib()
+    n, batch = scale.group_messages_1kib, scale.batch_1kib
+    stream, group = "perf/group_1kib", "perf"
+    # filling the stream is not timed; finished, so the members stop at its end
+    with _pipeline(rnd, "group_1kib", spool_sync="batch") as (rx, p):
+        for start in range(0, n, batch):
+            p.send_many(
+                stream, [(pool[i % len(pool)], None) for i in range(start, min(start + batch, n))]
+            )
+        p.finish(stream)
+        p.flush(timeout=FLUSH_TIMEOUT)
+        _check_stored(rx, stream, n, n * SMALL_BYTES)
+        got: list[list[int]] = [[] for _ in range(GROUP_MEMBERS)]
+        failures: list[BaseException] = []
+        ready = threading.Barrier(GROUP_MEMBERS + 1)
+
+        def member(i: int) -> None:
+            with Consumer(rx.api) as c:
+                ready.wait()
+                try:
+                    while True:
+                        frame = c.next(stream, group, timeout=30)
+                        got[i].append(frame.index)
+                        c.ack(frame)
+                except StreamFinished:
+                    pass
+                except BaseException as err:
+                    failures.append(err)
+
+        threads = [threading.Thread(target=member, args=(i,)) for i in range(GROUP_MEMBERS)]
+        for t in threads:
+            t.start()
+        cpu = _CpuClock(rx)
+        ready.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - t0
+        detail = cpu.read()
+    if failures:
+        raise failures[0]
+    delivered = sorted(i for member_got in got for i in member_got)
+    if delivered != list(range(n)):
+        raise RuntimeError(
+            f"the group got {len(delivered)} messages ({len(set(delivered))} distinct); expected"
+            f" each of the {n} once"
+        )
+    detail["consumer_cpu_seconds"] = detail.pop("producer_cpu_seconds")
+    detail.update(seconds=seconds, busiest_member_share=max(map(len, got)) / n)
+    return Run({"group_1kib": [n / seconds]}, detail)

@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -43,12 +45,13 @@ class Scale:
     batch_1kib: int  # 1 KiB messages per LMDB transaction / Producer.send_many call
     latency_samples: int  # one-way latency samples per run (after the warm-up)
     latency_warmup: int  # samples dropped at the start of each latency run
+    group_messages_1kib: int  # 1 KiB messages consumed per consumer-group run
 
 
 QUICK = Scale("quick", rounds=3, frames_4mib=64, messages_1kib=10_000, batch_1kib=1000,
-              latency_samples=40, latency_warmup=5)  # fmt: skip
-FULL = Scale("full", rounds=5, frames_4mib=512, messages_1kib=200_000, batch_1kib=1000,
-             latency_samples=200, latency_warmup=20)  # fmt: skip
+              latency_samples=40, latency_warmup=5, group_messages_1kib=2000)  # fmt: skip
+FULL = Scale("full", rounds=5, frames_4mib=512, messages_1kib=100_000, batch_1kib=1000,
+             latency_samples=200, latency_warmup=20, group_messages_1kib=20_000)  # fmt: skip
 
 
 # ------------------------------------------------------------ probes and results
@@ -77,19 +80,45 @@ class Metric:
     baseline: str | None = None
 
 
+class Round:
+    """What the probes of one round may share (a receiver process), closed after the round.
+
+    Starting a receiver takes about a second; the figures of a round share one
+    (each with its own producer, spool, sender id and stream), so that quick runs
+    spend their minute measuring.
+    """
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._shared: dict[str, Any] = {}
+
+    def shared(self, key: str, make: Callable[[], contextlib.AbstractContextManager[T]]) -> T:
+        """The value of ``make()`` entered once per round under ``key``."""
+        if key not in self._shared:
+            self._shared[key] = self._stack.enter_context(make())
+        return self._shared[key]
+
+    def close(self) -> None:
+        self._shared.clear()
+        self._stack.close()
+
+
+RunFunction = Callable[[Scale, Round], Run]
+
+
 @dataclass(frozen=True)
 class Probe:
     """A baseline or figure measurement: one call of ``run`` is one timed run."""
 
     metrics: tuple[Metric, ...]
-    run: Callable[[Scale], Run]
+    run: RunFunction
     doc: str
 
 
 def probe(registry: list[Probe], *metrics: Metric):
     """Decorator: register a run function that measures ``metrics``."""
 
-    def register(fn: Callable[[Scale], Run]) -> Callable[[Scale], Run]:
+    def register(fn: RunFunction) -> RunFunction:
         doc = " ".join((fn.__doc__ or "").split())
         registry.append(Probe(tuple(metrics), fn, doc))
         return fn
@@ -235,10 +264,10 @@ def _filesystem_of(path: Path) -> str:
     return f"{fstype} on {device} (mounted at {mount})"
 
 
-def _git_revision() -> str:
+def _git_revision(repo: Path) -> str:
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO_DIR), "describe", "--always", "--dirty"],
+            ["git", "-C", str(repo), "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -258,6 +287,7 @@ def _versions() -> dict[str, str]:
 
     import hidra_ng
 
+    source = Path(hidra_ng.__file__).resolve().parents[1]  # the checkout measured
     return {
         "python": platform.python_version(),
         "pyzmq": zmq.__version__,
@@ -267,7 +297,8 @@ def _versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "msgspec": msgspec.__version__,
         "blosc2": blosc2.__version__,
-        "hidra_ng": f"{getattr(hidra_ng, '__version__', '0.1.0')} ({_git_revision()})",
+        "hidra_ng": f"{getattr(hidra_ng, '__version__', '0.1.0')} ({_git_revision(source)})",
+        "hidra_ng_source": str(source),
     }
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import figures
 import threadprof
-from harness import PERF_DIR, QUICK, progress
+from harness import PERF_DIR, QUICK, Round, progress
 
 from hidra_ng.localrun import ReceiverProcess
 
@@ -45,12 +45,14 @@ def profile(figure, scale, label: str) -> dict:
     ProfiledReceiver.label = f"{label}-receiver"
     figures.receiver_factory = ProfiledReceiver
     threadprof.install()
+    rnd = Round()
     try:
-        run = figure(scale)
+        run = figure(scale, rnd)
     finally:
+        rnd.close()  # stops the receiver, which writes its profiles as it exits
         threadprof.dump(OUT_DIR, f"{label}-producer")
         figures.receiver_factory = ReceiverProcess
-    return {"value": run.samples[0], **run.detail}
+    return {"value": run.samples[label][0], **run.detail}
 
 
 def summary(path: Path, top: int) -> str:

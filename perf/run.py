@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import replace
@@ -29,15 +31,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from baselines import BASELINES
-from figures import FIGURES, PLANNED
 from harness import (
     FULL,
     PERF_DIR,
     QUICK,
+    REPO_DIR,
     Measurement,
     Probe,
+    Round,
     Run,
+    Scale,
     machine,
     peak_rss_bytes,
     per_run,
@@ -51,6 +54,12 @@ RESULTS_MD = PERF_DIR / "RESULTS.md"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.at:
+        return _run_at(args.at, argv if argv is not None else sys.argv[1:])
+    # imported only here: with --at, this process must not import the working tree's hidra_ng
+    from baselines import BASELINES
+    from figures import FIGURES, PLANNED
+
     scale = QUICK if args.quick else FULL
     if args.rounds:
         scale = replace(scale, rounds=args.rounds)
@@ -63,29 +72,22 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[int, list[Run]] = {id(p): [] for p in probes}
     errors: dict[str, str] = {}
     for r in range(1, scale.rounds + 1):
-        for p in probes:
-            label = p.metrics[0].name
-            if label in errors:
-                continue
-            t0 = time.perf_counter()
-            try:
-                run = p.run(scale)
-            except Exception as err:
-                errors[label] = f"{type(err).__name__}: {err}"
-                progress(f"[round {r}/{scale.rounds}] {label} FAILED:\n{traceback.format_exc()}")
-                continue
-            runs[id(p)].append(run)
-            shown = ", ".join(f"{m.name} {per_run(m, run):,.1f} {m.unit}" for m in p.metrics)
-            progress(f"[round {r}/{scale.rounds}] {shown} ({time.perf_counter() - t0:.1f} s)")
+        rnd = Round()
+        try:
+            _round(r, scale, rnd, probes, runs, errors)
+        finally:
+            rnd.close()
 
     registered = {m.name for p in FIGURES for m in p.metrics}
-    baselines = _measure(BASELINES, runs, errors)
-    figures = _figures(FIGURES, runs, baselines, errors)
+    baselines = _measure(BASELINES, runs)
+    figures = _figures(FIGURES, BASELINES, runs, baselines)
     results: dict[str, Any] = {
         "machine": machine_line,
         "figures": figures,
         "baselines": {name: m.to_json() for name, m in baselines.items()},
-        "not_measured_yet": [name for name in PLANNED if name not in registered],
+        "not_measured_yet": {
+            name: {"baseline": base} for name, base in PLANNED.items() if name not in registered
+        },
         "errors": errors,
         "mode": scale.name,
         "scale": scale.__dict__,
@@ -107,6 +109,31 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
+def _round(
+    r: int,
+    scale: Scale,
+    rnd: Round,
+    probes: list[Probe],
+    runs: dict[int, list[Run]],
+    errors: dict[str, str],
+) -> None:
+    """One run of every probe; a probe that failed once is not run again."""
+    for p in probes:
+        label = p.metrics[0].name
+        if label in errors:
+            continue
+        t0 = time.perf_counter()
+        try:
+            run = p.run(scale, rnd)
+        except Exception as err:
+            errors[label] = f"{type(err).__name__}: {err}"
+            progress(f"[round {r}/{scale.rounds}] {label} FAILED:\n{traceback.format_exc()}")
+            continue
+        runs[id(p)].append(run)
+        shown = ", ".join(f"{m.name} {per_run(m, run):,.1f} {m.unit}" for m in p.metrics)
+        progress(f"[round {r}/{scale.rounds}] {shown} ({time.perf_counter() - t0:.1f} s)")
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="under a minute (make perf-quick)")
@@ -117,7 +144,34 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="only probes whose metric names contain NAME (repeatable)",
     )  # fmt: skip
     ap.add_argument("--output", type=Path, default=RESULTS_JSON, help="results file")
+    ap.add_argument(
+        "--at", metavar="REV",
+        help="measure hidra_ng as committed at git revision REV (in a temporary worktree),"
+        " not the working tree; for before/after comparisons and a tree others are editing",
+    )  # fmt: skip
     return ap.parse_args(argv)
+
+
+def _run_at(rev: str, argv: list[str]) -> int:
+    """Re-run this harness with hidra_ng imported from a clean checkout of ``rev``."""
+    rest = [a for i, a in enumerate(argv) if a != "--at" and (i == 0 or argv[i - 1] != "--at")]
+    rest = [a for a in rest if not a.startswith("--at=")]
+    with tempfile.TemporaryDirectory(prefix="hidra-perf-at-") as tmp:
+        src = Path(tmp) / "src"
+        git = ["git", "-C", str(REPO_DIR)]
+        subprocess.run([*git, "worktree", "add", "--quiet", "--detach", str(src), rev], check=True)
+        try:
+            # cwd and PYTHONPATH put the checkout first, for this harness and the
+            # receiver processes it starts (python -m hidra_ng)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), *_pythonpath()]))
+            cmd = [sys.executable, str(PERF_DIR / "run.py"), *rest]
+            return subprocess.call(cmd, cwd=src, env=env)
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(src)], check=False)
+
+
+def _pythonpath() -> list[str]:
+    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
 def _selected(p: Probe, only: list[str]) -> bool:
@@ -127,9 +181,7 @@ def _selected(p: Probe, only: list[str]) -> bool:
 # -------------------------------------------------------------------- results
 
 
-def _measure(
-    probes: list[Probe], runs: dict[int, list[Run]], errors: dict[str, str]
-) -> dict[str, Measurement]:
+def _measure(probes: list[Probe], runs: dict[int, list[Run]]) -> dict[str, Measurement]:
     out = {}
     for p in probes:
         if runs.get(id(p)):
@@ -140,12 +192,12 @@ def _measure(
 
 def _figures(
     probes: list[Probe],
+    baseline_probes: list[Probe],
     runs: dict[int, list[Run]],
     baselines: dict[str, Measurement],
-    errors: dict[str, str],
 ) -> dict[str, dict[str, Any]]:
     baseline_runs = {
-        m.name: (m, runs[id(p)]) for p in BASELINES for m in p.metrics if id(p) in runs
+        m.name: (m, runs[id(p)]) for p in baseline_probes for m in p.metrics if id(p) in runs
     }
     out: dict[str, dict[str, Any]] = {}
     for p in probes:
@@ -236,8 +288,8 @@ def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> s
         for name, f in results["figures"].items()
     ]
     rows += [
-        [name, "not measured yet", "", PLANNED[name], "", "", ""]
-        for name in results["not_measured_yet"]
+        [name, "not measured yet", "", entry["baseline"], "", "", ""]
+        for name, entry in results["not_measured_yet"].items()
     ]
     header = ["figure", "value", "unit", "baseline", "baseline value", "ratio", "ratio per round"]
     out.append(_table(header, rows))
@@ -263,8 +315,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"| `{name}` | {_fmt(f['value'])} {f['unit']} | `{f['baseline']}` |"
             f" {_fmt(f['baseline_value'])} {f['unit']} | {_fmt(f['ratio'])} |"
         )
-    for name in results["not_measured_yet"]:
-        lines.append(f"| `{name}` | not measured yet | `{PLANNED[name]}` | | |")
+    for name, entry in results["not_measured_yet"].items():
+        lines.append(f"| `{name}` | not measured yet | `{entry['baseline']}` | | |")
     lines += ["", "| raw baseline | value | how |", "|---|---:|---|"]
     for name, b in results["baselines"].items():
         lines.append(f"| `{name}` | {_fmt(b['value'])} {b['unit']} | {b['stat']} |")
