@@ -32,6 +32,10 @@ from hidra_ng.errors import InvalidInput
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 1_000_000
 MAX_QUERY_CHARS = 4096
+#: parentheses and ``not`` nest at most this deep: the parser and the predicate it
+#: builds recurse once per level, and a deeper query must fail as a QueryError, not
+#: as a RecursionError that would end the receiver's api thread
+MAX_DEPTH = 64
 
 Row = tuple[dict[str, Any], int, float, float]  # meta, index, stored, created
 Predicate = Callable[[Row], Any]
@@ -88,6 +92,7 @@ class _Parser:
             pos = match.end()
         self.tokens.append(("end", "", len(text)))
         self.i = 0
+        self.depth = 0
 
     # helpers
     def peek(self) -> tuple[str, str, int]:
@@ -137,16 +142,27 @@ class _Parser:
             return parts[0]
         return lambda row: all(p(row) for p in parts)
 
+    def nest(self) -> None:
+        """Enter one level of parentheses or ``not``; fail past MAX_DEPTH."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.i -= 1
+            self.fail(f"query is nested deeper than {MAX_DEPTH} levels")
+
     def not_(self) -> Predicate:
         if self.accept("not"):
+            self.nest()
             inner = self.not_()
+            self.depth -= 1
             return lambda row: not inner(row)
         return self.comparison()
 
     def comparison(self) -> Predicate:
         if self.accept("("):
+            self.nest()
             inner = self.or_()
             self.expect(")")
+            self.depth -= 1
             return inner
         left = self.operand()
         kind, text, _ = self.peek()
