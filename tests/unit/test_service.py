@@ -4,63 +4,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import select
 import signal
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ops_helpers import NotifySocket
 
 from hidra_ng.service import Heartbeats, Notifier, run
-
-
-class NotifySocket:
-    """The systemd end of NOTIFY_SOCKET: a bound unix datagram socket, read by a thread.
-
-    The kernel queues only a few datagrams (net.unix.max_dgram_qlen), so it is
-    read all the time, as systemd does.
-    """
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.sock.settimeout(0.05)
-        self._received: list[dict[str, str]] = []
-        self._lock = threading.Lock()  # held from recv() to append: no message in between
-        self._closing = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while not self._closing.is_set():
-            with self._lock:
-                try:
-                    data = self.sock.recv(4096)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                lines = data.decode().splitlines()
-                self._received.append(dict(line.split("=", 1) for line in lines))
-
-    def messages(self) -> list[dict[str, str]]:
-        """Everything received so far (waits for datagrams already sent to be read)."""
-        deadline = time.monotonic() + 5.0
-        while True:
-            with self._lock:
-                queued, _, _ = select.select([self.sock], [], [], 0)
-                if not queued or time.monotonic() > deadline:
-                    return list(self._received)
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self._closing.set()
-        self._reader.join()
-        self.sock.close()
 
 
 @pytest.fixture
