@@ -7,7 +7,7 @@ instead); the detector software connects a PUSH socket and sends each frame as
 a multipart message ``[header, payload]``:
 
 header
-    a UTF-8 JSON object of at most 64 KiB with these keys (any other key is
+    a UTF-8 JSON object of at most 68 KiB with these keys (any other key is
     refused, so a typo does not pass silently):
 
     ``version``      optional, 1
@@ -52,6 +52,7 @@ from hidra_ng.sources._common import Item, Params, Refusals, receive_batch, spoo
 log = logging.getLogger(__name__)
 
 HEADER_KEYS = frozenset({"version", "stream", "dtype", "shape", "compression", "meta", "finish"})
+MAX_HEADER_BYTES = proto.MAX_META_BYTES + 4096  # the meta and the other keys
 RECEIVE_HWM = 16
 BATCH_MESSAGES = 256
 BATCH_BYTES = 64 << 20
@@ -83,8 +84,8 @@ def parse_message(
         raise Refused("parts", f"message has {len(frames)} parts; expected [header, payload]")
     raw = frames[0]
     payload = memoryview(frames[1]).cast("B") if len(frames) == 2 else memoryview(b"")
-    if len(raw) > proto.MAX_META_BYTES:
-        raise Refused("header", f"header is {len(raw)} bytes; at most {proto.MAX_META_BYTES}")
+    if len(raw) > MAX_HEADER_BYTES:
+        raise Refused("header", f"header is {len(raw)} bytes; at most {MAX_HEADER_BYTES}")
     try:
         header = msgspec.json.decode(raw)
     except msgspec.DecodeError as err:
