@@ -433,3 +433,35 @@ def test_source_uri_errors_name_the_parameter(tmp_path):
     for uri, message in cases.items():
         with pytest.raises(ConfigError, match=message.replace("?", "\\?")):
             parse(uri)
+
+
+def test_watch_removes_after_a_restart_what_was_sent_before(receiver, consumer, tmp_path):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "early.raw").write_bytes(b"sent before the restart")
+    uri = f"watch:{incoming}?stream=late-ack&remove=after_ack&settle=0&mode=poll&poll=0.02"
+    spool_dir = tmp_path / "spool"
+    # two runs while the receiver is unreachable: spooled once, never acknowledged, kept
+    for sent in (1, 0):
+        offline = Producer("tcp://127.0.0.1:9", "tcp://127.0.0.1:9", spool_dir, sender_id="late")
+        try:
+            source = parse(uri)
+            running = Running(source, offline)
+            wait_for(lambda s=source: s.rounds >= 5, what="five removal checks")
+            running.close()
+        finally:
+            offline.close()
+        assert source.sent_files == sent and (incoming / "early.raw").exists()
+    # second run, receiver reachable: the spooled message is delivered, then the file removed
+    online = Producer(
+        receiver.endpoints["ingest"], receiver.endpoints["api"], spool_dir, sender_id="late"
+    )
+    try:
+        source = parse(uri)
+        running = Running(source, online)
+        wait_for(lambda: not (incoming / "early.raw").exists(), what="early.raw removed")
+        running.close()
+    finally:
+        online.close()
+    assert source.sent_files == 0 and source.removed_files == 1
+    assert [f.data for f in read_all(consumer, "late-ack")] == [b"sent before the restart"]
