@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,7 +133,7 @@ class Env:
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as err:
-                if _is_disk_full(err):
+                if _is_disk_full(err, self.path):
                     raise DiskFull(f"no space left for LMDB at {self.path}: {err}") from err
                 raise StorageError(f"LMDB write at {self.path} failed: {err}") from err
 
@@ -151,7 +152,7 @@ class Env:
         try:
             self._env.sync(True)
         except lmdb.Error as err:
-            if _is_disk_full(err):
+            if _is_disk_full(err, self.path):
                 raise DiskFull(f"no space left for LMDB at {self.path}: {err}") from err
             raise StorageError(f"LMDB sync at {self.path} failed: {err}") from err
 
@@ -164,9 +165,17 @@ class Env:
             self._env.close()
 
 
-def _is_disk_full(err: lmdb.Error) -> bool:
-    return (
-        isinstance(err, lmdb.DiskError)
-        or "No space left" in str(err)
-        or (getattr(err, "args", None) and errno.ENOSPC in err.args)
-    )
+def _is_disk_full(err: lmdb.Error, path: Path) -> bool:
+    """ENOSPC, or an I/O error on a filesystem with (almost) no space left.
+
+    LMDB reports a failed write of its pages as EIO on some filesystems (tmpfs).
+    """
+    if isinstance(err, lmdb.DiskError) or "No space left" in str(err):
+        return True
+    if "Input/output error" in str(err) or errno.EIO in getattr(err, "args", ()):
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 64 * 1024 * 1024
+    return False

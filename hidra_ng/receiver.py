@@ -240,26 +240,40 @@ class Receiver:
         log.warning("refused ingest message from sender %s: %s", sender, err)
 
     def _commit(self, batch: list[Incoming]) -> None:
-        """Group commit with retries: until it is durable nothing is acked."""
+        """Group commit with retries: until a message is durable it is not acked.
+
+        When a commit fails (a full disk, typically) the batch is kept and
+        committed in ever smaller chunks, in order, down to one message, retrying
+        each second: whatever space comes free is used and nothing is reordered.
+        Senders keep everything spooled meanwhile; reads go on.
+        """
+        pending = batch
+        chunk = len(batch)
         failed_since = None
-        while True:
+        while pending:
+            part = pending[:chunk]
             started = time.perf_counter()
             try:
-                result = self.store.append(batch)
-                break
+                result = self.store.append(part)
             except StorageError as err:
                 self.metrics.commit_failures.inc()
                 if failed_since is None:
                     failed_since = time.monotonic()
                     log.error("commit failed, not acknowledging until it works: %s", err)
+                if chunk > 1:
+                    chunk //= 2
+                    continue
                 if self._stop_ingest.wait(1.0):
                     log.error("stopping with an uncommitted batch; senders keep it spooled")
                     return
-        if failed_since is not None:
-            log.warning("commits work again after %.1f s", time.monotonic() - failed_since)
-        self.metrics.commit_seconds.observe(time.perf_counter() - started)
-        self.commits += 1
-        self._after_commit(result)
+                continue
+            if failed_since is not None:
+                log.warning("commits work again after %.1f s", time.monotonic() - failed_since)
+                failed_since = None
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.commits += 1
+            self._after_commit(result)
+            pending = pending[len(part) :]
 
     def _after_commit(self, result: AppendResult) -> None:
         m = self.metrics
