@@ -1,6 +1,6 @@
 """A producer process for the fault tests: send messages 0..COUNT-1 of a workload, then finish.
 
-Usage: producer_job.py INGEST API SPOOL_DIR SENDER_ID STREAM SEED COUNT
+Usage: producer_job.py INGEST API SPOOL_DIR SENDER_ID STREAM SEED COUNT SPOOL_SYNC
 
 Each message is spooled together with a checkpoint saying how many messages are
 spooled, in one commit (``send_many(..., checkpoint=...)``), so a run killed at
@@ -24,9 +24,9 @@ CHECKPOINT = "producer_job"
 
 
 def main(argv: list[str]) -> int:
-    ingest, api, spool_dir, sender_id, stream, seed, count = argv
+    ingest, api, spool_dir, sender_id, stream, seed, count, spool_sync = argv
     seed_value, total = int(seed), int(count)
-    with Producer(ingest, api, spool_dir, sender_id) as producer:
+    with Producer(ingest, api, spool_dir, sender_id, spool_sync=spool_sync) as producer:
         saved = producer.checkpoint(CHECKPOINT)
         start = 0 if saved is None else int(saved)
         print(f"resuming at {start}", flush=True)

@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-from workload import (
+
+from hidra_ng import Producer
+from hidra_ng.localrun import ReceiverProcess
+from tests.conftest import wait_for
+from tests.faults.workload import (
     MiB,
     assert_sender_order,
     check,
@@ -16,9 +19,6 @@ from workload import (
     message,
     read_finished_stream,
 )
-
-from hidra_ng import Producer
-from hidra_ng.localrun import ReceiverProcess
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-from workload import (
+
+from hidra_ng import Consumer, Producer
+from hidra_ng.localrun import ReceiverProcess
+from tests.conftest import wait_for
+from tests.faults.workload import (
     assert_sender_order,
     check,
     expected_digests,
@@ -15,24 +18,24 @@ from workload import (
     read_finished_stream,
 )
 
-from hidra_ng import Consumer, Producer
-from hidra_ng.localrun import ReceiverProcess
-
 pytestmark = pytest.mark.slow
 
 MESSAGES = 1500
 SEED = 1
 STREAM = "faults/receiver-kill"
 SENDER = "kill-receiver"
+BATCH = 10
 #: kill the receiver once this share of the messages is acknowledged
 KILL_AT = (0.2, 0.45, 0.7)
 
 
 def send_all(producer: Producer, errors: list[BaseException]) -> None:
+    """Spool the workload in commits of ``BATCH``: faster than the link drains it, so
+    every kill finds a full window of messages in flight."""
     try:
-        for k in range(MESSAGES):
-            data, meta = message(SEED, k)
-            assert producer.send(STREAM, data, meta) == k
+        for first in range(0, MESSAGES, BATCH):
+            ks = range(first, min(first + BATCH, MESSAGES))
+            assert producer.send_many(STREAM, [message(SEED, k) for k in ks]) == list(ks)
     except BaseException as err:  # reported by the test thread
         errors.append(err)
 
