@@ -29,6 +29,7 @@ from hidra_ng.errors import (
     InvalidInput,
     NotYetAvailable,
     ProtocolError,
+    reason,
 )
 from hidra_ng.groups import Groups
 from hidra_ng.metrics import ReceiverMetrics
@@ -203,7 +204,7 @@ class ApiServer:
                 self._reject(err)
 
     def _reject(self, err: HidraError) -> None:
-        self.metrics.rejected.labels(type(err).__name__).inc()
+        self.metrics.rejected.labels(reason(err)).inc()
         log.warning("refused api message: %s", err)
 
     def _on_hello(self, ident: bytes, hello: proto.Hello) -> None:

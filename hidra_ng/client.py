@@ -16,6 +16,7 @@ import zmq
 from hidra_ng import protocol as proto
 from hidra_ng.errors import REMOTE_ERRORS, HidraError, ProtocolError, ReceiverUnavailable
 from hidra_ng.frames import Frame, frame_from_record
+from hidra_ng.security import ClientKeys
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,20 @@ class Consumer:
     """Read stored frames from a receiver (SPEC §4). Not thread-safe: one per thread."""
 
     def __init__(
-        self, api: str = "tcp://localhost:50101", *, request_timeout: float = 10.0
+        self,
+        api: str = "tcp://localhost:50101",
+        *,
+        request_timeout: float = 10.0,
+        keys_dir: str | None = None,
+        server_key_dir: str | None = None,
     ) -> None:
         self.api = api
         self.request_timeout = request_timeout
+        self._keys = ClientKeys.load(keys_dir, server_key_dir)
         self._ids = itertools.count(1)
         self._replays: weakref.WeakSet[_Replay] = weakref.WeakSet()
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(api)
+        self._sock = self._dealer()
 
     # ------------------------------------------------------------------- api
 
@@ -203,6 +208,15 @@ class Consumer:
             payload = frames[1].buffer if len(frames) > 1 else memoryview(b"")
             return memoryview(reply.body), payload
 
+    def _dealer(self) -> zmq.Socket:
+        """A DEALER to the api, with CurveZMQ when keys are configured."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self._keys is not None:
+            self._keys.apply(sock)
+        sock.connect(self.api)
+        return sock
+
     def close(self) -> None:
         for replay in list(self._replays):
             replay.close()
@@ -236,9 +250,7 @@ class _Replay:
         self.follow = follow
         self.window = (window_frames, window_bytes)
         self.decode = decode
-        self._sock = consumer._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(consumer.api)
+        self._sock = consumer._dealer()
         consumer._replays.add(self)
         self._id = 0
         self._owed = [0, 0]  # frames and bytes read since the last credit

@@ -91,6 +91,21 @@ class StorageError(HidraError):
     """The LMDB store or spool failed."""
 
 
+def reason(err: BaseException) -> str:
+    """The bounded label a refused message is counted under (``rejected_total{reason}``)."""
+    for cls, label in (
+        (UnsupportedVersion, "version"),
+        (ProtocolError, "malformed"),
+        (InvalidStreamName, "stream_name"),
+        (MessageTooLarge, "too_large"),
+        (InvalidInput, "invalid"),
+        (AuthenticationError, "auth"),
+    ):
+        if isinstance(err, cls):
+            return label
+    return "other"
+
+
 #: Errors a receiver may report to a client, by the name sent on the wire.
 REMOTE_ERRORS: dict[str, type[HidraError]] = {
     cls.__name__: cls

@@ -25,9 +25,17 @@ import zmq
 from hidra_ng import protocol as proto
 from hidra_ng.api import ApiServer, Notice
 from hidra_ng.config import ReceiverConfig
-from hidra_ng.errors import HidraError, InvalidInput, ProtocolError, StorageError
+from hidra_ng.errors import (
+    ConfigError,
+    HidraError,
+    InvalidInput,
+    ProtocolError,
+    StorageError,
+    reason,
+)
 from hidra_ng.groups import Groups
 from hidra_ng.metrics import ReceiverMetrics, serve
+from hidra_ng.security import Authenticator, load_keypair, server_socket
 from hidra_ng.store import RETENTION_BATCH, AppendResult, Incoming, Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,22 @@ class Receiver:
 
     def _bind(self) -> None:
         c = self.config
+        self.authenticator = None
+        self._keys = None
+        if c.keys_dir or c.authorized_keys_dir:
+            if not (c.keys_dir and c.authorized_keys_dir):
+                raise ConfigError(
+                    "receiver.keys_dir and receiver.authorized_keys_dir go together: give both"
+                    " (CurveZMQ on every socket) or neither (no security)"
+                )
+            self._keys = load_keypair(c.keys_dir)
+            # the ZAP handler must listen before any socket can take a handshake
+            self.authenticator = Authenticator(
+                self._ctx,
+                c.authorized_keys_dir,
+                on_refused=lambda why: self.metrics.rejected.labels(why).inc(),
+            )
+            self.authenticator.start()
         self.pull = self._socket(zmq.PULL, rcvhwm=1000, maxmsgsize=c.max_message_bytes)
         # ROUTER_MANDATORY: a send to a vanished consumer fails instead of vanishing
         self.router = self._socket(zmq.ROUTER, maxmsgsize=1 << 20, router_mandatory=1)
@@ -82,10 +106,12 @@ class Receiver:
             (self.router, c.api, "api"),
             (self.pub, c.publish, "publish"),
         ):
+            if self._keys is not None:
+                server_socket(sock, self._keys)
             try:
                 sock.bind(ep)
             except zmq.ZMQError as err:
-                raise StorageError(f"cannot bind {name} endpoint {ep}: {err}") from err
+                raise ConfigError(f"cannot bind {name} endpoint {ep}: {err}") from err
         self.endpoints = {
             "ingest": self.pull.getsockopt_string(zmq.LAST_ENDPOINT),
             "api": self.router.getsockopt_string(zmq.LAST_ENDPOINT),
@@ -138,6 +164,8 @@ class Receiver:
         self.store.close()
 
     def _close_sockets(self) -> None:
+        if getattr(self, "authenticator", None) is not None:
+            self.authenticator.stop()
         for name in ("pull", "router", "pub", "_notice_rx", "_notice_tx"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -235,8 +263,7 @@ class Receiver:
         return items
 
     def _reject(self, err: HidraError, sender: str = "?") -> None:
-        reason = type(err).__name__
-        self.metrics.rejected.labels(reason).inc()
+        self.metrics.rejected.labels(reason(err)).inc()
         log.warning("refused ingest message from sender %s: %s", sender, err)
 
     def _commit(self, batch: list[Incoming]) -> None:

@@ -22,6 +22,7 @@ from hidra_ng import protocol as proto
 from hidra_ng.client import Consumer, decode_frame
 from hidra_ng.errors import HidraError, NotYetAvailable, ProtocolError, ReceiverUnavailable
 from hidra_ng.frames import Frame
+from hidra_ng.security import ClientKeys
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class Subscriber:
         *,
         api: str | None = None,
         buffer_frames: int = 16,
+        keys_dir: str | None = None,
+        server_key_dir: str | None = None,
     ) -> None:
         if buffer_frames < 1:
             raise ValueError(f"buffer_frames {buffer_frames} must be at least 1")
@@ -57,7 +60,8 @@ class Subscriber:
         self._newest: dict[str, Frame] = {}
         self._snapshotted = False
         self._consumer: Consumer | None = None
-        self._feed = _Feed(publish, self.streams, buffer_frames)
+        self._keys = {"keys_dir": keys_dir, "server_key_dir": server_key_dir}
+        self._feed = _Feed(publish, self.streams, buffer_frames, ClientKeys.load(**self._keys))
         self._feed.start()
 
     # ------------------------------------------------------------- live feed
@@ -128,7 +132,7 @@ class Subscriber:
 
     def _snapshot(self) -> None:
         try:
-            self._consumer = self._consumer or Consumer(self.api, request_timeout=2.0)
+            self._consumer = self._consumer or Consumer(self.api, request_timeout=2.0, **self._keys)
             for stream in self.streams:
                 try:
                     frame = self._consumer.last(stream)
@@ -147,7 +151,7 @@ class Subscriber:
             return
         self._last_report = now
         with contextlib.suppress(zmq.ZMQError, HidraError):
-            self._consumer = self._consumer or Consumer(self.api, request_timeout=2.0)
+            self._consumer = self._consumer or Consumer(self.api, request_timeout=2.0, **self._keys)
             req = proto.Request(0, "skipped", count=self.skipped - self._reported)
             self._consumer._sock.send(proto.encode(proto.Kind.REQUEST, req), zmq.NOBLOCK)
             if final:  # give the report a moment to leave before the socket closes
@@ -170,7 +174,9 @@ class Subscriber:
 class _Feed(threading.Thread):
     """Owns the SUB socket: drains it into a buffer that drops its oldest entries."""
 
-    def __init__(self, publish: str, streams: list[str], buffer_frames: int) -> None:
+    def __init__(
+        self, publish: str, streams: list[str], buffer_frames: int, keys: ClientKeys | None
+    ) -> None:
         super().__init__(name="hidra-ng-subscriber", daemon=True)
         self._buffer: collections.deque[tuple[zmq.Frame, zmq.Frame]] = collections.deque()
         self._limit = buffer_frames
@@ -179,6 +185,8 @@ class _Feed(threading.Thread):
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.apply(self._sock)
         for stream in streams or [""]:
             # the NUL ends the topic, so "p11/a" does not also match "p11/ab"
             self._sock.setsockopt(zmq.SUBSCRIBE, stream.encode() + b"\0" if stream else b"")
