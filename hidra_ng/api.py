@@ -29,6 +29,7 @@ from hidra_ng.errors import (
     InvalidInput,
     NotYetAvailable,
     ProtocolError,
+    StorageError,
     reason,
 )
 from hidra_ng.groups import Groups
@@ -202,6 +203,12 @@ class ApiServer:
                     raise ProtocolError(f"{kind.name} is not a request")
             except (ProtocolError, InvalidInput) as err:
                 self._reject(err)
+            except StorageError as err:
+                log.error("api request failed on the store: %s", err)
+            except Exception:
+                # a bug must cost one request, never the api thread (SPEC §9)
+                self.metrics.rejected.labels("internal").inc()
+                log.exception("api message from %r failed; serving the others", ident[:16])
 
     def _reject(self, err: HidraError) -> None:
         self.metrics.rejected.labels(reason(err)).inc()

@@ -223,7 +223,13 @@ class Receiver:
                 frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            items = self._decode_data(frames)
+            try:
+                items = self._decode_data(frames)
+            except Exception:
+                # a bug must cost one message, never the ingest thread (SPEC §9)
+                self.metrics.rejected.labels("internal").inc()
+                log.exception("ingest message could not be decoded; refused")
+                continue
             batch.extend(items)
             nbytes += sum(len(item.payload) for item in items)
         return batch
