@@ -2,10 +2,9 @@
 
 A figure is a probe registered in :data:`FIGURES` with the baseline it is
 compared to. :data:`PLANNED` lists every figure SPEC §12 names; one that is not
-registered (because its API did not exist yet) is reported as "not measured
-yet", never with a made-up value. To add one: write a
-run function here and decorate it with ``@probe(FIGURES, Metric(name, unit,
-baseline=...))``.
+registered (because its API does not exist yet) is reported as "not measured
+yet", never with a made-up value. To add one: write a run function here and
+decorate it with ``@probe(FIGURES, Metric(name, unit, baseline=...))``.
 
 ingest_4mib
     MB/s of 4 MiB frame payload from a ``Producer`` with default durability
@@ -42,11 +41,12 @@ group_1kib
     stored just before (untimed). Checked: every index delivered exactly once.
     Baseline: raw_lmdb_put_1kib, as SPEC §12 fixes it.
 
-Every run starts a fresh receiver and producer on fresh temp dirs (the same
-filesystem as /tmp), waits until the producer has heard from the receiver
-before the clock starts, and removes everything afterwards. Details kept per run:
-CPU seconds of this process and of the receiver process in the timed part, and
-for ingest the split between the send() calls and the final flush().
+The figures of one round share one receiver process (default settings, store in
+a temp dir on the filesystem of /tmp, removed after the round); each run has its
+own Producer, spool dir, sender id and stream, and waits until the producer has
+heard from the receiver before its clock starts. Details kept per run: CPU
+seconds of this process and of the receiver process in the timed part, and for
+ingest the split between the send() calls and the final flush().
 """
 
 from __future__ import annotations

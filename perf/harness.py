@@ -327,6 +327,34 @@ def machine() -> tuple[str, dict[str, Any]]:
     return line, info
 
 
+def rerun_at(rev: str, script: Path, argv: list[str]) -> int:
+    """Run ``script argv`` (less ``--at REV``) with hidra_ng from a clean checkout of ``rev``.
+
+    The checkout is a temporary git worktree; cwd and PYTHONPATH put it first for
+    the script and for the receiver processes it starts (``python -m hidra_ng``).
+    The harness itself is this one, so old revisions are measured the same way.
+    """
+    rest, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--at="):
+            skip = False
+            continue
+        if arg == "--at":
+            skip = True
+            continue
+        rest.append(arg)
+    with tempfile.TemporaryDirectory(prefix="hidra-perf-at-") as tmp:
+        src = Path(tmp) / "src"
+        git = ["git", "-C", str(REPO_DIR)]
+        subprocess.run([*git, "worktree", "add", "--quiet", "--detach", str(src), rev], check=True)
+        try:
+            paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), *paths]))
+            return subprocess.call([sys.executable, str(script), *rest], cwd=src, env=env)
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(src)], check=False)
+
+
 def progress(message: str) -> None:
     """One status line on stderr, so stdout keeps only the report."""
     print(message, file=sys.stderr, flush=True)

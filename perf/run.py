@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import replace
@@ -35,7 +33,6 @@ from harness import (
     FULL,
     PERF_DIR,
     QUICK,
-    REPO_DIR,
     Measurement,
     Probe,
     Round,
@@ -45,6 +42,7 @@ from harness import (
     peak_rss_bytes,
     per_run,
     progress,
+    rerun_at,
     summarize,
 )
 
@@ -55,7 +53,7 @@ RESULTS_MD = PERF_DIR / "RESULTS.md"
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.at:
-        return _run_at(args.at, argv if argv is not None else sys.argv[1:])
+        return rerun_at(args.at, Path(__file__), argv if argv is not None else sys.argv[1:])
     # imported only here: with --at, this process must not import the working tree's hidra_ng
     from baselines import BASELINES
     from figures import FIGURES, PLANNED
@@ -150,28 +148,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         " not the working tree; for before/after comparisons and a tree others are editing",
     )  # fmt: skip
     return ap.parse_args(argv)
-
-
-def _run_at(rev: str, argv: list[str]) -> int:
-    """Re-run this harness with hidra_ng imported from a clean checkout of ``rev``."""
-    rest = [a for i, a in enumerate(argv) if a != "--at" and (i == 0 or argv[i - 1] != "--at")]
-    rest = [a for a in rest if not a.startswith("--at=")]
-    with tempfile.TemporaryDirectory(prefix="hidra-perf-at-") as tmp:
-        src = Path(tmp) / "src"
-        git = ["git", "-C", str(REPO_DIR)]
-        subprocess.run([*git, "worktree", "add", "--quiet", "--detach", str(src), rev], check=True)
-        try:
-            # cwd and PYTHONPATH put the checkout first, for this harness and the
-            # receiver processes it starts (python -m hidra_ng)
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), *_pythonpath()]))
-            cmd = [sys.executable, str(PERF_DIR / "run.py"), *rest]
-            return subprocess.call(cmd, cwd=src, env=env)
-        finally:
-            subprocess.run([*git, "worktree", "remove", "--force", str(src)], check=False)
-
-
-def _pythonpath() -> list[str]:
-    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
 def _selected(p: Probe, only: list[str]) -> bool:
@@ -299,34 +275,40 @@ def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> s
 
 
 def render_markdown(results: dict[str, Any]) -> str:
+    load = results["load_average_1min"]
     lines = [
         "# hidra_ng performance",
         "",
-        f"`make perf{'-quick' if results['mode'] == 'quick' else ''}` on {results['date']}"
-        f" ({results['mode']} mode, {results['scale']['rounds']} rounds)",
+        f"`make perf{'-quick' if results['mode'] == 'quick' else ''}`, {results['date']},"
+        f" {results['scale']['rounds']} rounds in {results['seconds']} s"
+        f" (1-minute load average {load['start']:.2f} at start, {load['end']:.2f} at end).",
         "",
         f"Machine: {results['machine']}",
         "",
-        "| figure | value | baseline | baseline value | ratio |",
-        "|---|---:|---|---:|---:|",
+        "| figure | value | baseline | baseline value | ratio | ratio per round |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for name, f in results["figures"].items():
         lines.append(
             f"| `{name}` | {_fmt(f['value'])} {f['unit']} | `{f['baseline']}` |"
             f" {_fmt(f['baseline_value'])} {f['unit']} | {_fmt(f['ratio'])} |"
+            f" {_spread(f.get('ratio_per_round', []))} |"
         )
     for name, entry in results["not_measured_yet"].items():
-        lines.append(f"| `{name}` | not measured yet | `{entry['baseline']}` | | |")
+        lines.append(f"| `{name}` | not measured yet | `{entry['baseline']}` | | | |")
     lines += ["", "| raw baseline | value | how |", "|---|---:|---|"]
     for name, b in results["baselines"].items():
         lines.append(f"| `{name}` | {_fmt(b['value'])} {b['unit']} | {b['stat']} |")
     lines += [
         "",
-        "Throughputs are medians over rounds, latencies percentiles over all samples; every"
-        " round runs each baseline and figure once. Definitions: perf/baselines.py and"
-        " perf/figures.py.",
+        "ratio = figure / baseline, measured in the same run (for the latencies lower is"
+        " better). Throughputs are medians over rounds, latencies percentiles over all"
+        " samples; each round runs every baseline and figure once. Definitions:"
+        " perf/baselines.py, perf/figures.py; where the time goes: perf/NOTES.md.",
         "",
     ]
+    for name, err in results["errors"].items():
+        lines.insert(-1, f"FAILED `{name}`: {err.splitlines()[0]}")
     return "\n".join(lines)
 
 
