@@ -31,6 +31,10 @@ DEFAULT_PUBLISH = "tcp://localhost:50102"
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file")]
 ApiOpt = Annotated[str, typer.Option("--api", help="receiver api endpoint")]
+KeysOpt = Annotated[str | None, typer.Option("--keys-dir", help="this client's CurveZMQ key pair")]
+ServerKeyOpt = Annotated[
+    str | None, typer.Option("--server-key-dir", help="the receiver's public key")
+]
 
 
 @app.callback()
@@ -164,21 +168,30 @@ def check_config(path: Annotated[Path, typer.Argument(help="TOML config file")])
 
 
 @app.command()
-def streams(api: ApiOpt = DEFAULT_API) -> None:
+def streams(
+    api: ApiOpt = DEFAULT_API, keys_dir: KeysOpt = None, server_key_dir: ServerKeyOpt = None
+) -> None:
     """List the receiver's streams."""
-    from hidra_ng.client import Consumer
-
-    with Consumer(api) as c:
+    with _consumer(api, keys_dir, server_key_dir) as c:
         _print_streams(c.streams())
 
 
 @app.command()
-def info(stream: str, api: ApiOpt = DEFAULT_API) -> None:
+def info(
+    stream: str,
+    api: ApiOpt = DEFAULT_API,
+    keys_dir: KeysOpt = None,
+    server_key_dir: ServerKeyOpt = None,
+) -> None:
     """Show one stream."""
+    with _consumer(api, keys_dir, server_key_dir) as c:
+        _print_streams([c.info(stream)])
+
+
+def _consumer(api: str, keys_dir: str | None, server_key_dir: str | None):
     from hidra_ng.client import Consumer
 
-    with Consumer(api) as c:
-        _print_streams([c.info(stream)])
+    return Consumer(api, keys_dir=keys_dir, server_key_dir=server_key_dir)
 
 
 @app.command()
@@ -188,13 +201,13 @@ def get(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write .npy or raw")] = None,
     timeout: Annotated[float, typer.Option(help="wait this long for a future index, s")] = 5.0,
     api: ApiOpt = DEFAULT_API,
+    keys_dir: KeysOpt = None,
+    server_key_dir: ServerKeyOpt = None,
 ) -> None:
     """Fetch one frame; print its description, optionally save its data."""
     import numpy as np
 
-    from hidra_ng.client import Consumer
-
-    with Consumer(api) as c:
+    with _consumer(api, keys_dir, server_key_dir) as c:
         frame = c.get(stream, index, timeout=timeout)
     data = frame.data
     what = (
@@ -222,6 +235,8 @@ def tail(
     ),
     api: Annotated[str | None, typer.Option("--api", help="receiver api endpoint")] = None,
     count: Annotated[int, typer.Option(help="stop after this many frames, 0: never")] = 0,
+    keys_dir: KeysOpt = None,
+    server_key_dir: ServerKeyOpt = None,
 ) -> None:
     """Print live frames of STREAM as lines until Ctrl-C."""
     import time
@@ -231,7 +246,9 @@ def tail(
     shown = 0
     window: list[float] = []
     try:
-        with Subscriber(publish, [stream], api=api) as sub:
+        with Subscriber(
+            publish, [stream], api=api, keys_dir=keys_dir, server_key_dir=server_key_dir
+        ) as sub:
             for frame in sub:
                 now = time.monotonic()
                 window = [t for t in window if now - t < 1.0] + [now]
@@ -244,6 +261,35 @@ def tail(
                     return
     except KeyboardInterrupt:
         return
+
+
+@app.command()
+def export(
+    stream: str,
+    out: Annotated[Path, typer.Argument(help="the HDF5 file to write")],
+    start: Annotated[int, typer.Option(help="first index (default: the first stored)")] = 0,
+    stop: Annotated[int | None, typer.Option(help="end index, exclusive (default: all)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing file")] = False,
+    api: ApiOpt = DEFAULT_API,
+    keys_dir: KeysOpt = None,
+    server_key_dir: ServerKeyOpt = None,
+) -> None:
+    """Export a stream to a NeXus-style HDF5 file, with a progress bar."""
+    from hidra_ng.export import export_command
+
+    with _consumer(api, keys_dir, server_key_dir) as c:
+        export_command(c, stream, out, start, stop, overwrite=overwrite)  # prints a summary
+
+
+@app.command()
+def keygen(
+    directory: Annotated[Path, typer.Argument(help="where to write the key pair")],
+) -> None:
+    """Write a CurveZMQ key pair (public .key, secret .key_secret) into DIRECTORY."""
+    from hidra_ng.security import keygen as make_keys
+
+    public, secret = make_keys(directory)
+    typer.echo(f"public key: {public}\nsecret key: {secret} (owner only; keep it secret)")
 
 
 def _describe(frame) -> str:
