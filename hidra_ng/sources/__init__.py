@@ -6,8 +6,10 @@ Kinds (docs/sources.md): ``simulate`` (Poisson frames), ``watch`` (files that
 appear in a directory), ``hdf5`` (replay a recorded series), ``dectris``
 (DECTRIS SIMPLON Stream V2) and ``zmq`` (frames pushed by local software).
 Each source keeps its position in the Producer's spool (a checkpoint written
-in the same commit as the messages), so a restarted daemon resumes exactly
-where it stopped: nothing twice, nothing skipped.
+in the same commit as the messages), so a restarted daemon resumes where it
+stopped: sources that can read again (simulate, watch, hdf5) send nothing twice
+and skip nothing; the PULL sources (dectris, zmq) lose nothing they spooled and
+at most their small receive queue on a kill (see docs/sources.md).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 ``zmq:tcp://127.0.0.1:50110?stream=NAME``
 
-The source binds a PULL socket on the endpoint (``connect=1`` connects
-instead); the detector software connects a PUSH socket and sends each frame as
-a multipart message ``[header, payload]``:
+The source binds a PULL socket on the endpoint (default
+``tcp://127.0.0.1:50110``; ``connect=1`` connects instead); the detector
+software connects a PUSH socket and sends each frame as a multipart message
+``[header, payload]``:
 
 header
     a UTF-8 JSON object of at most 68 KiB with these keys (any other key is
@@ -52,6 +53,7 @@ from hidra_ng.sources._common import Item, Params, Refusals, receive_batch, spoo
 log = logging.getLogger(__name__)
 
 HEADER_KEYS = frozenset({"version", "stream", "dtype", "shape", "compression", "meta", "finish"})
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:50110"
 MAX_HEADER_BYTES = proto.MAX_META_BYTES + 4096  # the meta and the other keys
 RECEIVE_HWM = 16
 BATCH_MESSAGES = 256
@@ -193,6 +195,7 @@ class ZmqSource:
     @classmethod
     def from_params(cls, uri: str, target: str, params: dict[str, str]) -> ZmqSource:
         p = Params(uri, params, {"stream", "connect"}, USAGE)
+        target = target or DEFAULT_ENDPOINT
         if not target.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(f"source {uri!r}: endpoint {target!r} is not valid; expected {USAGE}")
         return cls(uri, target, stream=p.stream("zmq"), connect=p.flag("connect", False))
