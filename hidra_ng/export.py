@@ -328,7 +328,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def export_command(
-    api: str,
+    api: str | Consumer,
     stream: str,
     out_path: str | os.PathLike[str],
     start: int = 0,
