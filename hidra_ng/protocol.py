@@ -327,6 +327,8 @@ def check_meta(meta: bytes, max_meta_bytes: int = MAX_META_BYTES) -> None:
         value = msgspec.json.decode(meta)
     except msgspec.DecodeError as err:
         raise InvalidFrame(f"meta is not valid JSON: {err}") from err
+    except RecursionError:
+        raise InvalidFrame("meta nests too deeply; flatten it") from None
     if not isinstance(value, dict):
         raise InvalidFrame("meta is not a JSON object")
 
@@ -404,6 +406,8 @@ def encode_meta(meta: dict[str, Any] | None, max_meta_bytes: int = MAX_META_BYTE
         raise InvalidFrame(f"meta {meta!r:.60} is a {type(meta).__name__}; expected a dict")
     try:
         data = msgspec.json.encode(meta, enc_hook=_meta_default)
+    except RecursionError:
+        raise InvalidFrame("meta nests too deeply (or refers to itself); flatten it") from None
     except (TypeError, msgspec.EncodeError) as err:
         raise InvalidFrame(f"meta cannot be encoded as JSON: {err}") from err
     if len(data) > max_meta_bytes:

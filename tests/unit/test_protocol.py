@@ -125,6 +125,7 @@ def test_stream_name_must_be_str():
         ({"created": float("nan")}, 64, InvalidFrame, "not a finite number"),
         ({"meta": b"[1, 2]"}, 64, InvalidFrame, "is not a JSON object"),
         ({"meta": b"{oops"}, 64, InvalidFrame, "not valid JSON"),
+        ({"meta": b'{"a":' * 3000 + b"1" + b"}" * 3000}, 64, InvalidFrame, "nests too deeply"),
         ({"meta": b'{"a": "' + b"x" * 70000 + b'"}'}, 64, MessageTooLarge, "meta is 70009 bytes"),
         ({}, 63, InvalidFrame, "needs 64 bytes but the payload has 63"),
         ({"dtype": "object"}, 64, InvalidFrame, "dtype 'object' is not supported"),
@@ -159,6 +160,10 @@ def test_meta_encoding_accepts_numpy_scalars_and_refuses_the_rest():
         proto.encode_meta({"f": object()})
     with pytest.raises(MessageTooLarge, match="the maximum is 10 bytes"):
         proto.encode_meta({"long": "x" * 20}, max_meta_bytes=10)
+    loop: dict = {}
+    loop["self"] = loop
+    with pytest.raises(InvalidFrame, match="nests too deeply"):
+        proto.encode_meta(loop)
 
 
 @pytest.mark.parametrize("dtype", ["<u1", "<u2", ">u2", "<i4", "<u4", "<f4", ">f8", "<c8", "|b1"])
