@@ -12,6 +12,8 @@ from ops_helpers import DaemonProcess, scrape, sender_args, try_scrape
 
 from hidra_ng.localrun import ReceiverProcess, free_port
 
+pytestmark = pytest.mark.slow
+
 # Two sources into two streams, so per-stream labels are told apart.
 STREAMS = {"metrics/a": (30, (32, 32)), "metrics/b": (12, (16, 8))}  # frames, shape of uint16
 SOURCES = [
