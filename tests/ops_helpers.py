@@ -1,5 +1,5 @@
 """Helpers of the operations tests: a NOTIFY_SOCKET listener, a sender daemon process,
-and a /metrics scraper. Imported as ``from ops_helpers import ...`` (like conftest)."""
+and a /metrics scraper. Imported as ``from tests.ops_helpers import ...``."""
 
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-from ops_helpers import DaemonProcess, scrape, sender_args, try_scrape
 
 from hidra_ng.localrun import ReceiverProcess, free_port
+from tests.conftest import wait_for
+from tests.ops_helpers import DaemonProcess, scrape, sender_args, try_scrape
 
 pytestmark = pytest.mark.slow
 

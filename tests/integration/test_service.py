@@ -17,11 +17,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-from ops_helpers import DaemonProcess, NotifySocket, clean_env, sender_args
 
 from hidra_ng import Consumer
 from hidra_ng.localrun import ReceiverProcess, free_port
+from tests.conftest import wait_for
+from tests.ops_helpers import DaemonProcess, NotifySocket, clean_env, sender_args
 
 WATCHDOG_USEC = 400_000
 WATCHDOG_SECONDS = WATCHDOG_USEC / 1e6

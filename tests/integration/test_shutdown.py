@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import digest, wait_for
-from ops_helpers import DaemonProcess, sender_args, try_scrape
 
 from hidra_ng import Consumer, Producer
 from hidra_ng.localrun import ReceiverProcess, free_port
 from hidra_ng.spool import Spool
 from hidra_ng.store import Store
+from tests.conftest import digest, wait_for
+from tests.ops_helpers import DaemonProcess, sender_args, try_scrape
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ops_helpers import NotifySocket
 
 from hidra_ng.service import Heartbeats, Notifier, run
+from tests.ops_helpers import NotifySocket
 
 
 @pytest.fixture
