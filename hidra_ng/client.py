@@ -150,10 +150,9 @@ class Consumer:
         )
         refs = msgspec.msgpack.decode(body, type=list[proto.FrameRef])
         return [
-            frame_from_record(r.stream, r.index, _record_decoder.decode(r.record), b"",
-                              decode=False)
+            frame_from_record(r.stream, r.index, _record_decoder.decode(r.record), None)
             for r in refs
-        ]  # fmt: skip
+        ]
 
     # --------------------------------------------------------------- replay
 

@@ -74,17 +74,22 @@ def frame_from_record(
     stream: str,
     index: int,
     record: Record,
-    payload: bytes | memoryview,
+    payload: bytes | memoryview | None,
     *,
     decode: bool = True,
     group: str = "",
     deliveries: int = 0,
 ) -> Frame:
-    """A Frame; with ``decode=False`` its data is the payload as stored (compressed bytes)."""
+    """A Frame; with ``decode=False`` its data is the payload as stored (compressed bytes).
+
+    ``payload=None`` makes a metadata-only frame (``data`` is None), as queries return.
+    """
     from hidra_ng.compression import decompress
 
-    if not decode and record.payload != Payload.NONE:
-        data: np.ndarray | bytes | None = bytes(payload)
+    if payload is None:
+        data: np.ndarray | bytes | None = None
+    elif not decode and record.payload != Payload.NONE:
+        data = bytes(payload)
     else:
         raw = payload
         if record.compression != "none" and record.payload != Payload.NONE:

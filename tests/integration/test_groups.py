@@ -244,11 +244,6 @@ def test_query_reads_metadata_in_index_order(producer, consumer):
     assert digest(got.data) == digest(items[1][0])  # the payload is still there
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.Consumer.query builds frames from an empty payload with decode=False,"
-    " so data is b'' instead of None for frames that have a payload (SPEC §4: metadata only)",
-)
 def test_query_frames_have_data_none(producer, consumer):
     producer.send(STREAM, np.zeros((4, 4), np.uint8), {"k": 0})
     producer.send(STREAM, b"bytes", {"k": 1})
