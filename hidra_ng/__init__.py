@@ -5,6 +5,7 @@ The public API (SPEC §4)::
     Producer                      spool + send + resend until acknowledged
     Consumer, Subscriber          read stored frames; follow live frames
     Frame, StreamInfo             what consumers get
+    export_hdf5                   a stream as a NeXus-style HDF5 file
     HidraError and its subclasses every error a user can meet
 """
 
@@ -32,6 +33,16 @@ from hidra_ng.producer import Producer
 from hidra_ng.protocol import StreamInfo
 from hidra_ng.subscriber import Subscriber
 
+
+def __getattr__(name: str):
+    # export_hdf5 imports h5py; load it only when asked for
+    if name == "export_hdf5":
+        from hidra_ng.export import export_hdf5
+
+        return export_hdf5
+    raise AttributeError(f"module 'hidra_ng' has no attribute {name!r}")
+
+
 __all__ = [
     "AuthenticationError",
     "ConfigError",
@@ -54,4 +65,5 @@ __all__ = [
     "Subscriber",
     "Unavailable",
     "UnsupportedVersion",
+    "export_hdf5",
 ]

@@ -83,10 +83,12 @@ class ExportResult:
 
 
 def stored_frames(consumer: Consumer, stream: str, start: int, stop: int) -> Iterator[Frame]:
-    """Frames ``start`` to ``stop`` (exclusive) as stored: compressed bytes, not decoded."""
-    for index in range(start, stop):
-        yield consumer.get(stream, index, timeout=0.0, decode=False)
-    # with Consumer.replay: yield from consumer.replay(stream, start, stop, decode=False)
+    """Frames ``start`` to ``stop`` (exclusive) as stored: compressed bytes, not decoded.
+
+    A flow-controlled replay: the receiver sends ahead within the replay window,
+    and memory stays bounded whatever the stream's size.
+    """
+    yield from consumer.replay(stream, start, stop, decode=False)
 
 
 def _filter_options(codec: str) -> dict[str, Any]:
