@@ -1,0 +1,140 @@
+"""Fault: the scatter-gather example (examples/scatter_gather/) with 20,000 results and the
+aggregator killed -9 mid-run and restarted: every image is counted exactly once.
+
+Delivery is at-least-once, so the results stream may hold more than one result for an
+image; the aggregate must not: exactly 20,000 distinct images, each with the count
+its image has, and the running total equal to the sum of those counts.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hidra_ng import Consumer, StreamFinished
+from hidra_ng.localrun import ReceiverProcess
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "scatter_gather"
+sys.path.insert(0, str(EXAMPLE))
+from common import (  # noqa: E402
+    FRAMES,
+    RESULTS,
+    WORKER_GROUP,
+    count_spots,
+    image,
+    threshold,
+)
+
+IMAGES = 20_000
+WORKERS = 4
+SHAPE = (8, 8)
+LAM = 4.0
+SEED = 5
+KILL_AT = 0.4  # share of the images counted when the aggregator is killed
+
+
+def script(name: str, *args: object) -> list[str]:
+    return [sys.executable, str(EXAMPLE / name), *(str(a) for a in args)]
+
+
+def counted(state: Path) -> int:
+    try:
+        with np.load(state) as saved:
+            return int(saved["counted"])
+    except (OSError, ValueError, KeyError):
+        return 0  # not written yet
+
+
+def wait_exit(proc: subprocess.Popen, timeout: float, what: str) -> int:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, f"{what} did not finish within {timeout} s"
+        time.sleep(0.05)
+    return proc.returncode
+
+
+def test_aggregator_killed_counts_every_image_once(tmp_path: Path) -> None:
+    receiver = ReceiverProcess(tmp_path / "store")
+    receiver.start()
+    procs: list[subprocess.Popen] = []
+    state = tmp_path / "spots.npz"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def start(name: str, *args: object, log: str) -> subprocess.Popen:
+        out = (logs / log).open("a")
+        proc = subprocess.Popen(script(name, *args), stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        procs.append(proc)
+        return proc
+
+    aggregator_args = ("--api", receiver.api, "--state", state, "--every", 200,
+                       "--ack-timeout", 3.0)  # fmt: skip
+    try:
+        endpoints = ("--ingest", receiver.ingest, "--api", receiver.api)
+        subprocess.run(
+            script("producer.py", *endpoints, "--spool-dir", tmp_path / "spool-producer",
+                   "--count", IMAGES, "--shape", "x".join(map(str, SHAPE)), "--lam", LAM,
+                   "--seed", SEED),
+            check=True, timeout=120, capture_output=True,
+        )  # fmt: skip
+        for w in range(WORKERS):
+            start("worker.py", *endpoints, "--id", w, "--spool-dir", tmp_path / f"spool-{w}",
+                  "--lam", LAM, log=f"worker-{w}.log")  # fmt: skip
+        first = start("aggregator.py", *aggregator_args, log="aggregator.log")
+
+        wait_for(lambda: counted(state) >= KILL_AT * IMAGES, 90, f"{KILL_AT:.0%} counted")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        at_kill = counted(state)
+        assert at_kill < IMAGES, "the aggregator kill came too late to matter"
+
+        second = start("aggregator.py", *aggregator_args, log="aggregator.log")
+        log = logs / "aggregator.log"
+        assert wait_exit(second, 90, "the restarted aggregator") == 0, log.read_text()[-3000:]
+        for w, proc in enumerate(procs[:WORKERS]):
+            assert wait_exit(proc, 30, f"worker {w}") == 0, (logs / f"worker-{w}.log").read_text()
+
+        # ---- check: exactly once in the aggregate
+        above = threshold(LAM)
+        expected = np.array([count_spots(image(SEED, k, SHAPE, LAM), above) for k in range(IMAGES)])
+        with np.load(state) as saved:
+            counts, total, n = saved["counts"], int(saved["total"]), int(saved["counted"])
+        assert n == IMAGES
+        assert np.count_nonzero(counts >= 0) == IMAGES
+        assert (counts[IMAGES:] == -1).all()  # no image that was never sent
+        assert np.array_equal(counts[:IMAGES], expected)
+        assert total == int(expected.sum())
+        resumed = re.findall(r"resuming with (\d+) images counted", log.read_text())
+        assert [int(r) for r in resumed] == [0, at_kill]
+        summary = re.search(r"(\d+) duplicate results skipped", log.read_text())
+        assert summary is not None
+
+        # ---- and at least once in the results stream, every frame acked by the workers
+        with Consumer(receiver.api) as c:
+            results = c.query(RESULTS, "meta.count >= 0", limit=10 * IMAGES)
+            images = [f.meta["image"] for f in results]
+            assert set(images) == set(range(IMAGES))
+            assert len(results) == c.info(RESULTS).count
+            with pytest.raises(StreamFinished):
+                c.next(FRAMES, WORKER_GROUP, timeout=5.0)
+        print(
+            f"\naggregator killed at {at_kill} counted; {len(results) - IMAGES} duplicate"
+            f" results in the stream; restarted aggregator skipped {summary.group(1)}"
+        )
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        receiver.kill()
