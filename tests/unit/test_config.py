@@ -415,3 +415,18 @@ def test_good_connect_endpoints(endpoint: str) -> None:
 )
 def test_bad_endpoints(endpoint: str) -> None:
     assert "expected a ZeroMQ endpoint" in error_of(ReceiverConfig, ingest=endpoint)
+
+
+def test_commented_source_examples_parse() -> None:
+    """The sources shown commented out in config/sender.toml work once uncommented."""
+    from hidra_ng import sources
+
+    text = (EXAMPLES / "sender.toml").read_text()
+    uris = [
+        tomllib.loads(line.lstrip("# "))["uri"]
+        for line in text.splitlines()
+        if line.startswith("# uri = ")
+    ]
+    assert len(uris) == 4
+    for uri in uris:
+        sources.parse(uri)
