@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import struct
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 _KEY = struct.Struct(">IQ")
 MAX_GROUP_NAME = 100
+#: longest ack timeout and nack delay: a week; beyond it a due time is no time at all
+#: (and an infinite or NaN one would break the api thread's poll timeout)
+MAX_SECONDS = 7 * 24 * 3600.0
+MAX_DELIVERIES = 1_000_000
 
 
 class GroupMeta(msgspec.Struct, array_like=True):
@@ -91,7 +96,7 @@ class Groups:
         sync_seconds: float = 0.1,
     ) -> None:
         self.store = store
-        self.ack_timeout = ack_timeout
+        self.ack_timeout = check_seconds("receiver ack_timeout", ack_timeout, positive=True)
         self.max_deliveries = max_deliveries
         self.sync_seconds = sync_seconds
         self.env = Env(Path(path), ("groups", "entries"), sync=False, map_bytes=64 << 20)
@@ -139,6 +144,16 @@ class Groups:
         """The group, created at the start of the stream if new; settings updated if given."""
         check_stream_name(stream)
         check_group_name(name)
+        # checked before anything changes: a bad request must not break the group
+        if ack_timeout is not None:
+            check_seconds(f"group {name!r}: ack_timeout", ack_timeout, positive=True)
+        if max_deliveries is not None and not (
+            isinstance(max_deliveries, int) and 1 <= max_deliveries <= MAX_DELIVERIES
+        ):
+            raise InvalidInput(
+                f"group {name!r}: max_deliveries {max_deliveries!r} is not valid; expected"
+                f" 1 to {MAX_DELIVERIES}"
+            )
         key = (stream, name)
         group = self._groups.get(key)
         if group is None:
@@ -159,11 +174,6 @@ class Groups:
             if max_deliveries is not None and max_deliveries != group.meta.max_deliveries:
                 group.meta.max_deliveries = max_deliveries
                 self._dirty_meta.add(key)
-        if group.meta.ack_timeout <= 0 or group.meta.max_deliveries < 1:
-            raise InvalidInput(
-                f"group {name!r}: ack_timeout {group.meta.ack_timeout} and max_deliveries"
-                f" {group.meta.max_deliveries} must be positive"
-            )
         return group
 
     def hand_out(self, group: Group, now: float | None = None) -> int:
@@ -225,11 +235,12 @@ class Groups:
 
     def nack(self, stream: str, name: str, index: int, delay: float, now: float | None = None):
         """Return a message to the group after ``delay`` seconds."""
+        delay = max(0.0, check_seconds("nack delay", delay, positive=False))
         group = self._existing(stream, name)
         entry = group.entries.get(index)
         if entry is None or entry.parked:
             return False
-        entry.due = (time.time() if now is None else now) + max(0.0, delay)
+        entry.due = (time.time() if now is None else now) + delay
         self._set_entry(group, index, entry)
         self._arm(entry.due, group, index)
         return True
@@ -310,6 +321,22 @@ class Groups:
     def close(self) -> None:
         self.commit(now=float("inf"))
         self.env.close()
+
+
+def check_seconds(what: str, value: object, *, positive: bool) -> float:
+    """A duration a request sets: finite, at most MAX_SECONDS (and > 0 if ``positive``)."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value > MAX_SECONDS
+        or (positive and value <= 0)
+    ):
+        low = "above 0" if positive else "0"
+        raise InvalidInput(
+            f"{what} {value!r} is not valid; expected seconds from {low} to {MAX_SECONDS:.0f}"
+        )
+    return float(value)
 
 
 def check_group_name(name: object) -> str:

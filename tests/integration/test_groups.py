@@ -211,6 +211,22 @@ def test_ack_needs_a_frame_from_next(producer, consumer):
         consumer.nack(frame)
 
 
+def test_bad_times_are_refused_and_the_receiver_keeps_serving(producer, consumer, receiver):
+    """Regression: a nack delay of 1e308 or an infinite ack timeout ended the api thread."""
+    send(producer, 2)
+    frame = consumer.next(STREAM, "times", timeout=2.0)
+    with pytest.raises(InvalidInput, match=r"nack delay 1e\+308 is not valid"):
+        consumer.nack(frame, delay=1e308)
+    with pytest.raises(InvalidInput, match="ack_timeout inf is not valid"):
+        consumer.next(STREAM, "times", timeout=1.0, ack_timeout=float("inf"))
+    with pytest.raises(InvalidInput, match="max_deliveries -2 is not valid"):
+        consumer.next(STREAM, "times", timeout=1.0, max_deliveries=-2)
+    assert consumer.next(STREAM, "times", timeout=2.0).index == 1  # the group still works
+    consumer.nack(frame)
+    assert consumer.next(STREAM, "times", timeout=2.0).index == 0
+    assert receiver.alive()
+
+
 def test_invalid_group_name_is_refused(producer, consumer):
     send(producer, 1)
     with pytest.raises(InvalidInput, match="group name 'a b'"):

@@ -203,6 +203,52 @@ def test_invalid_group_settings(env):
         env.groups.group(STREAM, "worse", max_deliveries=0)
     with pytest.raises(InvalidInput, match="stream name"):
         env.groups.group("bad stream", "g")
+    assert env.groups.pending() == {}  # no group was made
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"ack_timeout": -1.0},
+        {"ack_timeout": 0.0},
+        {"ack_timeout": float("inf")},
+        {"ack_timeout": float("nan")},
+        {"ack_timeout": 1e308},
+        {"max_deliveries": -1},
+        {"max_deliveries": 0},
+        {"max_deliveries": 10**9},
+    ],
+)
+def test_a_request_with_bad_settings_leaves_the_group_as_it_was(env, settings):
+    """Regression: bad settings were stored before the check, and broke the group for good
+    (every later request failed); infinite or NaN times broke the api thread's poll."""
+    env.add(2)
+    g = env.groups
+    assert hand(g) == 0
+    with pytest.raises(InvalidInput, match="is not valid; expected"):
+        g.group(STREAM, "g", **settings)
+    with pytest.raises(InvalidInput, match="is not valid; expected"):
+        g.group(STREAM, "fresh", **settings)
+    assert hand(g) == 1  # still works, with its settings
+    assert (g.group(STREAM, "g").meta.ack_timeout, g.group(STREAM, "g").meta.max_deliveries) == (
+        TIMEOUT,
+        3,
+    )
+    assert (STREAM, "fresh") not in g.pending()
+    g = env.reopen()
+    assert g.group(STREAM, "g").meta.ack_timeout == TIMEOUT
+
+
+@pytest.mark.parametrize("delay", [float("inf"), float("nan"), 1e308, 8 * 24 * 3600.0])
+def test_nack_delay_must_be_a_finite_time(env, delay):
+    env.add(1)
+    g = env.groups
+    assert hand(g) == 0
+    with pytest.raises(InvalidInput, match=r"nack delay .* is not valid"):
+        g.nack(STREAM, "g", 0, delay=delay, now=T0)
+    assert g.group(STREAM, "g").entries[0].due == T0 + TIMEOUT  # unchanged
+    assert g.nack(STREAM, "g", 0, delay=7 * 24 * 3600.0, now=T0)  # a week is the longest
+    assert g.next_due() == T0 + 7 * 24 * 3600.0
 
 
 # ------------------------------------------------------------ finished
