@@ -87,7 +87,9 @@ class ApiServer:
         notices: zmq.Socket,
         metrics: ReceiverMetrics,
         groups: Groups,
+        beat: Callable[[], None] = lambda: None,
     ) -> None:
+        self.beat = beat  # liveness for the watchdog, once per loop
         self.store = store
         self.groups = groups
         self.router = router
@@ -109,6 +111,7 @@ class ApiServer:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.notices, zmq.POLLIN)
         while True:
+            self.beat()
             stop = stopping.is_set()
             timeout = 0 if (self._ready or stop) else self._poll_timeout()
             events = dict(poller.poll(timeout))

@@ -45,7 +45,9 @@ class ReceiverProcess:
     def start(self, timeout: float = 30.0) -> ReceiverProcess:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        # not the parent's systemd context: the child is no service of its own
+        systemd_vars = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY")
+        env = {k: v for k, v in os.environ.items() if k not in systemd_vars}
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env)
         log.close()
         self.wait_ready(timeout)

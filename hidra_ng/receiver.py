@@ -36,11 +36,14 @@ from hidra_ng.errors import (
 from hidra_ng.groups import Groups
 from hidra_ng.metrics import ReceiverMetrics, serve
 from hidra_ng.security import Authenticator, load_keypair, server_socket
+from hidra_ng.service import Heartbeats
 from hidra_ng.store import RETENTION_BATCH, AppendResult, Incoming, Store
 
 log = logging.getLogger(__name__)
 
 NOTICE_ENDPOINT = "inproc://hidra-ng-commits-{}"
+#: a loop that has not gone round for this long counts as hung: the watchdog starves
+HUNG_SECONDS = 20.0
 _ids = itertools.count()
 
 
@@ -57,6 +60,7 @@ class Receiver:
         self._ctx = zmq.Context()
         self._stop_ingest = threading.Event()
         self._stop_api = threading.Event()
+        self.heartbeats = Heartbeats()
         self._threads: list[threading.Thread] = []
         self.metrics_server = None
         self.commits = 0  # group commits done, for status lines
@@ -128,7 +132,14 @@ class Receiver:
     # ------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        api = ApiServer(self.store, self.router, self._notice_rx, self.metrics, self.groups)
+        api = ApiServer(
+            self.store,
+            self.router,
+            self._notice_rx,
+            self.metrics,
+            self.groups,
+            beat=lambda: self.heartbeats.beat("api"),
+        )
         for target, name in (
             (self._ingest_loop, "ingest"),
             (lambda: api.run(self._stop_api), "api"),
@@ -138,8 +149,9 @@ class Receiver:
             self._threads.append(thread)
 
     def alive(self) -> bool:
-        """True while both threads run (the watchdog asks this)."""
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+        """True while both threads run and went round their loops lately (the watchdog asks)."""
+        running = bool(self._threads) and all(t.is_alive() for t in self._threads)
+        return running and self.heartbeats.fresh(HUNG_SECONDS)
 
     def status(self) -> str:
         streams = self.store.streams()
@@ -156,20 +168,27 @@ class Receiver:
         self._stop_api.set()
         for thread in self._threads[1:]:
             thread.join(timeout)
-        self._close_sockets()
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            # closing sockets under a running thread could crash it mid-call
+            log.error("threads %s did not stop within %.0f s; exiting without closing", stuck,
+                      timeout)  # fmt: skip
+            return
+        self._close_sockets(graceful=True)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.groups.close()
         self.store.close()
 
-    def _close_sockets(self) -> None:
+    def _close_sockets(self, graceful: bool = False) -> None:
         if getattr(self, "authenticator", None) is not None:
             self.authenticator.stop()
         for name in ("pull", "router", "pub", "_notice_rx", "_notice_tx"):
             sock = getattr(self, name, None)
             if sock is not None:
-                sock.close(linger=0)
+                # on a graceful stop the last acks get a second to leave
+                sock.close(linger=1000 if graceful and name == "router" else 0)
         self._ctx.term()
 
     def __enter__(self) -> Receiver:
@@ -184,6 +203,7 @@ class Receiver:
     def _ingest_loop(self) -> None:
         try:
             while not self._stop_ingest.is_set():
+                self.heartbeats.beat("ingest")
                 if self.pull.poll(100):
                     batch = self._receive_batch()
                     if batch:
@@ -296,6 +316,7 @@ class Receiver:
                 if chunk > 1:
                     chunk //= 2
                     continue
+                self.heartbeats.beat("ingest")  # waiting for space is not hanging
                 if self._stop_ingest.wait(1.0):
                     log.error("stopping with an uncommitted batch; senders keep it spooled")
                     return
