@@ -67,6 +67,9 @@ def receiver(
     authorized_keys_dir: Annotated[
         str | None, typer.Option(help="client public keys to accept")
     ] = None,
+    allow_ips: Annotated[
+        str | None, typer.Option(help="accept only these addresses/networks, comma-separated")
+    ] = None,
 ) -> None:
     """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
     from hidra_ng import service
@@ -86,6 +89,7 @@ def receiver(
             "max_age_seconds": max_age,
             "keys_dir": keys_dir,
             "authorized_keys_dir": authorized_keys_dir,
+            "allow_ips": allow_ips,
         },
     )
     logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))

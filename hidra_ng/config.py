@@ -20,6 +20,7 @@ environment variable or flag), the key, the value and what was expected::
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 import os
@@ -75,10 +76,17 @@ class ReceiverConfig(_Config):
     initial_map_bytes: int = 1 * GiB
     keys_dir: str = ""
     authorized_keys_dir: str = ""
+    allow_ips: str = ""  # comma-separated addresses or networks; "" allows every address
 
     def __post_init__(self) -> None:
         c = _Checker(self)
         c.path("data_dir")
+        for item in self.allow_ips.split(","):
+            if item.strip():
+                try:
+                    ipaddress.ip_network(item.strip(), strict=False)
+                except ValueError:
+                    c.fail("allow_ips", "comma-separated IP addresses or networks like 10.0.0.0/8")
         for name in ("ingest", "api", "publish"):
             c.endpoint(name, bind=True)
         c.distinct_endpoints("ingest", "api", "publish")

@@ -89,10 +89,13 @@ class Receiver:
                     " (CurveZMQ on every socket) or neither (no security)"
                 )
             self._keys = load_keypair(c.keys_dir)
+        allow_ips = [ip.strip() for ip in c.allow_ips.split(",") if ip.strip()]
+        if self._keys is not None or allow_ips:
             # the ZAP handler must listen before any socket can take a handshake
             self.authenticator = Authenticator(
                 self._ctx,
-                c.authorized_keys_dir,
+                c.authorized_keys_dir or None,
+                allow_ips=allow_ips,
                 on_refused=lambda why: self.metrics.rejected.labels(why).inc(),
             )
             self.authenticator.start()
@@ -110,7 +113,7 @@ class Receiver:
             (self.router, c.api, "api"),
             (self.pub, c.publish, "publish"),
         ):
-            if self._keys is not None:
+            if self.authenticator is not None:
                 server_socket(sock, self._keys)
             try:
                 sock.bind(ep)

@@ -131,15 +131,17 @@ class Authenticator(threading.Thread):
     def __init__(
         self,
         ctx: zmq.Context,
-        authorized_keys_dir: str | os.PathLike[str],
+        authorized_keys_dir: str | os.PathLike[str] | None,
         *,
         allow_ips: list[str] | None = None,
         on_refused: Callable[[str], None] = lambda reason: None,
         reload_seconds: float = 1.0,
     ) -> None:
+        """``authorized_keys_dir=None``: no CURVE, only the IP allow list (NULL security)."""
         super().__init__(name="hidra-ng-zap", daemon=True)
-        self.directory = Path(authorized_keys_dir)
-        if not self.directory.is_dir():
+        self.curve = authorized_keys_dir is not None
+        self.directory = Path(authorized_keys_dir or ".")
+        if self.curve and not self.directory.is_dir():
             raise AuthenticationError(
                 f"authorized keys dir {self.directory} does not exist; expected a directory of"
                 " client public keys (*.key)"
@@ -163,6 +165,8 @@ class Authenticator(threading.Thread):
 
     def _reload(self) -> None:
         """Read the allow list again if the directory changed."""
+        if not self.curve:
+            return
         try:
             files = sorted(self.directory.glob("*.key"))
             stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
@@ -204,6 +208,8 @@ class Authenticator(threading.Thread):
         peer = address.decode(errors="replace")
         if self.networks and not _allowed(peer, self.networks):
             return self._refuse(request_id, "ip", peer, b"")
+        if not self.curve and mechanism == b"NULL":
+            return [b"1.0", request_id, b"200", b"OK", b"", b""]
         if mechanism != b"CURVE" or len(credentials) != 1:
             return self._refuse(request_id, "auth", peer, b"")
         key = credentials[0]
@@ -250,10 +256,11 @@ def _allowed(peer: str, networks) -> bool:
     return any(address in net for net in networks)
 
 
-def server_socket(sock: zmq.Socket, pair: KeyPair) -> zmq.Socket:
-    """Make ``sock`` a CURVE server that asks the ZAP handler about every peer."""
-    sock.curve_server = True
-    sock.curve_publickey = pair.public
-    sock.curve_secretkey = pair.secret
+def server_socket(sock: zmq.Socket, pair: KeyPair | None) -> zmq.Socket:
+    """Make ``sock`` ask the ZAP handler about every peer; a CURVE server if ``pair``."""
+    if pair is not None:
+        sock.curve_server = True
+        sock.curve_publickey = pair.public
+        sock.curve_secretkey = pair.secret
     sock.zap_domain = ZAP_DOMAIN.encode()
     return sock
