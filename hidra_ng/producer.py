@@ -4,8 +4,11 @@
 spool commit is durable (SPEC G2). A link thread owns the sockets: it pushes
 spooled messages over PUSH within a window of unacknowledged bytes, takes the
 receiver's cumulative acks on a DEALER, frees the spool, and goes back to the
-first unacknowledged message when the receiver reports a gap or stops
-acknowledging (go-back-N; docs/adr/0001-ack-path.md).
+first unacknowledged message when the receiver reports a gap or the PUSH
+connection breaks (go-back-N; docs/adr/0001-ack-path.md). When acks stall with
+neither, it resends only the first unacknowledged batch, as a probe, and
+doubles the wait before the next probe (up to 16 x ``resend_after_seconds``),
+so a receiver that cannot commit does not get the window queued again and again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from hidra_ng import protocol as proto
 from hidra_ng.compression import Encoded, check_compression, compress
@@ -277,6 +281,8 @@ class _Link(threading.Thread):
 
     MAX_BATCH_MESSAGES = 512
     MAX_BATCH_BYTES = 1 * MiB
+    #: while acks stay stalled the wait before each resend doubles, up to this multiple
+    MAX_STALL_FACTOR = 16
 
     def __init__(
         self, producer: Producer, window_bytes: int, resend_after: float, heartbeat: float
@@ -297,6 +303,8 @@ class _Link(threading.Thread):
         self._released = self.acked
         self._last_heard = 0.0
         self._last_progress = time.monotonic()
+        self._stall_after = resend_after  # doubles while acks stay stalled
+        self._probing = False  # after a stall: one batch in flight until acks move
         self._acked_cond = threading.Condition()
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -307,6 +315,8 @@ class _Link(threading.Thread):
         self._push.setsockopt(zmq.LINGER, 0)
         self._push.setsockopt(zmq.IMMEDIATE, 1)
         self._push.setsockopt(zmq.SNDHWM, 1000)
+        # a broken connection drops what sat in its queue: resend at once, not after a stall
+        self._monitor = self._push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._dealer = self._ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
         try:
@@ -350,6 +360,7 @@ class _Link(threading.Thread):
         poller = zmq.Poller()
         poller.register(self._dealer, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         next_hello = 0.0
         blocked = False
         try:
@@ -359,11 +370,15 @@ class _Link(threading.Thread):
                     self._send_hello()
                     next_hello = now + self.heartbeat
                 timeout = max(0.0, next_hello - now)
+                if self.cursor - 1 > self.acked:
+                    timeout = min(timeout, max(0.0, self._last_progress + self._stall_after - now))
                 if blocked:
                     timeout = min(timeout, 0.02)
                 for sock, _ in poller.poll(timeout * 1000):
                     if sock is self._dealer:
                         self._take_replies()
+                    elif sock is self._monitor:
+                        self._take_disconnects()
                     else:
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 4096)
@@ -378,6 +393,9 @@ class _Link(threading.Thread):
             self._close_sockets()
 
     def _close_sockets(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self._push.disable_monitor()
+        self._monitor.close(linger=0)
         self._push.close(linger=0)
         self._dealer.close(linger=0)
         self._ctx.term()
@@ -410,6 +428,19 @@ class _Link(threading.Thread):
             except ProtocolError as err:
                 log.warning("malformed message from receiver ignored: %s", err)
 
+    def _take_disconnects(self) -> None:
+        """The PUSH connection broke: whatever sat in its queue is lost, so resend it now."""
+        broke = False
+        while True:
+            try:
+                recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            broke = True
+        if broke and self.cursor - 1 > self.acked:
+            log.info("connection to %s broke; resending from seq %d", self.p.ingest, self.acked + 1)
+            self._rewind()
+
     def _on_ack(self, last_seq: int) -> None:
         now = time.monotonic()
         self._last_heard = now
@@ -420,6 +451,8 @@ class _Link(threading.Thread):
         if self.p.metrics is not None:
             self.p.metrics.acked.inc(last_seq - self.acked)
         self._last_progress = now
+        self._probing = False
+        self._stall_after = self.resend_after
         while self._inflight and self._inflight[0][0] <= last_seq:
             self._inflight_bytes -= self._inflight.popleft()[1]
         with self._acked_cond:
@@ -435,20 +468,29 @@ class _Link(threading.Thread):
             self._rewind()
 
     def _check_stall(self) -> None:
-        if self.cursor - 1 > self.acked:
-            if time.monotonic() - self._last_progress > self.resend_after:
-                log.info(
-                    "no ack for %.1f s; resending from seq %d", self.resend_after, self.acked + 1
-                )
-                self._rewind()
-        else:
-            self._last_progress = time.monotonic()
+        now = time.monotonic()
+        if self.cursor - 1 <= self.acked:
+            self._last_progress = now
+        elif now - self._last_progress >= self._stall_after:
+            # A lost tail and a receiver that cannot commit (disk full) look the same from
+            # here. Resend one batch as a probe and wait twice as long before the next, so
+            # a stuck receiver does not get a copy of the whole window queued every time.
+            log.info(
+                "no ack for %.2f s; resending seq %d as a probe", self._stall_after, self.acked + 1
+            )
+            waited = self._stall_after
+            self._rewind(probe=True)
+            self._stall_after = min(2 * waited, self.MAX_STALL_FACTOR * self.resend_after)
 
-    def _rewind(self) -> None:
+    def _rewind(self, *, probe: bool = False) -> None:
+        """Send again from the first unacknowledged message, in a new epoch."""
         self.epoch += 1
         self.cursor = self.acked + 1
         self._inflight.clear()
         self._inflight_bytes = 0
+        self._probing = probe
+        if not probe:  # the receiver answered (gap) or the connection is new
+            self._stall_after = self.resend_after
         self._last_progress = time.monotonic()
 
     def _release(self, force: bool = False) -> None:
@@ -466,6 +508,8 @@ class _Link(threading.Thread):
     def _pump(self) -> bool:
         """Send spooled messages within the window; True if the socket pushed back."""
         while self.cursor < self.spool.next_seq and self._inflight_bytes < self.window_bytes:
+            if self._probing and self._inflight:
+                return False  # the probe is out; more only once acks move again
             batch = self.spool.read(
                 self.cursor, self.MAX_BATCH_MESSAGES, min(self.MAX_BATCH_BYTES, self.window_bytes)
             )

@@ -1,0 +1,113 @@
+"""Fault: the receiver takes frames but cannot commit them for a while (disk full, §8).
+
+It stops acknowledging and the senders keep their messages spooled. A sender
+cannot tell a stuck receiver from a lost tail of messages, so when acks stall
+it resends, but only its first unacknowledged batch, as a probe, and it waits
+twice as long before each further probe: copies of its whole window must not
+pile up in the sockets' queues (G9) while the receiver is stuck. Once commits
+work again, everything arrives exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hidra_ng import Producer
+from hidra_ng.config import ReceiverConfig
+from hidra_ng.lmdbenv import DiskFull
+from hidra_ng.receiver import Receiver
+from hidra_ng.store import AppendResult, Incoming
+from tests.conftest import wait_for
+from tests.faults.workload import (
+    MiB,
+    assert_sender_order,
+    check,
+    payload_digest,
+    read_finished_stream,
+)
+
+pytestmark = pytest.mark.slow
+
+SEED = 4
+STREAM = "faults/receiver-stuck"
+SENDER = "stuck-receiver"
+MESSAGES = 40
+#: messages of exactly 1 MiB go out one per batch, so the first window is 8 messages
+WINDOW_MESSAGES = 8
+RESEND_AFTER = 0.25
+#: stalls to watch while the receiver is stuck (after 0.25, 0.5, 1 and 2 s)
+STALLS = 4
+
+
+class StuckStore:
+    """Makes ``receiver.store.append`` fail like a full disk while ``stuck`` is set."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.stuck = threading.Event()
+        self._append = receiver.store.append
+        receiver.store.append = self.append  # the ingest thread looks it up per commit
+
+    def append(self, batch: list[Incoming], now: float | None = None) -> AppendResult:
+        if self.stuck.is_set():
+            raise DiskFull("simulated: no space left on device")
+        return self._append(batch, now)
+
+
+def payload(k: int) -> bytes:
+    return np.random.default_rng([SEED, k]).bytes(MiB)
+
+
+def test_stuck_receiver_gets_probes_not_copies_of_the_window(
+    tmp_path: Path, receiver_config: ReceiverConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hidra_ng.producer")
+
+    def stall_waits() -> list[float]:
+        return [r.args[0] for r in caplog.records if r.msg.startswith("no ack for")]
+
+    receiver = Receiver(receiver_config)
+    store = StuckStore(receiver)
+    store.stuck.set()
+    receiver.start()
+    ep = receiver.endpoints
+    try:
+        with Producer(
+            ep["ingest"],
+            ep["api"],
+            tmp_path / "spool",
+            SENDER,
+            window_bytes=WINDOW_MESSAGES * MiB,
+            resend_after_seconds=RESEND_AFTER,
+        ) as producer:
+            for k in range(MESSAGES):
+                producer.send(STREAM, payload(k), {"k": k})
+            wait_for(lambda: len(stall_waits()) >= STALLS, timeout=30, what=f"{STALLS} stalls")
+            assert receiver.metrics.commit_failures._value.get() >= 1
+            assert producer.stats["acked"] == 0
+            # the wait before each resend doubles ...
+            assert stall_waits()[:STALLS] == [RESEND_AFTER * 2**n for n in range(STALLS)]
+            # ... and each resend is one batch (here one message), not the window again
+            stalls = len(stall_waits())
+            wait_for(
+                lambda: producer.stats["sent"] >= WINDOW_MESSAGES + stalls,
+                what="the resend of the last stall",
+            )
+            assert producer.stats["sent"] == WINDOW_MESSAGES + len(stall_waits())
+
+            store.stuck.clear()
+            producer.finish(STREAM)
+            producer.flush(timeout=60)
+        frames = read_finished_stream(ep["api"], STREAM)
+    finally:
+        receiver.stop()
+
+    expected = {payload_digest(payload(k)): k for k in range(MESSAGES)}
+    verdict = check(frames, expected, required=range(MESSAGES))
+    assert verdict.ok, verdict.summary()
+    assert verdict.present == list(range(MESSAGES))
+    assert_sender_order(frames, expected, SENDER)
