@@ -24,8 +24,9 @@ ingest_1kib
     batch, as the baseline raw_lmdb_put_1kib has one fsync per 1000 puts.
 replay_4mib
     MB/s of ``Consumer.replay(stream, 0, n)`` (default window, frames decoded to
-    arrays) of a stream of 4 MiB frames stored just before (untimed, so the data
-    is in the page cache as the baseline's is in memory); from the call until the
+    arrays) of the ``frames_4mib`` frames that ingest_4mib stored in the same round
+    (or, when it did not run, of frames stored just before, untimed): the data is
+    in the page cache as the baseline's is in memory. From the call until the
     last frame is in. Baseline: raw_zmq_pushpull_4mib.
 live_latency_4mib_p50 / _p99
     Milliseconds from commit to a ``Subscriber`` in this process: its wall clock
@@ -69,6 +70,7 @@ except ImportError:  # pragma: no cover
     psutil = None
 
 FLUSH_TIMEOUT = 600.0
+STORED_4MIB = "stored 4 MiB stream"  # Round key: (stream, frames) of uncompressed 4 MiB frames
 FIGURES: list[Probe] = []
 
 #: Every figure SPEC §12 names, with the baseline it is divided by.
@@ -172,6 +174,8 @@ def _ingest_4mib(scale: Scale, rnd: Round, name: str, **producer_options) -> Run
         done = time.perf_counter()
         detail = cpu.read()
         stored = _check_stored(rx, stream, n)
+    if not producer_options:  # replay_4mib reads this stream, rather than storing another
+        rnd.shared(STORED_4MIB, lambda: contextlib.nullcontext((stream, n)))
     detail.update(send_seconds=sent - t0, flush_seconds=done - sent)
     detail["stored_bytes_per_frame"] = stored.bytes / n
     return Run({name: [n * FRAME_BYTES / (done - t0) / MB]}, detail)
@@ -215,33 +219,34 @@ def ingest_1kib(scale: Scale, rnd: Round) -> Run:
 @probe(FIGURES, Metric("replay_4mib", "MB/s", baseline="raw_zmq_pushpull_4mib"))
 def replay_4mib(scale: Scale, rnd: Round) -> Run:
     """Consumer.replay() of a stored stream of 4 MiB frames, decoded to arrays."""
-    frames = frames_4mib()
-    n = scale.frames_4mib
-    stream = "perf/replay_4mib"
-    # filling the store is not timed: batch spool sync, send_many of 16 frames
-    with _pipeline(rnd, "replay_4mib", spool_sync="batch") as (rx, p):
-        for start in range(0, n, 16):
-            p.send_many(
-                stream, [(frames[i % len(frames)], None) for i in range(start, min(start + 16, n))]
-            )
-        p.flush(timeout=FLUSH_TIMEOUT)
-        _check_stored(rx, stream, n, n * FRAME_BYTES)
-        with Consumer(rx.api) as c:
-            cpu = _CpuClock(rx)
-            nbytes, expected = 0, 0
-            t0 = time.perf_counter()
-            for frame in c.replay(stream, 0, n):
-                if frame.index != expected:
-                    raise RuntimeError(f"replay gave index {frame.index}, expected {expected}")
-                expected += 1
-                nbytes += frame.data.nbytes
-            seconds = time.perf_counter() - t0
-            detail = cpu.read()
+    stream, n = rnd.shared(STORED_4MIB, lambda: _stored_4mib(rnd, scale))
+    rx = _round_receiver(rnd)
+    with Consumer(rx.api) as c:
+        cpu = _CpuClock(rx)
+        nbytes, expected = 0, 0
+        t0 = time.perf_counter()
+        for frame in c.replay(stream, 0, n):
+            if frame.index != expected:
+                raise RuntimeError(f"replay gave index {frame.index}, expected {expected}")
+            expected += 1
+            nbytes += frame.data.nbytes
+        seconds = time.perf_counter() - t0
+        detail = cpu.read()
     if expected != n or nbytes != n * FRAME_BYTES:
         raise RuntimeError(f"replay gave {expected} frames of {nbytes} bytes; expected {n}")
     detail["consumer_cpu_seconds"] = detail.pop("producer_cpu_seconds")
     detail["seconds"] = seconds
     return Run({"replay_4mib": [n * FRAME_BYTES / seconds / MB]}, detail)
+
+
+@contextlib.contextmanager
+def _stored_4mib(rnd: Round, scale: Scale) -> Iterator[tuple[str, int]]:
+    """A stream of ``frames_4mib`` uncompressed frames in the round's receiver (untimed)."""
+    stream, n = "perf/replay_4mib", scale.frames_4mib
+    with _pipeline(rnd, "replay_4mib", spool_sync="batch") as (rx, p):
+        _fill(p, stream, frames_4mib(), n, 16)
+        _check_stored(rx, stream, n, n * FRAME_BYTES)
+    yield stream, n
 
 
 @probe(
