@@ -13,6 +13,7 @@ it, so ``Counter("hidra_ng_receiver_messages", ...)`` is exposed as
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import (
@@ -23,7 +24,9 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
 from hidra_ng.errors import ConfigError
 
@@ -120,6 +123,30 @@ class SenderMetrics:
         self.receiver_up = Gauge(
             "hidra_ng_sender_receiver_up", "1 while the receiver answers", registry=r
         )
+
+    def track_sources(self, sources: Sequence[object]) -> None:
+        """``hidra_ng_sender_source_refused_total{source,reason}``, read at scrape time
+        from each source's own ``refusals.counts`` (sources without one have none)."""
+        self.registry.register(_SourceRefusals(sources))
+
+
+class _SourceRefusals(Collector):
+    def __init__(self, sources: Sequence[object]) -> None:
+        self.sources = sources
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "hidra_ng_sender_source_refused",
+            "Input a source refused (malformed, invalid, ...), by source and reason",
+            labels=["source", "reason"],
+        )
+        for source in self.sources:
+            refusals = getattr(source, "refusals", None)
+            if refusals is None:
+                continue
+            for reason, count in sorted(refusals.counts.items()):
+                family.add_metric([source.name, reason], count)
+        yield family
 
 
 def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):

@@ -37,6 +37,7 @@ class SenderDaemon:
         m.spool_messages.set_function(lambda: p.spool_messages)
         m.spool_bytes.set_function(lambda: p.spool_bytes)
         m.receiver_up.set_function(lambda: 1 if p.receiver_up else 0)
+        m.track_sources(sources)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.metrics_server = None

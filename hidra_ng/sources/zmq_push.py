@@ -92,6 +92,8 @@ def parse_message(
         header = msgspec.json.decode(raw)
     except msgspec.DecodeError as err:
         raise Refused("header", f"header is not JSON: {err}") from None
+    except RecursionError:
+        raise Refused("header", "header JSON nests too deeply") from None
     if not isinstance(header, dict):
         raise Refused("header", f"header is a JSON {type(header).__name__}; expected an object")
     unknown = sorted(set(header) - HEADER_KEYS)
@@ -244,6 +246,11 @@ class ZmqSource:
                 )
             except Refused as err:
                 self.refusals.refuse(err.reason, str(err))
+                continue
+            except Exception as err:
+                # a bug must cost one message, not the batch received with it
+                log.exception("pushed message could not be parsed; refused")
+                self.refusals.refuse("internal", f"{type(err).__name__}: {err}")
                 continue
             if isinstance(parsed, Finish):
                 if not spool_items(producer, items, stop, self.refusals):
