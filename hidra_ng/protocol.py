@@ -253,6 +253,19 @@ _DTYPE = re.compile(r"[<>|][biufc][0-9]{1,2}")
 
 def check_stream_name(name: object) -> str:
     """Return ``name`` if it is a valid stream name (SPEC §2), else raise."""
+    if isinstance(name, str) and name in _valid_names:
+        return name
+    _check_stream_name(name)
+    if len(_valid_names) >= 4096:
+        _valid_names.clear()  # a bounded cache of names seen valid
+    _valid_names.add(name)  # type: ignore[arg-type]
+    return name  # type: ignore[return-value]
+
+
+_valid_names: set[str] = set()
+
+
+def _check_stream_name(name: object) -> str:
     if not isinstance(name, str):
         raise InvalidStreamName(f"stream name {name!r} is a {type(name).__name__}; expected str")
     if not 1 <= len(name) <= MAX_STREAM_NAME:

@@ -42,6 +42,8 @@ from hidra_ng.store import RETENTION_BATCH, AppendResult, Incoming, Store
 log = logging.getLogger(__name__)
 
 NOTICE_ENDPOINT = "inproc://hidra-ng-commits-{}"
+#: payloads at least this big are published without a copy; smaller ones are cheaper copied
+ZERO_COPY_BYTES = 64 * 1024
 #: a loop that has not gone round for this long counts as hung: the watchdog starves
 HUNG_SECONDS = 20.0
 _ids = itertools.count()
@@ -102,7 +104,10 @@ class Receiver:
         self.pull = self._socket(zmq.PULL, rcvhwm=1000, maxmsgsize=c.max_message_bytes)
         # ROUTER_MANDATORY: a send to a vanished consumer fails instead of vanishing
         self.router = self._socket(zmq.ROUTER, maxmsgsize=1 << 20, router_mandatory=1)
-        self.pub = self._socket(zmq.PUB, sndhwm=c.publish_hwm)
+        # XPUB: a PUB that also tells which topics have subscribers, so frames of
+        # streams nobody watches are neither encoded nor sent
+        self.pub = self._socket(zmq.XPUB, sndhwm=c.publish_hwm)
+        self._subscribed: set[bytes] = set()
         endpoint = NOTICE_ENDPOINT.format(next(_ids))
         self._notice_rx = self._socket(zmq.PAIR)
         self._notice_tx = self._socket(zmq.PAIR)
@@ -236,6 +241,18 @@ class Receiver:
         except StorageError as err:
             log.error("retention failed: %s", err)
 
+    def _take_subscriptions(self) -> None:
+        """Topics someone subscribes to, from the XPUB's (deduplicated) notifications."""
+        while True:
+            try:
+                event = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[:1] == b"\x01":
+                self._subscribed.add(event[1:])
+            elif event[:1] == b"\x00":
+                self._subscribed.discard(event[1:])
+
     def _receive_batch(self) -> list[Incoming]:
         """Everything that arrived, up to the commit limits, without waiting."""
         batch: list[Incoming] = []
@@ -334,28 +351,35 @@ class Receiver:
 
     def _after_commit(self, result: AppendResult) -> None:
         m = self.metrics
+        self._take_subscriptions()
+        everything = b"" in self._subscribed
+        counts: dict[str, list[int]] = {}  # stream -> [messages, bytes, last index]
+        published = 0
         for item in result.committed:
-            m.messages.labels(item.stream).inc()
-            m.bytes.labels(item.stream).inc(len(item.payload))
+            count = counts.setdefault(item.stream, [0, 0, 0])
+            count[0] += 1
+            count[1] += len(item.payload)
+            count[2] = item.index
+            topic = item.stream.encode() + b"\0"
+            if not (everything or topic in self._subscribed):
+                continue  # nobody watches this stream: no encoding, no send
             ref = proto.FrameRef(item.stream, item.index, msgspec.Raw(item.record))
             try:
                 self.pub.send_multipart(
-                    [
-                        item.stream.encode() + b"\0",
-                        proto.encode(proto.Kind.PUBLISH, ref),
-                        item.payload,
-                    ],
+                    [topic, proto.encode(proto.Kind.PUBLISH, ref), item.payload],
                     zmq.NOBLOCK,
-                    copy=False,
+                    copy=len(item.payload) < ZERO_COPY_BYTES,
                 )
-                m.published.inc()
+                published += 1
             except zmq.Again:
                 pass  # no subscriber can take it now: live viewers skip frames
-        last: dict[str, int] = {}
-        for item in result.committed:
-            last[item.stream] = item.index
-        for stream, index in last.items():
-            m.last_index.labels(stream).set(index)
+        # metrics once per stream and commit, not per message
+        for stream, (messages, nbytes, last) in counts.items():
+            m.messages.labels(stream).inc(messages)
+            m.bytes.labels(stream).inc(nbytes)
+            m.last_index.labels(stream).set(last)
+        if published:
+            m.published.inc(published)
         if result.duplicates:
             m.duplicates.inc(result.duplicates)
         if result.gaps:
