@@ -11,11 +11,13 @@ no entry is acknowledged; an entry is a message handed out and not yet acked
 delay) or parked (delivered ``max_deliveries`` times without an ack; listed, no
 longer handed out). Messages due for redelivery go out before new ones.
 
-Durability: changes are committed once per api turn without fsync, and the
-environment is fsynced at most every ``sync_seconds``. A killed process loses
-nothing (the page cache holds the commits); a crashed machine may lose the
-changes of the last interval, which can only cause redeliveries: a lost
-position or ack hands a message out again, nothing is ever skipped.
+Durability: a change that a reply confirms (a hand-out, an ack, a nack) is
+committed, without fsync, before the call returns, so the api never confirms
+what a killed receiver would forget; the environment is fsynced at most every
+``sync_seconds``. A killed process loses nothing (the page cache holds the
+commits); a crashed machine may lose the changes of the last interval, which
+can only cause redeliveries: a lost position or ack hands a message out again,
+nothing is ever skipped.
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ class Groups:
                 continue
             self._deliver(group, index, entry.deliveries + 1, now)
             self.redelivered.append((group.stream, group.name))
+            self.write()
             return index
         next_index = self.store.next_index(group.stream)
         if group.meta.position < next_index:
@@ -211,6 +214,7 @@ class Groups:
             group.meta.position += 1
             self._dirty_meta.add((group.stream, group.name))
             self._deliver(group, index, 1, now)
+            self.write()
             return index
         if self.store.is_finished(group.stream) and group.settled(next_index):
             raise StreamFinished(
@@ -231,6 +235,7 @@ class Groups:
         if entry is None:
             return False
         self._set_entry(group, index, None)
+        self.write()
         return True
 
     def nack(self, stream: str, name: str, index: int, delay: float, now: float | None = None):
@@ -243,6 +248,7 @@ class Groups:
         entry.due = (time.time() if now is None else now) + delay
         self._set_entry(group, index, entry)
         self._arm(entry.due, group, index)
+        self.write()
         return True
 
     def parked(self, stream: str, name: str) -> list[int]:
@@ -291,28 +297,33 @@ class Groups:
             group.entries[index] = entry
         self._dirty_entries[(group.meta.id, index)] = entry
 
+    def write(self) -> None:
+        """Commit the changes made so far, without fsync: a kill -9 keeps them."""
+        if not (self._dirty_meta or self._dirty_entries):
+            return
+        metas = {k: self._groups[k].meta for k in self._dirty_meta}
+        entries = self._dirty_entries
+
+        def fill(txn) -> None:
+            for (stream, name), meta in metas.items():
+                key = f"{stream}\0{name}".encode()
+                txn.put(key, msgspec.msgpack.encode(meta), db=self.env.dbs["groups"])
+            for (gid, index), entry in entries.items():
+                key = _KEY.pack(gid, index)
+                if entry is None:
+                    txn.delete(key, db=self.env.dbs["entries"])
+                else:
+                    txn.put(key, msgspec.msgpack.encode(entry), db=self.env.dbs["entries"])
+
+        self.env.write(fill)
+        self._dirty_meta = set()
+        self._dirty_entries = {}
+        self._unsynced = True
+
     def commit(self, now: float | None = None) -> None:
-        """Write the changes of this turn (no fsync); fsync every ``sync_seconds``."""
+        """Write what is left of this turn (parkings, new groups); fsync every ``sync_seconds``."""
         now = time.monotonic() if now is None else now
-        if self._dirty_meta or self._dirty_entries:
-            metas = {k: self._groups[k].meta for k in self._dirty_meta}
-            entries = self._dirty_entries
-
-            def fill(txn) -> None:
-                for (stream, name), meta in metas.items():
-                    key = f"{stream}\0{name}".encode()
-                    txn.put(key, msgspec.msgpack.encode(meta), db=self.env.dbs["groups"])
-                for (gid, index), entry in entries.items():
-                    key = _KEY.pack(gid, index)
-                    if entry is None:
-                        txn.delete(key, db=self.env.dbs["entries"])
-                    else:
-                        txn.put(key, msgspec.msgpack.encode(entry), db=self.env.dbs["entries"])
-
-            self.env.write(fill)
-            self._dirty_meta = set()
-            self._dirty_entries = {}
-            self._unsynced = True
+        self.write()
         if self._unsynced and now >= self._next_sync:
             self.env.sync()
             self._unsynced = False

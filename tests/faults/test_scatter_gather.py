@@ -87,12 +87,10 @@ def test_aggregator_killed_counts_every_image_once(tmp_path: Path) -> None:
                        "--ack-timeout", 3.0)  # fmt: skip
     try:
         endpoints = ("--ingest", receiver.ingest, "--api", receiver.api)
-        subprocess.run(
-            script("producer.py", *endpoints, "--spool-dir", tmp_path / "spool-producer",
-                   "--count", IMAGES, "--shape", "x".join(map(str, SHAPE)), "--lam", LAM,
-                   "--seed", SEED),
-            check=True, timeout=120, capture_output=True,
-        )  # fmt: skip
+        # the producer sends while the workers and the aggregator already run
+        producer = start("producer.py", *endpoints, "--spool-dir", tmp_path / "spool-producer",
+                         "--count", IMAGES, "--shape", "x".join(map(str, SHAPE)), "--lam", LAM,
+                         "--seed", SEED, log="producer.log")  # fmt: skip
         for w in range(WORKERS):
             start("worker.py", *endpoints, "--id", w, "--spool-dir", tmp_path / f"spool-{w}",
                   "--lam", LAM, log=f"worker-{w}.log")  # fmt: skip
@@ -111,7 +109,8 @@ def test_aggregator_killed_counts_every_image_once(tmp_path: Path) -> None:
         second = start("aggregator.py", *aggregator_args, log="aggregator.log")
         log = logs / "aggregator.log"
         assert wait_exit(second, 90, "the restarted aggregator") == 0, log.read_text()[-3000:]
-        for w, proc in enumerate(procs[:WORKERS]):
+        assert wait_exit(producer, 30, "the producer") == 0, (logs / "producer.log").read_text()
+        for w, proc in enumerate(procs[1 : WORKERS + 1]):
             assert wait_exit(proc, 30, f"worker {w}") == 0, (logs / f"worker-{w}.log").read_text()
 
         # ---- check: exactly once in the aggregate

@@ -251,7 +251,7 @@ def test_query_reads_metadata_in_index_order(producer, consumer):
         assert f.meta == items[f.index][1]
         assert (f.stream, f.sender) == (STREAM, "det-g")
         assert f.stored >= f.created > 0
-        assert not f.data  # no payload travels
+        assert f.data is None  # no payload travels
         assert (f.dtype, f.shape) == ("<u2", (64, 64))
     assert [f.index for f in consumer.query(STREAM, "index < 3")] == [0, 1, 2]
     assert [f.index for f in consumer.query(STREAM, "true", limit=4)] == [0, 1, 2, 3]

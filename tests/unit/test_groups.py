@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hidra_ng import protocol as proto
 from hidra_ng.errors import InvalidInput, NotYetAvailable, StreamFinished
-from hidra_ng.groups import Groups
+from hidra_ng.groups import _KEY, Entry, GroupMeta, Groups
 from hidra_ng.store import Incoming, Store
 
 T0 = 1_700_000_000.0  # a wall-clock time; every call passes its own ``now``
@@ -392,6 +393,39 @@ def test_commit_writes_what_a_reopen_reads(env):
     g = env.reopen()
     assert sorted(g.group(STREAM, "g").entries) == [2]
     assert hand_all(g, now=T0 + TIMEOUT) == [2]
+
+
+def stored_entries(g: Groups, name: str) -> dict[int, tuple[int, float, bool]]:
+    """The group's entries as committed in LMDB (what a kill -9 would leave)."""
+    gid = g.group(STREAM, name).meta.id
+    out = {}
+    with g.env.read() as txn:
+        for key, value in txn.cursor(db=g.env.dbs["entries"]):
+            kgid, index = _KEY.unpack(key)
+            if kgid == gid:
+                e = msgspec.msgpack.decode(bytes(value), type=Entry)
+                out[index] = (e.deliveries, e.due, e.parked)
+    return out
+
+
+def test_what_a_call_confirms_is_committed_before_it_returns(env):
+    """The api replies right after these calls: a receiver killed after the reply must not
+    forget a hand-out, an ack or a nack (no fsync needed for a kill -9: the page cache)."""
+    env.add(3)
+    g = env.groups
+    assert hand(g) == 0
+    assert stored_entries(g, "g") == {0: (1, T0 + TIMEOUT, False)}
+    assert hand(g) == 1
+    assert g.ack(STREAM, "g", 0)
+    assert stored_entries(g, "g") == {1: (1, T0 + TIMEOUT, False)}
+    assert g.nack(STREAM, "g", 1, delay=4.0, now=T0 + 1)
+    assert stored_entries(g, "g") == {1: (1, T0 + 5.0, False)}
+    assert hand(g, now=T0 + 5) == 1
+    assert stored_entries(g, "g") == {1: (2, T0 + 5 + TIMEOUT, False)}
+    with g.env.read() as txn:
+        key = f"{STREAM}\0g".encode()
+        meta = msgspec.msgpack.decode(bytes(txn.get(key, db=g.env.dbs["groups"])), type=GroupMeta)
+    assert meta.position == 2
 
 
 def test_timers_after_reopen(env):
