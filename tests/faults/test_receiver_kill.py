@@ -41,7 +41,7 @@ def send_all(producer: Producer, errors: list[BaseException]) -> None:
 
 
 def stored_count(api: str) -> int:
-    with Consumer(api, request_timeout=5.0) as consumer:
+    with Consumer(api, request_timeout=30.0) as consumer:
         return consumer.info(STREAM).count
 
 

@@ -91,13 +91,14 @@ def test_stuck_receiver_gets_probes_not_copies_of_the_window(
             assert producer.stats["acked"] == 0
             # the wait before each resend doubles ...
             assert stall_waits()[:STALLS] == [RESEND_AFTER * 2**n for n in range(STALLS)]
-            # ... and each resend is one batch (here one message), not the window again
+            # ... and each resend is one batch (here one message), not the window again;
+            # a stall is logged just before its resend is pushed
             stalls = len(stall_waits())
             wait_for(
                 lambda: producer.stats["sent"] >= WINDOW_MESSAGES + stalls,
                 what="the resend of the last stall",
             )
-            assert producer.stats["sent"] == WINDOW_MESSAGES + len(stall_waits())
+            assert producer.stats["sent"] <= WINDOW_MESSAGES + len(stall_waits())
 
             store.stuck.clear()
             producer.finish(STREAM)
