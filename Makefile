@@ -22,13 +22,13 @@ test: $(VENV)/.test
 	$(PY) -m pytest -q -p no:cacheprovider
 
 check: $(VENV)/.test
-	$(VENV)/bin/ruff check hidra_ng tests perf
-	$(VENV)/bin/ruff format --check hidra_ng tests perf
+	$(VENV)/bin/ruff check hidra_ng tests perf examples
+	$(VENV)/bin/ruff format --check hidra_ng tests perf examples
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 fmt: $(VENV)/.test
-	$(VENV)/bin/ruff check --fix hidra_ng tests perf
-	$(VENV)/bin/ruff format hidra_ng tests perf
+	$(VENV)/bin/ruff check --fix hidra_ng tests perf examples
+	$(VENV)/bin/ruff format hidra_ng tests perf examples
 
 perf: $(VENV)/.test
 	$(PY) perf/run.py

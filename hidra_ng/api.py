@@ -14,6 +14,7 @@ import errno
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -136,7 +137,8 @@ class ApiServer:
             deadlines.append(time.monotonic() + due - time.time())
         if deadlines:
             wait = min(deadlines) - time.monotonic()
-            timeout = max(0, min(timeout, int(wait * 1000) + 1))
+            if math.isfinite(wait):  # requests are checked; this keeps the loop safe anyway
+                timeout = max(0, min(timeout, int(wait * 1000) + 1))
         return timeout
 
     def _send(self, frames: list, copy: bool = True) -> bool:
@@ -201,7 +203,14 @@ class ApiServer:
                 if kind == proto.Kind.HELLO:
                     self._on_hello(ident, proto.decode(kind, proto.Hello, frame))
                 elif kind == proto.Kind.REQUEST:
-                    self._on_request(ident, proto.decode(kind, proto.Request, frame))
+                    request = proto.decode(kind, proto.Request, frame)
+                    try:
+                        proto.check_request(request)
+                    except InvalidInput as err:
+                        self._reject(err)
+                        self._reply_error(ident, request.id, err)
+                        continue
+                    self._on_request(ident, request)
                 else:
                     raise ProtocolError(f"{kind.name} is not a request")
             except (ProtocolError, InvalidInput) as err:
@@ -297,7 +306,7 @@ class ApiServer:
             self.store.check_index(req.stream, index)  # NotYetAvailable or StreamFinished
         if req.timeout <= 0:
             raise NotYetAvailable(f"nothing for {req.op} on stream {req.stream!r} yet")
-        deadline = time.monotonic() + min(req.timeout, 3600.0)
+        deadline = time.monotonic() + min(req.timeout, proto.MAX_WAIT_SECONDS)
         waiter = _Waiter(deadline, next(self._order), ident, req)
         self._waiters.setdefault(req.stream, []).append(waiter)
         heapq.heappush(self._deadlines, waiter)

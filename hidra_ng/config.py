@@ -91,7 +91,7 @@ class ReceiverConfig(_Config):
             c.endpoint(name, bind=True)
         c.distinct_endpoints("ingest", "api", "publish")
         c.port("metrics_port")
-        c.number("ack_timeout_seconds", above=0)
+        c.number("ack_timeout_seconds", above=0, high=7 * 24 * 3600)  # as groups allow
         c.number("max_store_bytes", low=0, note="0 (no limit) or more bytes")
         c.number("max_age_seconds", low=0, note="0 (no limit) or more seconds")
         c.number("max_message_bytes", low=1, high=MAX_DATA_BYTES)

