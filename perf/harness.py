@@ -184,19 +184,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-class Stopwatch:
-    """Wall time and this process's CPU time of a block (CPU time shows what was busy)."""
-
-    def __enter__(self) -> Stopwatch:
-        self.cpu0 = time.process_time()
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.t0
-        self.cpu_seconds = time.process_time() - self.cpu0
-
-
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Wait until ``condition()`` holds, checking often; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -217,7 +204,10 @@ def scratch_dir(label: str) -> Iterator[Path]:
 
 
 def peak_rss_bytes() -> dict[str, int]:
-    """Peak resident memory of this process and of its largest finished child."""
+    """Peak resident memory of this process and of its largest finished child.
+
+    Includes the touched pages of LMDB's memory maps (page cache, not heap).
+    """
     # ru_maxrss is in KiB on Linux
     return {
         "perf_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KiB,

@@ -58,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     from baselines import BASELINES
     from figures import FIGURES, PLANNED
 
+    if args.list:
+        for p in BASELINES + FIGURES:
+            names = ", ".join(f"{m.name} [{m.unit}]" for m in p.metrics)
+            base = {m.baseline for m in p.metrics if m.baseline}
+            print(f"{names}{' / ' + ', '.join(sorted(base)) if base else ''}\n    {p.doc}")
+        for name, base in PLANNED.items():
+            if not any(m.name == name for p in FIGURES for m in p.metrics):
+                print(f"{name}: not measured yet (baseline {base})")
+        return 0
     scale = QUICK if args.quick else FULL
     if args.rounds:
         scale = replace(scale, rounds=args.rounds)
@@ -136,6 +145,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="under a minute (make perf-quick)")
     ap.add_argument("--markdown", action="store_true", help="also print RESULTS.md")
+    ap.add_argument("--list", action="store_true", help="list baselines and figures, run nothing")
     ap.add_argument("--rounds", type=int, default=0, help="override the number of rounds")
     ap.add_argument(
         "--only", action="append", default=[], metavar="NAME",
