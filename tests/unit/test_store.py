@@ -185,3 +185,60 @@ def test_many_random_batches_never_duplicate(tmp_path):
         delivered = result.acks.get(("a", 1), delivered - 1) + 1
     assert stored_payloads(store, "s") == [bytes(i.payload) for i in sent]
     store.close()
+
+
+def test_retention_by_age_removes_what_is_older_and_never_reuses_indices(tmp_path):
+    store = Store(tmp_path / "st", map_bytes=64 << 20)
+    try:
+        for i in range(10):  # stored at t = 100 .. 109
+            store.append([incoming("a", 1, i, stream="old")], now=100.0 + i)
+        store.append([incoming("a", 1, 10, stream="new")], now=200.0)
+        assert store.enforce_retention(max_age_seconds=50.0, now=149.9) == 0  # none older
+        removed = store.enforce_retention(max_age_seconds=50.0, now=156.5)
+        assert removed == 7  # stored at 100 .. 106 are older than 106.5
+        info = store.info("old")
+        assert (info.first, info.last, info.count) == (7, 9, 3)
+        with pytest.raises(Gone):
+            store.read("old", 6)
+        assert store.read("old", 7)[1] == b"a:1:7"
+        store.append([incoming("a", 1, 11, stream="old")], now=300.0)
+        assert store.info("old").last == 10  # the next index, never a reused one
+        assert store.info("new").count == 1
+    finally:
+        store.close()
+
+
+def test_retention_by_size_takes_the_oldest_streams_first(tmp_path):
+    store = Store(tmp_path / "st", map_bytes=64 << 20)
+    try:
+        seq = 0
+        for stream in ("first", "second"):
+            for _ in range(5):
+                store.append([incoming("a", 1, seq, stream=stream, payload=bytes(100))])
+                seq += 1
+        assert store.enforce_retention(max_bytes=550) == 5
+        first, second = store.info("first"), store.info("second")
+        assert (first.count, second.count) == (0, 5)  # the older stream went first
+        assert (first.first, first.bytes, second.bytes) == (5, 0, 500)
+        assert store.enforce_retention(max_bytes=350) == 2  # then the next oldest
+        assert (store.info("second").first, store.stored_bytes()) == (2, 300)
+    finally:
+        store.close()
+
+
+def test_retention_lets_lmdb_reuse_the_space(tmp_path):
+    """A store at its size limit stops growing on disk: freed pages are reused."""
+    store = Store(tmp_path / "st", map_bytes=64 << 20)
+    frame = bytes(64 << 10)
+    try:
+        sizes = []
+        for i in range(400):  # 25 MiB written through a 1 MiB store
+            store.append([incoming("a", 1, i, payload=frame)])
+            store.enforce_retention(max_bytes=1 << 20)
+            if i % 100 == 99:
+                sizes.append(store.env.disk_bytes())
+        assert store.stored_bytes() <= 1 << 20
+        assert sizes[-1] < 8 << 20, sizes  # not the 25 MiB that went through
+        assert sizes[-1] <= sizes[0] * 1.5, sizes  # flat once at the limit
+    finally:
+        store.close()
