@@ -84,8 +84,10 @@ def test_stuck_receiver_gets_probes_not_copies_of_the_window(
             window_bytes=WINDOW_MESSAGES * MiB,
             resend_after_seconds=RESEND_AFTER,
         ) as producer:
-            for k in range(MESSAGES):
-                producer.send(STREAM, payload(k), {"k": k})
+            # one commit, so the link finds them all spooled and pushes its first window
+            # at once, before any stall (sent one by one on a slow machine, the first stall
+            # could come while the window is still filling)
+            producer.send_many(STREAM, [(payload(k), {"k": k}) for k in range(MESSAGES)])
             wait_for(lambda: len(stall_waits()) >= STALLS, timeout=30, what=f"{STALLS} stalls")
             assert receiver.metrics.commit_failures._value.get() >= 1
             assert producer.stats["acked"] == 0
