@@ -399,13 +399,17 @@ def check_request(req: Request) -> None:
     for name in ("timeout", "delay", "ack_timeout"):
         value = getattr(req, name)
         if not (math.isfinite(value) and 0 <= value <= MAX_WAIT_SECONDS * 168):
-            raise InvalidInput(f"{name} {value!r} is not valid; expected seconds >= 0")
+            raise InvalidInput(
+                f"{req.op} {name} {value!r} is not valid; expected seconds from 0 to one week"
+            )
     for name in ("index", "credit_frames", "credit_bytes", "count", "limit", "max_deliveries"):
         value = getattr(req, name)
         if not 0 <= value < SEQ_LIMIT:
-            raise InvalidInput(f"{name} {value} is out of range; expected 0 <= {name} < 2**63")
+            raise InvalidInput(
+                f"{req.op} {name} {value} is not valid; expected 0 <= {name} < 2**63"
+            )
     if not -1 <= req.stop < SEQ_LIMIT:
-        raise InvalidInput(f"stop {req.stop} is out of range; expected -1 (none) or an index")
+        raise InvalidInput(f"{req.op} stop {req.stop} is not valid; expected -1 (none) or an index")
 
 
 def check_envelope(env: Envelope) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import msgspec
 import numpy as np
@@ -146,18 +147,18 @@ def test_bad_headers_are_refused_by_name(overrides, size, error, message):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"timeout": float("nan")}, "timeout nan is not valid"),
-        ({"timeout": float("inf")}, "timeout inf is not valid"),
-        ({"timeout": -0.5}, "timeout -0.5 is not valid"),
-        ({"delay": 1e308}, "delay 1e+308 is not valid"),
-        ({"ack_timeout": float("-inf")}, "ack_timeout -inf is not valid"),
-        ({"index": -1}, "index -1 is out of range"),
-        ({"credit_frames": -3}, "credit_frames -3 is out of range"),
-        ({"stop": -2}, "stop -2 is out of range"),
+        ({"timeout": float("nan")}, "get timeout nan is not valid"),
+        ({"timeout": float("inf")}, "get timeout inf is not valid"),
+        ({"timeout": -0.5}, "get timeout -0.5 is not valid"),
+        ({"delay": 1e308}, "get delay 1e+308 is not valid"),
+        ({"ack_timeout": float("-inf")}, "get ack_timeout -inf is not valid"),
+        ({"index": -1}, "get index -1 is not valid"),
+        ({"credit_frames": -3}, "get credit_frames -3 is not valid"),
+        ({"stop": -2}, "get stop -2 is not valid"),
     ],
 )
 def test_requests_with_numbers_out_of_range_are_refused(fields, message):
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
         proto.check_request(proto.Request(1, "get", **fields))
     proto.check_request(proto.Request(1, "get", timeout=5.0, index=3, stop=-1))
 
