@@ -70,7 +70,8 @@ def run_demo(frames: int = 100, keep: bool = False, shape: tuple[int, int] = (20
                 middle = consumer.get(STREAM, info.count // 2)
             live.stop()
             echo(
-                f"replayed {replayed} frames in {read:.2f} s = {nbytes / read / 1e9:.2f} GB/s;"
+                f"replayed and checked (sha256) {replayed} frames in {read:.2f} s"
+                f" = {nbytes / read / 1e9:.2f} GB/s;"
                 f" {mismatches} differ from what was sent; get({info.count // 2}) returns"
                 f" frame {middle.meta['frame']}"
             )
