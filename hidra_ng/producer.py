@@ -39,6 +39,7 @@ from hidra_ng.errors import (
 )
 from hidra_ng.frames import Data, describe
 from hidra_ng.metrics import SenderMetrics
+from hidra_ng.security import ClientKeys
 from hidra_ng.spool import Spool, entry_bytes
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,14 @@ class Producer:
         resend_after_seconds: float = 3.0,
         heartbeat_seconds: float = 1.0,
         metrics: SenderMetrics | None = None,
+        keys_dir: str | os.PathLike[str] | None = None,
+        server_key_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         proto.check_sender_id(sender_id)
+        # CurveZMQ (SPEC §9): this sender's key pair and the receiver's public key
+        self.keys = ClientKeys.load(
+            keys_dir and str(keys_dir), server_key_dir and str(server_key_dir)
+        )
         self.compression = check_compression(compression)
         if max_spool_bytes <= 0 or window_bytes <= 0:
             raise ConfigError(
@@ -319,6 +326,9 @@ class _Link(threading.Thread):
         self._monitor = self._push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._dealer = self._ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
+        if producer.keys is not None:
+            producer.keys.apply(self._push)
+            producer.keys.apply(self._dealer)
         try:
             self._push.connect(producer.ingest)
             self._dealer.connect(producer.api)

@@ -32,6 +32,8 @@ class SenderDaemon:
             send_timeout=config.send_timeout_seconds,
             compression=config.compression,
             metrics=self.metrics,
+            keys_dir=config.keys_dir or None,
+            server_key_dir=config.server_key_dir or None,
         )
         m, p = self.metrics, self.producer
         m.spool_messages.set_function(lambda: p.spool_messages)

@@ -196,3 +196,43 @@ def _raw_push(endpoint: str, keys, who: str) -> None:
             sock.send_multipart([b"HN\x01\x01", b"", b""], zmq.NOBLOCK)
         sock.close()
     ctx.term()
+
+
+def test_producers_with_keys_deliver_and_intruders_store_nothing(secure_receiver, keys, tmp_path):
+    ep = secure_receiver.endpoints
+    frames = [np.full((32, 32), i, np.uint16) for i in range(10)]
+    with Producer(ep["ingest"], ep["api"], tmp_path / "good", "good", **client_keys(keys)) as p:
+        for f in frames:
+            p.send("signed", f)
+        p.flush(20)
+        assert p.receiver_up
+    with Producer(
+        ep["ingest"], ep["api"], tmp_path / "bad", "bad", **client_keys(keys, "intruder")
+    ) as p:
+        p.send("forged", b"x")
+        with pytest.raises(ReceiverUnavailable):
+            p.flush(2)
+        assert not p.receiver_up
+        assert p.spool_messages == 1  # nothing lost either: it waits in the spool
+    with Consumer(ep["api"], **client_keys(keys)) as c:
+        assert [s.name for s in c.streams()] == ["signed"]
+        assert [digest(f.data) for f in c.replay("signed")] == [digest(f) for f in frames]
+    assert rejected(secure_receiver, "auth") >= 1
+
+
+def test_a_sender_daemon_with_keys(secure_receiver, keys, tmp_path):
+    ep = secure_receiver.endpoints
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "hidra_ng", "sender",
+            "--ingest", ep["ingest"], "--api", ep["api"],
+            "--spool-dir", str(tmp_path / "spool"), "--sender-id", "daemon",
+            "--keys-dir", str(keys["client"]), "--server-key-dir", str(keys["server"]),
+            "--source", "simulate:?shape=16x16&count=7&rate=0&stream=daemon/sim",
+            "--metrics-port", "0", "--exit-when-done",
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Consumer(ep["api"], **client_keys(keys)) as c:
+        assert [f.meta["frame"] for f in c.replay("daemon/sim")] == list(range(7))
