@@ -106,6 +106,7 @@ class Producer:
         )
         self._space = threading.Condition()  # notified when acks free spool space
         self._space_waiters = 0  # senders blocked on a full spool: free space at once
+        self._interrupted = False  # interrupt(): waiting senders give up (a stop)
         self.metrics = metrics
         try:
             self._link = _Link(self, window_bytes, resend_after_seconds, heartbeat_seconds)
@@ -195,6 +196,12 @@ class Producer:
             while self._spool.bytes + size > self.max_spool_bytes:
                 self._space_waiters += 1
                 left = deadline - time.monotonic()
+                if self._interrupted:
+                    self._space_waiters -= 1
+                    raise SpoolFull(
+                        f"producer is closing; {len(prepared)} messages for which the spool"
+                        " had no room were not spooled"
+                    )
                 if left <= 0:
                     self._space_waiters -= 1
                     raise SpoolFull(
@@ -211,7 +218,7 @@ class Producer:
                 seqs = self._spool.append(prepared, finish=finish, checkpoint=checkpoint)
                 break
             except StorageError as err:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or self._interrupted:
                     raise SpoolFull(
                         f"spool at {self._spool.env.path} cannot take {size} bytes: {err}"
                     ) from err
@@ -219,6 +226,16 @@ class Producer:
                 time.sleep(0.2)
         self._link.wake()
         return seqs
+
+    def interrupt(self) -> None:
+        """Make senders that wait for spool space give up now (``SpoolFull``): for a stop.
+
+        Nothing spooled is affected; what a waiting ``send()`` held is reported
+        as not spooled, so its caller (a source) resumes it after a restart.
+        """
+        self._interrupted = True
+        with self._space:
+            self._space.notify_all()
 
     # ------------------------------------------------------------------ status
 

@@ -14,6 +14,7 @@ from hidra_ng.sources import Source
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 2.0
+STOP_SOURCES_SECONDS = 10.0
 
 
 class SenderDaemon:
@@ -86,8 +87,11 @@ class SenderDaemon:
     def stop(self) -> None:
         """Stop the sources, then the producer; unsent messages stay spooled."""
         self._stop.set()
+        self.producer.interrupt()  # a source waiting for spool space must not hold the stop
         for thread in self._threads:
-            thread.join()
+            thread.join(STOP_SOURCES_SECONDS)
+            if thread.is_alive():
+                log.error("source thread %s did not stop in time", thread.name)
         self.producer.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
