@@ -114,15 +114,17 @@ class Env:
             finally:
                 txn.abort()
 
-    def write(self, fill: Callable[[lmdb.Transaction], T]) -> T:
+    def write(self, fill: Callable[[lmdb.Transaction], T], *, buffers: bool = False) -> T:
         """Run ``fill`` in a write transaction and commit it; grow the map and retry if full.
 
         ``fill`` may run more than once, so it must only write to the transaction.
+        ``buffers=True``: reads in ``fill`` return memoryviews valid only inside it
+        (no copy of the value).
         """
         while True:
             try:
                 with self._gate.shared():
-                    txn = self._env.begin(write=True)
+                    txn = self._env.begin(write=True, buffers=buffers)
                     try:
                         result = fill(txn)
                         txn.commit()

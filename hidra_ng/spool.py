@@ -187,16 +187,19 @@ class Spool:
                 headers, payloads = self._db["headers"], self._db["payloads"]
                 for seq in range(self.lowest, stop):
                     key = _SEQ.pack(seq)
-                    payload = txn.pop(key, db=payloads)
+                    # a view gives the size without copying a 4 MiB payload out to count it
+                    payload = txn.get(key, db=payloads)
                     if payload is not None:
                         freed += len(payload)
-                    header = txn.pop(key, db=headers)
+                        txn.delete(key, db=payloads)
+                    header = txn.get(key, db=headers)
                     if header is not None:
                         freed += len(header)
                         removed += 1
+                        txn.delete(key, db=headers)
                 return freed, removed
 
-            freed, removed = self.env.write(fill)
+            freed, removed = self.env.write(fill, buffers=True)
             self.lowest = stop
             self.count -= removed
             self.bytes -= freed
