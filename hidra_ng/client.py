@@ -198,14 +198,9 @@ class Consumer:
                     f"receiver at {self.api} did not answer {op!r} within"
                     f" {req.timeout + within:.1f} s"
                 )
-            frames = self._sock.recv_multipart(copy=False)
-            reply = proto.decode(proto.Kind.REPLY, proto.Reply, frames[0].buffer)
-            if reply.id != req.id:
-                continue  # the late answer to a request that timed out
-            if reply.error:
-                raise REMOTE_ERRORS.get(reply.error, HidraError)(reply.message)
-            payload = frames[1].buffer if len(frames) > 1 else memoryview(b"")
-            return memoryview(reply.body), payload
+            answer = _read_reply(self._sock, req.id)
+            if answer is not None:
+                return answer
 
     def _dealer(self) -> zmq.Socket:
         """A DEALER to the api, with CurveZMQ when keys are configured."""
@@ -227,6 +222,21 @@ class Consumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_reply(sock: zmq.Socket, request_id: int) -> tuple[memoryview, memoryview] | None:
+    """(body, payload) of the reply to ``request_id``; None for a stray (late) reply.
+
+    A reply carrying an error raises it as the class the receiver named.
+    """
+    frames = sock.recv_multipart(copy=False)
+    reply = proto.decode(proto.Kind.REPLY, proto.Reply, frames[0].buffer)
+    if reply.id != request_id:
+        return None  # the late answer to a request that timed out
+    if reply.error:
+        raise REMOTE_ERRORS.get(reply.error, HidraError)(reply.message)
+    payload = frames[1].buffer if len(frames) > 1 else memoryview(b"")
+    return memoryview(reply.body), payload
 
 
 def _group_fields(frame: Frame) -> dict:
@@ -292,15 +302,16 @@ class _Replay:
                     f"receiver at {self.consumer.api} sent nothing for {silence:.0f} s while"
                     f" replaying {self.stream!r} at index {self.next}"
                 )
-            frames = self._sock.recv_multipart(copy=False)
-            reply = proto.decode(proto.Kind.REPLY, proto.Reply, frames[0].buffer)
-            if reply.id != self._id:
-                continue
-            if reply.error:
-                self.close()
-                raise REMOTE_ERRORS.get(reply.error, HidraError)(reply.message)
             try:
-                body = _replay_decoder.decode(reply.body)
+                answer = _read_reply(self._sock, self._id)
+            except HidraError:
+                self.close()
+                raise
+            if answer is None:
+                continue
+            reply_body, payload = answer
+            try:
+                body = _replay_decoder.decode(reply_body)
             except msgspec.DecodeError as err:
                 raise ProtocolError(f"malformed replay message: {err}") from err
             if isinstance(body, str):
@@ -308,7 +319,6 @@ class _Replay:
                     self.close()
                     raise StopIteration
                 continue  # idle: the receiver is alive and waiting for frames
-            payload = frames[1].buffer if len(frames) > 1 else memoryview(b"")
             frame = decode_frame(body, payload, decode=self.decode)
             self.next = frame.index + 1
             self._resumed = False

@@ -101,7 +101,9 @@ class Receiver:
                 on_refused=lambda why: self.metrics.rejected.labels(why).inc(),
             )
             self.authenticator.start()
-        self.pull = self._socket(zmq.PULL, rcvhwm=1000, maxmsgsize=c.max_message_bytes)
+        # RCVHWM counts messages, not bytes: 64 multiparts (up to 64 frames of 4 MiB, or
+        # 64 x 512 small messages) bound what waits while a commit runs or fails (G9)
+        self.pull = self._socket(zmq.PULL, rcvhwm=64, maxmsgsize=c.max_message_bytes)
         # ROUTER_MANDATORY: a send to a vanished consumer fails instead of vanishing
         self.router = self._socket(zmq.ROUTER, maxmsgsize=1 << 20, router_mandatory=1)
         # XPUB: a PUB that also tells which topics have subscribers, so frames of

@@ -7,10 +7,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.producer import Producer
 from hidra_ng.receiver import Receiver
 
 
@@ -29,9 +31,9 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
 def digest(data) -> str:
     if data is None:
         return "none"
-    return hashlib.sha256(
-        memoryview(data).cast("B") if not isinstance(data, bytes) else data
-    ).hexdigest()
+    if isinstance(data, np.ndarray):  # also empty, 0-d and non-contiguous arrays
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
 
 
 @pytest.fixture
@@ -55,6 +57,28 @@ def receiver(receiver_config: ReceiverConfig) -> Iterator[Receiver]:
         yield rx
     finally:
         rx.stop()
+
+
+@pytest.fixture
+def make_producer(tmp_path, receiver):
+    """Producers for the in-process receiver, each with its own spool; closed at the end."""
+    made: list[Producer] = []
+
+    def make(sender_id: str = "det-1", rx: Receiver | None = None, **options) -> Producer:
+        rx = rx or receiver
+        p = Producer(
+            rx.endpoints["ingest"],
+            rx.endpoints["api"],
+            tmp_path / f"spool-{sender_id}",
+            sender_id,
+            **options,
+        )
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
 
 
 @pytest.fixture

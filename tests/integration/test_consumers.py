@@ -22,26 +22,6 @@ from tests.conftest import digest, wait_for
 
 
 @pytest.fixture
-def make_producer(tmp_path, receiver):
-    made: list[Producer] = []
-
-    def make(sender_id: str = "det-1", rx: Receiver = receiver, **options) -> Producer:
-        p = Producer(
-            rx.endpoints["ingest"],
-            rx.endpoints["api"],
-            tmp_path / f"spool-{sender_id}",
-            sender_id,
-            **options,
-        )
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
-
-
-@pytest.fixture
 def consumer(receiver):
     with Consumer(receiver.endpoints["api"]) as c:
         yield c

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import h5py
@@ -33,23 +34,14 @@ def as_sent(array: np.ndarray, codec: str):
 
 
 @pytest.fixture
-def producer(receiver, tmp_path):
-    made = []
+def producer(make_producer):
+    """A new producer (own sender id and spool) per call, with the given compression."""
+    count = itertools.count()
 
     def make(compression: str = "none") -> Producer:
-        p = Producer(
-            receiver.endpoints["ingest"],
-            receiver.endpoints["api"],
-            tmp_path / f"spool-{len(made)}",
-            sender_id=f"export-{len(made)}",
-            compression=compression,
-        )
-        made.append(p)
-        return p
+        return make_producer(f"export-{next(count)}", compression=compression)
 
-    yield make
-    for p in made:
-        p.close()
+    return make
 
 
 @pytest.fixture

@@ -23,26 +23,6 @@ from hidra_ng.sources import parse
 
 
 @pytest.fixture
-def make_producer(receiver, tmp_path):
-    made: list[Producer] = []
-
-    def make(name: str = "src", **options) -> Producer:
-        producer = Producer(
-            receiver.endpoints["ingest"],
-            receiver.endpoints["api"],
-            tmp_path / f"spool-{name}",
-            sender_id=name,
-            **options,
-        )
-        made.append(producer)
-        return producer
-
-    yield make
-    for producer in made:
-        producer.close()
-
-
-@pytest.fixture
 def consumer(receiver):
     with Consumer(receiver.endpoints["api"]) as c:
         yield c
