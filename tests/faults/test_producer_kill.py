@@ -20,9 +20,7 @@ from hidra_ng.localrun import ReceiverProcess
 from hidra_ng.spool import Spool
 from tests.conftest import wait_for
 from tests.faults.workload import (
-    assert_sender_order,
-    check,
-    expected_digests,
+    assert_each_exactly_once,
     read_finished_stream,
 )
 
@@ -96,11 +94,6 @@ def test_killed_producer_is_finished_by_a_new_process(
     assert out == f"resuming at {spooled}\n"
 
     frames = read_finished_stream(receiver_process.api, STREAM)
-    expected = expected_digests(SEED, range(MESSAGES))
-    verdict = check(frames, expected, required=range(MESSAGES))
-    assert verdict.ok, verdict.summary()
-    assert len(frames) == MESSAGES
-    assert_sender_order(frames, expected, SENDER)
-    assert verdict.present == list(range(MESSAGES))
+    assert_each_exactly_once(frames, SEED, MESSAGES, SENDER)
     # the new process continued the numbering of the spool
     assert [f.seq for f in frames] == list(range(MESSAGES))

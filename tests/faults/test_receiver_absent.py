@@ -13,9 +13,7 @@ from hidra_ng.localrun import ReceiverProcess
 from tests.conftest import wait_for
 from tests.faults.workload import (
     MiB,
-    assert_sender_order,
-    check,
-    expected_digests,
+    assert_each_exactly_once,
     message,
     read_finished_stream,
 )
@@ -82,9 +80,4 @@ def test_receiver_absent_then_started_gets_everything_once(tmp_path: Path) -> No
     finally:
         receiver.kill()
 
-    expected = expected_digests(SEED, range(MESSAGES))
-    verdict = check(frames, expected, required=range(MESSAGES))
-    assert verdict.ok, verdict.summary()
-    assert len(frames) == MESSAGES
-    assert_sender_order(frames, expected, SENDER)
-    assert verdict.present == list(range(MESSAGES))
+    assert_each_exactly_once(frames, SEED, MESSAGES, SENDER)

@@ -155,3 +155,16 @@ def assert_sender_order(frames: list[StoredFrame], expected: dict[str, int], sen
     assert seqs == sorted(set(seqs)), f"sender {sender}: seqs not strictly increasing by index"
     for f in mine:
         assert f.meta["k"] == expected[f.digest], f"index {f.index}: meta does not match payload"
+
+
+def assert_each_exactly_once(
+    frames: list[StoredFrame], seed: int, messages: int, sender: str
+) -> None:
+    """Messages 0..messages-1 of ``seed`` are all stored, once each, in ``sender``'s order:
+    lost = duplicated = unexpected = 0, and the indices are consecutive."""
+    expected = expected_digests(seed, range(messages))
+    verdict = check(frames, expected, required=range(messages))
+    assert verdict.ok, verdict.summary()
+    assert len(frames) == messages
+    assert_sender_order(frames, expected, sender)
+    assert verdict.present == list(range(messages))
