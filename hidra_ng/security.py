@@ -63,32 +63,31 @@ def keygen(directory: str | os.PathLike[str], name: str = KEY_NAME) -> tuple[Pat
 
 def load_keypair(directory: str | os.PathLike[str]) -> KeyPair:
     """The one key pair in ``directory`` (its ``*.key_secret`` file)."""
-    path = Path(directory)
-    secrets = sorted(path.glob("*.key_secret")) if path.is_dir() else []
-    if len(secrets) != 1:
-        raise AuthenticationError(
-            f"keys dir {path} holds {len(secrets)} secret key files (*.key_secret); expected"
-            " exactly one, as written by 'hidra-ng keygen'"
-        )
-    mode = secrets[0].stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("secret key %s is readable by others; chmod 600 it", secrets[0])
-    public, secret = _load(secrets[0])
+    file = _only_file(
+        directory, "*.key_secret", "keys dir", "secret key files", "as written by 'hidra-ng keygen'"
+    )
+    if file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("secret key %s is readable by others; chmod 600 it", file)
+    public, secret = _load(file)
     if not secret:
-        raise AuthenticationError(f"{secrets[0]} holds no secret key")
+        raise AuthenticationError(f"{file} holds no secret key")
     return KeyPair(public, secret)
 
 
 def load_public_key(directory: str | os.PathLike[str]) -> bytes:
     """The one public key (``*.key``) in ``directory``: the receiver's, for clients."""
+    file = _only_file(directory, "*.key", "server key dir", "public key files", "the receiver's")
+    return _load(file)[0]
+
+
+def _only_file(directory, pattern: str, where: str, what: str, hint: str) -> Path:
     path = Path(directory)
-    keys = sorted(path.glob("*.key")) if path.is_dir() else []
-    if len(keys) != 1:
+    found = sorted(path.glob(pattern)) if path.is_dir() else []
+    if len(found) != 1:
         raise AuthenticationError(
-            f"server key dir {path} holds {len(keys)} public key files (*.key); expected"
-            " exactly one: the receiver's"
+            f"{where} {path} holds {len(found)} {what} ({pattern}); expected exactly one, {hint}"
         )
-    return _load(keys[0])[0]
+    return found[0]
 
 
 def _load(file: Path) -> tuple[bytes, bytes | None]:
