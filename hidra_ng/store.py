@@ -92,7 +92,6 @@ class AppendResult:
         default_factory=dict
     )  # -> (expected, epoch)
     duplicates: int = 0
-    finished: list[str] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
 
 
@@ -182,8 +181,7 @@ class Store:
                 streams[hdr.stream] = meta
             result.touched.add(hdr.stream)
             if hdr.payload == Payload.FINISH:
-                meta.finished = True
-                result.finished.append(hdr.stream)
+                meta.finished = True  # in touched: the api wakes its waiters
                 continue
             record = encode_body(
                 Record(
