@@ -81,6 +81,7 @@ class Emitter:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._disconnects = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.series_date = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 
     def send(self, message: dict[str, Any] | bytes, timeout: float = 10.0) -> None:
@@ -168,7 +169,16 @@ class Emitter:
     def end(self, series_id: int, unique: str) -> None:
         self.send({"type": "end", "series_id": series_id, "series_unique_id": unique})
 
+    def wait_disconnected(self, timeout: float = 10.0) -> None:
+        """Until this PUSH saw a client go: messages sent before that may go down the
+        dead connection and be lost inside ZeroMQ, as with a real detector."""
+        if not self._disconnects.poll(timeout * 1000):
+            raise TimeoutError("the Stream V2 client did not disconnect")
+        self._disconnects.recv_multipart()
+
     def close(self) -> None:
+        self.sock.disable_monitor()
+        self._disconnects.close(linger=0)
         self.sock.close(linger=0)
         self.ctx.term()
 

@@ -146,6 +146,7 @@ def test_dectris_restart_inside_a_series(make_producer, consumer):
             det.image(3, "s3", i, frames_for(i, channels), "bslz4")
         wait_for(lambda: count(consumer, stream) == 4)
         first.close()
+        det.wait_disconnected()  # a daemon that is down, as the detector sees it
 
         # the detector goes on while the daemon is down; its PUSH socket holds the images
         def detector() -> None:
