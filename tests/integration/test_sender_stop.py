@@ -26,9 +26,9 @@ def test_stop_does_not_wait_for_the_send_timeout(tmp_path):
     source = parse("simulate:?shape=128x128&dtype=uint16&count=100&rate=0&stream=s")  # 32 KiB
     daemon = SenderDaemon(config, [source])
     daemon.start()
-    wait_for(
-        lambda: daemon.producer.spool_bytes > (1 << 20) - 64 * 1024,
-        what="the spool to fill up",
+    wait_for(  # the source is blocked: the spool is full and stays as it is
+        lambda: daemon.producer._space_waiters > 0,
+        what="the source to wait for room in the full spool",
     )
     spooled = daemon.producer.spool_messages
     stopper = threading.Thread(target=daemon.stop)
