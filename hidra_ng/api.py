@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -104,6 +104,7 @@ class ApiServer:
         self._ready: set[tuple[bytes, int]] = set()  # replays that may send now
         self._notice_decoder = msgspec.msgpack.Decoder(Notice)
         self._next_sweep = 0.0
+        self._held: list[list] = []  # replies confirming group changes, sent once committed
 
     # ------------------------------------------------------------------ loop
 
@@ -120,12 +121,14 @@ class ApiServer:
                 self._take_notices()
             if self.router in events:
                 self._take_requests()
+            self._release_held()
             if stop and not events:
                 return  # every notice is handled: the last acks are out
             self._serve_replays()
             for stream, _ in self.groups.due_groups():
                 self._wake_waiters(stream)  # a redelivery is due
             self._expire_waiters()
+            self._release_held()
             self._sweep_replays()
             self.groups.commit()
 
@@ -249,12 +252,44 @@ class ApiServer:
         except HidraError as err:
             self._reply_error(ident, req.id, err)
 
-    def _reply(self, ident: bytes, req_id: int, body=None, payload=None) -> bool:
+    def _reply(
+        self,
+        ident: bytes,
+        req_id: int,
+        body=None,
+        payloads: Sequence = (),
+        *,
+        after_commit: bool = False,
+    ) -> bool:
+        """Send a reply (body, then one frame per payload) now, or held until committed.
+
+        ``after_commit``: the reply confirms a change of consumer-group state; it is
+        sent by :meth:`_release_held` once that change is committed, together with
+        every other change of this turn (one commit for all of them).
+        """
         reply = proto.Reply(req_id, body=msgspec.Raw(proto.encode_body(body)))
-        frames = [ident, proto.encode(proto.Kind.REPLY, reply)]
-        if payload is not None:
-            frames.append(payload)
+        frames = [ident, proto.encode(proto.Kind.REPLY, reply), *payloads]
+        if after_commit:
+            self._held.append(frames)
+            return True
         return self._send(frames, copy=False)
+
+    def _release_held(self) -> None:
+        """Commit the group changes of this turn, then send the replies that confirm them."""
+        if not self._held:
+            return
+        try:
+            self.groups.write()
+        except StorageError as err:
+            # confirm nothing: the members ask again (ReceiverUnavailable after their
+            # timeout); what was handed out unconfirmed comes back after the ack timeout
+            log.error("consumer-group state not committed; %d replies withheld: %s",
+                      len(self._held), err)  # fmt: skip
+            self._held.clear()
+            return
+        held, self._held = self._held, []
+        for frames in held:
+            self._send(frames, copy=False)
 
     def _reply_error(self, ident: bytes, req_id: int, err: HidraError) -> None:
         # the nearest class a client knows by name (QueryError travels as InvalidInput)
@@ -296,7 +331,7 @@ class ApiServer:
     def _send_frame(self, ident: bytes, req: proto.Request, index: int) -> None:
         record, payload = self.store.read(req.stream, index)
         ref = proto.FrameRef(req.stream, index, msgspec.Raw(record))
-        self._reply(ident, req.id, ref, payload)
+        self._reply(ident, req.id, ref, [payload])
 
     # -- waiting: get/last of a future index, next of a group with nothing due
 
@@ -356,24 +391,40 @@ class ApiServer:
             ack_timeout=req.ack_timeout or None,
             max_deliveries=req.max_deliveries or None,
         )
-        try:
-            index = self.groups.hand_out(group)
-        except NotYetAvailable:
-            self._wait_or_fail(ident, req)
-            return
-        record, payload = self.store.read(req.stream, index)
-        deliveries = group.entries[index].deliveries
-        ref = proto.FrameRef(req.stream, index, msgspec.Raw(record), req.group, deliveries)
-        self._reply(ident, req.id, ref, payload)
+        refs: list[proto.FrameRef] = []
+        payloads: list[memoryview] = []
+        size = 0
+        with self.store.reader(req.stream) as read:
+            while len(refs) < max(1, req.max_count) and size < proto.MAX_BATCH_BYTES:
+                try:
+                    index = self.groups.hand_out(group)
+                except NotYetAvailable:
+                    if refs:
+                        break  # what there is now; more in a later request
+                    self._wait_or_fail(ident, req)
+                    return
+                record, payload = read(index)
+                deliveries = group.entries[index].deliveries
+                refs.append(
+                    proto.FrameRef(req.stream, index, msgspec.Raw(record), req.group, deliveries)
+                )
+                payloads.append(payload)
+                size += len(payload)
+            if req.max_count:  # one payload frame for the batch: one copy out of the map
+                body = proto.FrameBatch(refs, [len(p) for p in payloads])
+                self._reply(ident, req.id, body, [b"".join(payloads)], after_commit=True)
+            else:
+                self._reply(ident, req.id, refs[0], [bytes(payloads[0])], after_commit=True)
 
     def _op_ack(self, ident: bytes, req: proto.Request) -> None:
-        self.groups.ack(req.stream, req.group, req.index)
-        self._reply(ident, req.id, None)
+        for index in req.indices or (req.index,):
+            self.groups.ack(req.stream, req.group, index)
+        self._reply(ident, req.id, None, after_commit=True)
         self._wake_waiters(req.stream)  # the group may be settled now: StreamFinished
 
     def _op_nack(self, ident: bytes, req: proto.Request) -> None:
         self.groups.nack(req.stream, req.group, req.index, req.delay)
-        self._reply(ident, req.id, None)
+        self._reply(ident, req.id, None, after_commit=True)
         self._wake_waiters(req.stream)
 
     def _op_parked(self, ident: bytes, req: proto.Request) -> None:
@@ -465,7 +516,7 @@ class ApiServer:
         )
         for index, record, payload in rows:
             ref = proto.FrameRef(r.stream, index, msgspec.Raw(record))
-            if not self._reply(r.ident, r.id, ref, payload):
+            if not self._reply(r.ident, r.id, ref, [payload]):
                 return False  # full or gone: a later credit or the sweep decides
             r.next = index + 1
             r.credit_frames -= 1

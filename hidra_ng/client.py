@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 _record_decoder = msgspec.msgpack.Decoder(proto.Record)
 _ref_decoder = msgspec.msgpack.Decoder(proto.FrameRef)
 _replay_decoder = msgspec.msgpack.Decoder(proto.FrameRef | str)
+_batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch)
 
 
 def decode_frame(
@@ -126,9 +127,73 @@ class Consumer:
         )
         return decode_frame(body, payload, decode=decode)
 
+    def next_many(
+        self,
+        stream: str,
+        group: str,
+        max_count: int = 16,
+        timeout: float = 5.0,
+        *,
+        ack_timeout: float | None = None,
+        max_deliveries: int | None = None,
+        decode: bool = True,
+    ) -> list[Frame]:
+        """Like :meth:`next`, for up to ``max_count`` messages in one round trip.
+
+        Returns at once with what the group can hand out now (redeliveries first,
+        at most 64 MiB of payload), or waits up to ``timeout`` for at least one.
+        Every frame returned is handed to this member: ack each (or all with
+        :meth:`ack_many`) within the ack timeout. Fewer round trips and one
+        commit per batch on the receiver make this several times faster than
+        :meth:`next` for small messages.
+        """
+        if not isinstance(max_count, int) or not 1 <= max_count <= proto.MAX_BATCH:
+            raise ValueError(
+                f"max_count {max_count!r} is not valid; expected 1 to {proto.MAX_BATCH}"
+            )
+        body, payloads = self._call_all(
+            "next",
+            stream=proto.check_stream_name(stream),
+            group=group,
+            timeout=timeout,
+            ack_timeout=ack_timeout or 0.0,
+            max_deliveries=max_deliveries or 0,
+            max_count=max_count,
+        )
+        batch = _batch_decoder.decode(body)
+        joined = payloads[0] if payloads else memoryview(b"")
+        sizes = batch.sizes
+        if (
+            not sizes
+            or len(sizes) != len(batch.frames)
+            or sum(sizes) != len(joined)
+            or min(sizes) < 0
+        ):
+            raise ProtocolError(
+                f"next of {len(batch.frames)} frames came with sizes {sizes[:8]}"
+                f" ({sum(sizes)} bytes) and {len(joined)} payload bytes"
+            )
+        frames = []
+        offset = 0
+        for ref, size in zip(batch.frames, batch.sizes, strict=True):
+            frames.append(decode_frame(ref, joined[offset : offset + size], decode=decode))
+            offset += size
+        return frames
+
     def ack(self, frame: Frame) -> None:
         """Acknowledge a frame from :meth:`next`: its group will not hand it out again."""
         self._call("ack", **_group_fields(frame))
+
+    def ack_many(self, frames: Iterable[Frame]) -> None:
+        """Acknowledge frames from :meth:`next` or :meth:`next_many`, one request per group."""
+        batches: dict[tuple[str, str], list[int]] = {}
+        for frame in frames:
+            fields = _group_fields(frame)
+            batches.setdefault((fields["stream"], fields["group"]), []).append(frame.index)
+        for (stream, group), indices in batches.items():
+            for start in range(0, len(indices), proto.MAX_BATCH):
+                chunk = tuple(indices[start : start + proto.MAX_BATCH])
+                self._call("ack", stream=stream, group=group, indices=chunk)
 
     def nack(self, frame: Frame, delay: float = 0.0) -> None:
         """Give a frame from :meth:`next` back to its group, to be handed out after ``delay``."""
@@ -187,6 +252,14 @@ class Consumer:
     def _call(
         self, op: str, *, answer_within: float | None = None, **fields: Any
     ) -> tuple[memoryview, memoryview]:
+        """(body, payload) of the reply: a request answered by at most one frame."""
+        body, payloads = self._call_all(op, answer_within=answer_within, **fields)
+        return body, payloads[0] if payloads else memoryview(b"")
+
+    def _call_all(
+        self, op: str, *, answer_within: float | None = None, **fields: Any
+    ) -> tuple[memoryview, list[memoryview]]:
+        """(body, payloads) of the reply to one request; waits its timeout + answer_within."""
         req = proto.Request(next(self._ids), op, **fields)
         self._sock.send(proto.encode(proto.Kind.REQUEST, req))
         within = self.request_timeout if answer_within is None else answer_within
@@ -224,8 +297,8 @@ class Consumer:
         self.close()
 
 
-def _read_reply(sock: zmq.Socket, request_id: int) -> tuple[memoryview, memoryview] | None:
-    """(body, payload) of the reply to ``request_id``; None for a stray (late) reply.
+def _read_reply(sock: zmq.Socket, request_id: int) -> tuple[memoryview, list[memoryview]] | None:
+    """(body, payloads) of the reply to ``request_id``; None for a stray (late) reply.
 
     A reply carrying an error raises it as the class the receiver named.
     """
@@ -235,8 +308,7 @@ def _read_reply(sock: zmq.Socket, request_id: int) -> tuple[memoryview, memoryvi
         return None  # the late answer to a request that timed out
     if reply.error:
         raise REMOTE_ERRORS.get(reply.error, HidraError)(reply.message)
-    payload = frames[1].buffer if len(frames) > 1 else memoryview(b"")
-    return memoryview(reply.body), payload
+    return memoryview(reply.body), [f.buffer for f in frames[1:]]
 
 
 def _group_fields(frame: Frame) -> dict:
@@ -309,7 +381,8 @@ class _Replay:
                 raise
             if answer is None:
                 continue
-            reply_body, payload = answer
+            reply_body, payloads = answer
+            payload = payloads[0] if payloads else memoryview(b"")
             try:
                 body = _replay_decoder.decode(reply_body)
             except msgspec.DecodeError as err:

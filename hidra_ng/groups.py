@@ -11,13 +11,15 @@ no entry is acknowledged; an entry is a message handed out and not yet acked
 delay) or parked (delivered ``max_deliveries`` times without an ack; listed, no
 longer handed out). Messages due for redelivery go out before new ones.
 
-Durability: a change that a reply confirms (a hand-out, an ack, a nack) is
-committed, without fsync, before the call returns, so the api never confirms
-what a killed receiver would forget; the environment is fsynced at most every
-``sync_seconds``. A killed process loses nothing (the page cache holds the
-commits); a crashed machine may lose the changes of the last interval, which
-can only cause redeliveries: a lost position or ack hands a message out again,
-nothing is ever skipped.
+Durability: operations change the state in memory; :meth:`Groups.write` commits
+every change made since the last one in one transaction, without fsync. The
+api calls it before it sends the replies that confirm those changes (a
+hand-out, an ack, a nack), so it never confirms what a killed receiver would
+forget, and one commit serves all the requests it took in one turn. The
+environment is fsynced at most every ``sync_seconds``. A killed process loses
+nothing (the page cache holds the commits); a crashed machine may lose the
+changes of the last interval, which can only cause redeliveries: a lost
+position or ack hands a message out again, nothing is ever skipped.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class Group:
     name: str
     meta: GroupMeta
     entries: dict[int, Entry] = field(default_factory=dict)  # unacked
+    #: at most the earliest due time of an entry not parked: before it, none is due
+    earliest_due: float = -math.inf
 
     def pending(self, next_index: int) -> int:
         """Messages not acked and not parked (handed out or not yet)."""
@@ -182,8 +186,7 @@ class Groups:
         """The index to give a member now; raises NotYetAvailable / StreamFinished if none."""
         now = time.time() if now is None else now
         # redeliveries first: the lowest index that is due
-        due = [i for i, e in group.entries.items() if not e.parked and e.due <= now]
-        for index in sorted(due):
+        for index in self._due(group, now):
             entry = group.entries[index]
             if entry.deliveries >= group.meta.max_deliveries:
                 entry.parked = True
@@ -199,7 +202,6 @@ class Groups:
                 continue
             self._deliver(group, index, entry.deliveries + 1, now)
             self.redelivered.append((group.stream, group.name))
-            self.write()
             return index
         next_index = self.store.next_index(group.stream)
         if group.meta.position < next_index:
@@ -214,7 +216,6 @@ class Groups:
             group.meta.position += 1
             self._dirty_meta.add((group.stream, group.name))
             self._deliver(group, index, 1, now)
-            self.write()
             return index
         if self.store.is_finished(group.stream) and group.settled(next_index):
             raise StreamFinished(
@@ -222,6 +223,21 @@ class Groups:
                 f" group {group.name!r}"
             )
         raise NotYetAvailable(f"no message for group {group.name!r} of stream {group.stream!r} yet")
+
+    @staticmethod
+    def _due(group: Group, now: float) -> list[int]:
+        """Indices due for redelivery, lowest first; one scan, and none while nothing can be."""
+        if now < group.earliest_due:
+            return []
+        due = []
+        earliest = math.inf
+        for index, entry in group.entries.items():
+            if not entry.parked:
+                if entry.due <= now:
+                    due.append(index)
+                earliest = min(earliest, entry.due)
+        group.earliest_due = earliest
+        return sorted(due)
 
     def _deliver(self, group: Group, index: int, deliveries: int, now: float) -> None:
         entry = Entry(deliveries, now + group.meta.ack_timeout)
@@ -235,7 +251,6 @@ class Groups:
         if entry is None:
             return False
         self._set_entry(group, index, None)
-        self.write()
         return True
 
     def nack(self, stream: str, name: str, index: int, delay: float, now: float | None = None):
@@ -248,7 +263,6 @@ class Groups:
         entry.due = (time.time() if now is None else now) + delay
         self._set_entry(group, index, entry)
         self._arm(entry.due, group, index)
-        self.write()
         return True
 
     def parked(self, stream: str, name: str) -> list[int]:
@@ -295,6 +309,7 @@ class Groups:
             group.entries.pop(index, None)
         else:
             group.entries[index] = entry
+            group.earliest_due = min(group.earliest_due, entry.due)
         self._dirty_entries[(group.meta.id, index)] = entry
 
     def write(self) -> None:

@@ -46,6 +46,10 @@ MAX_META_BYTES = 64 * 1024
 MAX_STREAM_NAME = 200
 MAX_NDIM = 32
 SEQ_LIMIT = 2**63
+#: most messages one group request hands out or acknowledges (next max_count, ack indices)
+MAX_BATCH = 10_000
+#: a batched next stops adding messages once its payloads reach this many bytes
+MAX_BATCH_BYTES = 64 << 20
 
 
 class Kind(enum.IntEnum):
@@ -145,6 +149,8 @@ class Request(msgspec.Struct, omit_defaults=True, frozen=True):
     delay: float = 0.0  # nack: seconds before the message is handed out again
     ack_timeout: float = 0.0  # next: the group's ack timeout, 0 for the receiver's
     max_deliveries: int = 0  # next: deliveries before a message is parked, 0 for default
+    max_count: int = 0  # next: hand out up to this many at once (a list reply), 0 for one
+    indices: tuple[int, ...] = ()  # ack: several indices at once (then ``index`` is unused)
     expr: str = ""  # query: the filter expression
     limit: int = 0  # query: at most this many results, 0 for the default
 
@@ -180,6 +186,18 @@ class FrameRef(msgspec.Struct, array_like=True, frozen=True):
     record: msgspec.Raw
     group: str = ""  # set when handed out by a consumer group
     deliveries: int = 0  # how often the group handed this message out
+
+
+class FrameBatch(msgspec.Struct, array_like=True, frozen=True):
+    """Body of a reply that carries several frames (a batched next).
+
+    Their payloads follow in one frame, joined in order; ``sizes`` cuts it apart
+    (one zmq frame per reply instead of one per message: small messages are
+    cheaper that way).
+    """
+
+    frames: list[FrameRef]
+    sizes: list[int]
 
 
 # --------------------------------------------------------------------------
@@ -410,6 +428,15 @@ def check_request(req: Request) -> None:
             )
     if not -1 <= req.stop < SEQ_LIMIT:
         raise InvalidInput(f"{req.op} stop {req.stop} is not valid; expected -1 (none) or an index")
+    if not 0 <= req.max_count <= MAX_BATCH:
+        raise InvalidInput(
+            f"{req.op} max_count {req.max_count} is not valid; expected 0 to {MAX_BATCH}"
+        )
+    if len(req.indices) > MAX_BATCH or not all(0 <= i < SEQ_LIMIT for i in req.indices):
+        raise InvalidInput(
+            f"{req.op} indices ({len(req.indices)} of them) are not valid; expected at most"
+            f" {MAX_BATCH} indices from 0 to 2**63"
+        )
 
 
 def check_envelope(env: Envelope) -> None:

@@ -19,11 +19,12 @@ One writer thread calls :meth:`Store.append`; any thread may read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,14 +274,29 @@ class Store:
 
     def read(self, stream: str, index: int) -> tuple[bytes, bytes]:
         """Copies of the encoded Record and payload of one stored message."""
-        meta = self.check_index(stream, index)
-        key = frame_key(meta.id, index)
+        with self.reader(stream) as read:
+            record, payload = read(index)
+            return record, bytes(payload)
+
+    @contextlib.contextmanager
+    def reader(self, stream: str) -> Iterator[Callable[[int], tuple[bytes, memoryview]]]:
+        """``read(index)`` -> (Record copy, payload) of several indices in one read transaction.
+
+        The payload is a view of the map, valid only inside the block: copy it
+        (or send it with zmq's copy) before the block ends.
+        """
+        records, payloads = self._db["records"], self._db["payloads"]
         with self.env.read() as txn:
-            record = txn.get(key, db=self._db["records"])
-            if record is None:
-                raise Gone(f"index {index} of stream {stream!r} was removed by retention")
-            payload = txn.get(key, db=self._db["payloads"])
-            return bytes(record), b"" if payload is None else bytes(payload)
+
+            def read(index: int) -> tuple[bytes, memoryview]:
+                key = frame_key(self.check_index(stream, index).id, index)
+                record = txn.get(key, db=records)
+                if record is None:
+                    raise Gone(f"index {index} of stream {stream!r} was removed by retention")
+                payload = txn.get(key, db=payloads)
+                return bytes(record), memoryview(b"") if payload is None else payload
+
+            yield read
 
     def select(
         self, stream: str, predicate: Callable[[tuple], object], limit: int

@@ -8,6 +8,9 @@ Exits 0 after ``StreamFinished``, with a last line ``F``.
 ``H index sha256 deliveries t`` and sleep without acking, to be killed while it
 holds the message. ``t`` is ``time.monotonic()``, comparable across processes.
 
+``--batch N`` (N > 1): ``next_many(max_count=N)``, a ``P`` line per frame, then
+one ``ack_many`` of the batch and an ``A`` line per frame.
+
 A plain script: it must not import pytest or the tests' conftest.
 """
 
@@ -29,35 +32,43 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--ack-timeout", type=float, default=2.0)
     parser.add_argument("--hold-after", type=int, default=-1)
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
 
     processed = 0
     with open(args.out, "a", buffering=1) as out, Consumer(args.api, request_timeout=1.0) as c:
         while True:
             try:
-                frame = c.next(args.stream, args.group, timeout=1.0, ack_timeout=args.ack_timeout)
+                if args.batch > 1:
+                    frames = c.next_many(
+                        args.stream, args.group, args.batch, 1.0, ack_timeout=args.ack_timeout
+                    )
+                else:
+                    frames = [c.next(args.stream, args.group, 1.0, ack_timeout=args.ack_timeout)]
             except StreamFinished:
                 out.write("F\n")
                 return 0
             except (NotYetAvailable, ReceiverUnavailable):
                 continue  # nothing due yet, or the receiver restarts
-            data = frame.data if isinstance(frame.data, bytes) else b""
-            line = f"{frame.index} {hashlib.sha256(data).hexdigest()} {frame.deliveries}"
-            if processed == args.hold_after:
-                out.write(f"H {line} {time.monotonic()}\n")
+            for frame in frames:
+                data = frame.data if isinstance(frame.data, bytes) else b""
+                line = f"{frame.index} {hashlib.sha256(data).hexdigest()} {frame.deliveries}"
+                if processed == args.hold_after:
+                    out.write(f"H {line} {time.monotonic()}\n")
+                    out.flush()
+                    while True:
+                        time.sleep(60)  # hold it, unacked, until killed
+                out.write(f"P {line} {time.monotonic()}\n")
                 out.flush()
-                while True:
-                    time.sleep(60)  # hold it, unacked, until killed
-            out.write(f"P {line} {time.monotonic()}\n")
-            out.flush()
-            processed += 1
+                processed += 1
             while True:
                 try:
-                    c.ack(frame)
+                    c.ack_many(frames)
                     break
                 except ReceiverUnavailable:
                     continue  # the receiver restarts: ack again (acks are idempotent)
-            out.write(f"A {frame.index} {time.monotonic()}\n")
+            for frame in frames:
+                out.write(f"A {frame.index} {time.monotonic()}\n")
 
 
 if __name__ == "__main__":

@@ -233,6 +233,80 @@ def test_invalid_group_name_is_refused(producer, consumer):
         consumer.next(STREAM, "a b", timeout=1.0)
 
 
+# ------------------------------------------------------------- batches
+
+
+def test_next_many_shares_batches_once_each(producer, api):
+    send(producer, 50, finish=True)
+    seen: list[int] = []
+    sizes: list[int] = []
+    with Consumer(api) as a, Consumer(api) as b:
+        for member in itertools.cycle((a, b)):
+            try:
+                frames = member.next_many(STREAM, "batch", max_count=8, timeout=1.0)
+            except StreamFinished:
+                break
+            sizes.append(len(frames))
+            for f in frames:
+                assert f.data == f"payload {f.index}".encode()
+                assert (f.group, f.deliveries, f.meta) == ("batch", 1, {"k": f.index})
+            seen += [f.index for f in frames]
+            member.ack_many(frames)
+    assert seen == list(range(50))
+    assert sizes == [8] * 6 + [2]  # as many as asked while there are, then the rest
+
+
+def test_next_many_gives_redeliveries_first_and_waits_for_new_data(producer, api):
+    send(producer, 5)
+    with Consumer(api) as a, Consumer(api) as b:
+        first = a.next_many(STREAM, "re", max_count=3, timeout=2.0)
+        assert [f.index for f in first] == [0, 1, 2]
+        a.nack(first[1])
+        again = b.next_many(STREAM, "re", max_count=10, timeout=2.0)
+        assert [(f.index, f.deliveries) for f in again] == [(1, 2), (3, 1), (4, 1)]
+        b.ack_many([*again, first[0], first[2]])
+        with pytest.raises(NotYetAvailable):
+            b.next_many(STREAM, "re", max_count=10, timeout=0.3)
+        got: list = []
+
+        def member() -> None:
+            with Consumer(api) as c:
+                got.append(c.next_many(STREAM, "re", max_count=10, timeout=20.0))
+
+        thread = threading.Thread(target=member)
+        thread.start()
+        time.sleep(0.3)  # the member is waiting by now
+        send(producer, 2)  # indices 5 and 6, in one commit
+        thread.join(20)
+        woken = [f.index for f in got[0]]
+        assert woken in ([5], [5, 6])  # one commit or two
+        rest = [] if woken == [5, 6] else a.next_many(STREAM, "re", max_count=10, timeout=5.0)
+        assert woken + [f.index for f in rest] == [5, 6]
+
+
+def test_ack_many_acks_frames_of_several_groups(producer, consumer):
+    send(producer, 4, finish=True)
+    frames = consumer.next_many(STREAM, "x", max_count=4, timeout=2.0)
+    frames += consumer.next_many(STREAM, "y", max_count=4, timeout=2.0)
+    consumer.ack_many(frames)
+    for group in ("x", "y"):
+        with pytest.raises(StreamFinished):
+            consumer.next_many(STREAM, group, max_count=4, timeout=1.0)
+
+
+def test_next_many_is_bounded_and_checked(producer, consumer, receiver):
+    send(producer, 3)
+    for bad in (0, -1, 10_001, 2.5):
+        with pytest.raises(ValueError, match=f"max_count {bad!r} is not valid"):
+            consumer.next_many(STREAM, "b", max_count=bad)
+    with pytest.raises(InvalidInput, match="max_count 10001 is not valid"):
+        consumer._call_all("next", stream=STREAM, group="b", max_count=10_001)  # bypassing
+    with pytest.raises(InvalidInput, match="ack indices"):
+        consumer._call("ack", stream=STREAM, group="b", indices=(1, -5))
+    assert [f.index for f in consumer.next_many(STREAM, "b", max_count=9)] == [0, 1, 2]
+    assert receiver.alive()
+
+
 # ------------------------------------------------------------------ query
 
 

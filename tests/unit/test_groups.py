@@ -408,19 +408,25 @@ def stored_entries(g: Groups, name: str) -> dict[int, tuple[int, float, bool]]:
     return out
 
 
-def test_what_a_call_confirms_is_committed_before_it_returns(env):
-    """The api replies right after these calls: a receiver killed after the reply must not
-    forget a hand-out, an ack or a nack (no fsync needed for a kill -9: the page cache)."""
+def test_write_commits_every_change_since_the_last_one(env):
+    """The api calls write() before it sends the replies that confirm these calls: a
+    receiver killed after a reply must not forget a hand-out, an ack or a nack (no fsync
+    needed for a kill -9: the page cache). Until then nothing is in LMDB."""
     env.add(3)
     g = env.groups
     assert hand(g) == 0
+    assert stored_entries(g, "g") == {}
+    g.write()
     assert stored_entries(g, "g") == {0: (1, T0 + TIMEOUT, False)}
+    # several calls, one write: all of them are in it
     assert hand(g) == 1
     assert g.ack(STREAM, "g", 0)
-    assert stored_entries(g, "g") == {1: (1, T0 + TIMEOUT, False)}
     assert g.nack(STREAM, "g", 1, delay=4.0, now=T0 + 1)
+    assert stored_entries(g, "g") == {0: (1, T0 + TIMEOUT, False)}
+    g.write()
     assert stored_entries(g, "g") == {1: (1, T0 + 5.0, False)}
     assert hand(g, now=T0 + 5) == 1
+    g.write()
     assert stored_entries(g, "g") == {1: (2, T0 + 5 + TIMEOUT, False)}
     with g.env.read() as txn:
         key = f"{STREAM}\0g".encode()

@@ -155,6 +155,10 @@ def test_bad_headers_are_refused_by_name(overrides, size, error, message):
         ({"index": -1}, "get index -1 is not valid"),
         ({"credit_frames": -3}, "get credit_frames -3 is not valid"),
         ({"stop": -2}, "get stop -2 is not valid"),
+        ({"max_count": 10_001}, "get max_count 10001 is not valid"),
+        ({"max_count": -1}, "get max_count -1 is not valid"),
+        ({"indices": (3, 2**63)}, "get indices (2 of them) are not valid"),
+        ({"indices": tuple(range(10_001))}, "get indices (10001 of them) are not valid"),
     ],
 )
 def test_requests_with_numbers_out_of_range_are_refused(fields, message):
