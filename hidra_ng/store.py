@@ -134,14 +134,18 @@ class Store:
     # ----------------------------------------------------------------- writes
 
     def append(self, batch: Sequence[Incoming], now: float | None = None) -> AppendResult:
-        """Store a batch in one transaction with one fsync; return what happened."""
+        """Store a batch in one transaction with one fsync; return what happened.
+
+        ``Record.stored`` is the clock when every write of the transaction is done,
+        just before its commit (``now`` in tests).
+        """
         # Only this (writer) thread mutates the mirrors, so it reads them without the
         # lock; changes are planned on copies and applied after the commit succeeded.
         result = AppendResult()
-        stored = time.time() if now is None else now
         streams: dict[str, StreamMeta] = {}
         senders: dict[bytes, int] = {}
-        writes: list[tuple[bytes, bytes, memoryview | bytes]] = []
+        # (stream, index, key, Record fields before ``stored``, payload)
+        writes: list[tuple[str, int, bytes, tuple, memoryview | bytes]] = []
         next_id = self._next_id
 
         for item in batch:
@@ -184,41 +188,46 @@ class Store:
             if hdr.payload == Payload.FINISH:
                 meta.finished = True  # in touched: the api wakes its waiters
                 continue
-            record = encode_body(
-                Record(
-                    env.sender,
-                    hdr.seq,
-                    hdr.payload,
-                    hdr.dtype,
-                    hdr.shape,
-                    hdr.compression,
-                    hdr.meta,
-                    hdr.created,
-                    stored,
-                    len(item.payload),
-                )
+            fields = (
+                env.sender,
+                hdr.seq,
+                hdr.payload,
+                hdr.dtype,
+                hdr.shape,
+                hdr.compression,
+                hdr.meta,
+                hdr.created,
             )
             index = meta.next
             meta.next += 1
             meta.bytes += len(item.payload)
-            writes.append((frame_key(meta.id, index), record, item.payload))
-            result.committed.append(Committed(hdr.stream, index, record, item.payload))
+            writes.append((hdr.stream, index, frame_key(meta.id, index), fields, item.payload))
 
         if not senders:
             return result  # only duplicates and gaps: nothing to write
 
-        def fill(txn) -> None:
+        def fill(txn) -> list[bytes]:
             records, payloads = self._db["records"], self._db["payloads"]
-            for key, record, payload in writes:
-                txn.put(key, record, db=records)
+            for _, _, key, _, payload in writes:
                 if len(payload):
                     txn.put(key, payload, db=payloads)
             for name in result.touched:
                 txn.put(name.encode(), encode_body(streams[name]), db=self._db["streams"])
             for key, seq in senders.items():
                 txn.put(key, _SEQ.pack(seq), db=self._db["senders"])
+            stored = time.time() if now is None else now  # the payloads are in: commit time
+            encoded = []
+            for _, _, key, fields, payload in writes:
+                record = encode_body(Record(*fields, stored, len(payload)))
+                txn.put(key, record, db=records)
+                encoded.append(record)
+            return encoded
 
-        self.env.write(fill)
+        encoded = self.env.write(fill)
+        result.committed = [
+            Committed(stream, index, record, payload)
+            for (stream, index, _, _, payload), record in zip(writes, encoded, strict=True)
+        ]
         with self._lock:
             self._streams.update(streams)
             self._senders.update(senders)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,6 +44,19 @@ def test_indices_are_consecutive_from_zero_per_stream(store):
     ]  # fmt: skip
     assert result.acks == {("a", 1): 5}
     assert store.info("s0").last == 2 and store.info("s1").count == 3
+
+
+def test_stored_is_the_commit_time_one_clock_reading_per_commit(store, monkeypatch):
+    clock = iter([1000.0, 2000.0])
+    monkeypatch.setattr("hidra_ng.store.time.time", lambda: next(clock))
+    result = store.append([incoming("a", 1, i) for i in range(3)])
+    store.append([incoming("a", 1, 3)])
+
+    def stored(record: bytes) -> float:
+        return msgspec.msgpack.decode(record, type=proto.Record).stored
+
+    assert [stored(c.record) for c in result.committed] == [1000.0] * 3  # as published
+    assert [stored(store.read("s", i)[0]) for i in range(4)] == [1000.0] * 3 + [2000.0]
 
 
 def test_resends_are_stored_once_and_acked_again(store):
