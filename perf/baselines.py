@@ -25,6 +25,17 @@ raw_lmdb_append_4mib_batch16
 raw_lmdb_put_1kib
     Messages/s of LMDB puts of 1 KiB values, ``batch_1kib`` (1000) per write
     transaction, each committed with ``sync=True``.
+raw_lmdb_append_64kib / _1mib / _16mib
+    raw_lmdb_append_4mib for the frames of perf/scaling.py's other sizes:
+    ``scaling_bytes`` (256 MiB; 64 MiB in quick mode, but at least 8 frames) of
+    Poisson(2) uint16 frames per run, one durable write transaction per frame.
+raw_lmdb_store_1kib_put / _bytes_per_msg / _get_first_us / _get_last_us / _get_last_over_first
+    Once per perf run (first round), ``scaling_messages_1kib`` (1,000,000; 100,000
+    in quick mode) 1 KiB values put as raw_lmdb_put_1kib does (1000 per durable
+    transaction): messages/s; bytes of the LMDB data file per value; then the
+    median microseconds of a lookup of the first and of the last key, each in its
+    own read transaction, ``scaling_lookups`` (200) of each, alternating; and the
+    ratio last / first.
 
 Throughputs are the median over the rounds of a perf run (see run.py). Every
 LMDB environment is fresh, lives in a temp dir on the filesystem of /tmp,
@@ -35,16 +46,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import struct
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import lmdb
 import zmq
-from harness import MB, PERF_DIR, Metric, Probe, Round, Run, Scale, probe, scratch_dir
-from payloads import FRAME_BYTES, frame_buffers, messages_1kib
+from harness import (
+    MB,
+    PERF_DIR,
+    KiB,
+    Metric,
+    MiB,
+    Probe,
+    Round,
+    Run,
+    Scale,
+    probe,
+    scratch_dir,
+)
+from payloads import FRAME_BYTES, buffers_of, frame_buffers, messages_1kib
 
 PEER = PERF_DIR / "zmq_peer.py"
 PEER_TIMEOUT_MS = 120_000
@@ -152,6 +177,15 @@ def _open_lmdb(path, data_bytes: int) -> lmdb.Environment:
 
 def _lmdb_append(values: tuple, count: int, per_txn: int, label: str) -> float:
     """Seconds to append ``count`` values, ``per_txn`` per durable transaction."""
+    with _lmdb_appended(values, count, per_txn, label) as (_env, _dir, seconds):
+        return seconds
+
+
+@contextlib.contextmanager
+def _lmdb_appended(
+    values: tuple, count: int, per_txn: int, label: str
+) -> Iterator[tuple[lmdb.Environment, Path, float]]:
+    """The environment and dir of :func:`_lmdb_append`'s run and its seconds, until closed."""
     size = memoryview(values[0]).nbytes
     with scratch_dir(label) as d:
         env = _open_lmdb(d, count * (size + 2 * 4096))
@@ -165,9 +199,9 @@ def _lmdb_append(values: tuple, count: int, per_txn: int, label: str) -> float:
             entries = env.stat()["entries"]
             if entries != count:
                 raise RuntimeError(f"LMDB holds {entries} entries, not {count}")
+            yield env, d, seconds
         finally:
             env.close()
-    return seconds
 
 
 def _lmdb_append_4mib(scale: Scale, per_txn: int, name: str) -> Run:
@@ -197,3 +231,77 @@ def lmdb_put_1kib(scale: Scale, _round: Round) -> Run:
     n, per_txn = scale.messages_1kib, scale.batch_1kib
     seconds = _lmdb_append(messages_1kib(), n, per_txn, "lmdb-1kib")
     return Run({"raw_lmdb_put_1kib": [n / seconds]}, {"seconds": seconds})
+
+
+# ------------------------------------------------- for perf/scaling.py's figures
+
+
+def _lmdb_append_sized(scale: Scale, nbytes: int, name: str) -> Run:
+    n = scale.scaling_frames(nbytes)
+    seconds = _lmdb_append(buffers_of(nbytes), n, 1, f"lmdb-{nbytes}")
+    return Run(
+        {name: [n * nbytes / seconds / MB]},
+        {"seconds": seconds, "ms_per_commit": 1000 * seconds / n},
+        work=f"{n:,} values of {_size_name(nbytes)}",
+    )
+
+
+def _size_name(nbytes: int) -> str:
+    return f"{nbytes // MiB} MiB" if nbytes >= MiB else f"{nbytes // KiB} KiB"
+
+
+@probe(BASELINES, Metric("raw_lmdb_append_64kib", "MB/s"))
+def lmdb_append_64kib(scale: Scale, _round: Round) -> Run:
+    """LMDB append of 64 KiB values, one write transaction with sync=True (fsync) per value."""
+    return _lmdb_append_sized(scale, 64 * KiB, "raw_lmdb_append_64kib")
+
+
+@probe(BASELINES, Metric("raw_lmdb_append_1mib", "MB/s"))
+def lmdb_append_1mib(scale: Scale, _round: Round) -> Run:
+    """LMDB append of 1 MiB values, one write transaction with sync=True (fsync) per value."""
+    return _lmdb_append_sized(scale, MiB, "raw_lmdb_append_1mib")
+
+
+@probe(BASELINES, Metric("raw_lmdb_append_16mib", "MB/s"))
+def lmdb_append_16mib(scale: Scale, _round: Round) -> Run:
+    """LMDB append of 16 MiB values, one write transaction with sync=True (fsync) per value."""
+    return _lmdb_append_sized(scale, 16 * MiB, "raw_lmdb_append_16mib")
+
+
+@probe(
+    BASELINES,
+    Metric("raw_lmdb_store_1kib_put", "msg/s"),
+    Metric("raw_lmdb_store_1kib_bytes_per_msg", "B/msg"),
+    Metric("raw_lmdb_store_1kib_get_first_us", "us", percentile=50),
+    Metric("raw_lmdb_store_1kib_get_last_us", "us", percentile=50),
+    Metric("raw_lmdb_store_1kib_get_last_over_first", "x"),
+    once=True,
+)
+def lmdb_store_1kib(scale: Scale, _round: Round) -> Run:
+    """Once: 1,000,000 1 KiB values (quick: 100,000) in LMDB: put rate, bytes, get first/last."""
+    n, per_txn = scale.scaling_messages_1kib, scale.batch_1kib
+    pool = messages_1kib()
+    with _lmdb_appended(pool, n, per_txn, "lmdb-store-1kib") as (env, d, seconds):
+        file_bytes = (d / "data.mdb").stat().st_size
+        first, last = [], []
+        for _ in range(scale.scaling_lookups):
+            for index, times in ((0, first), (n - 1, last)):
+                t0 = time.perf_counter_ns()
+                with env.begin() as txn:
+                    value = txn.get(_KEY.pack(index))
+                times.append((time.perf_counter_ns() - t0) / 1000)
+                if value != pool[index % len(pool)]:
+                    raise RuntimeError(f"LMDB value {index} is not the one put")
+    return Run(
+        {
+            "raw_lmdb_store_1kib_put": [n / seconds],
+            "raw_lmdb_store_1kib_bytes_per_msg": [file_bytes / n],
+            "raw_lmdb_store_1kib_get_first_us": first,
+            "raw_lmdb_store_1kib_get_last_us": last,
+            "raw_lmdb_store_1kib_get_last_over_first": [
+                statistics.median(last) / statistics.median(first)
+            ],
+        },
+        {"seconds": seconds, "data_file_bytes": file_bytes, "messages": n},
+        work=f"{n:,} values of 1 KiB, once per perf run",
+    )

@@ -46,12 +46,24 @@ class Scale:
     latency_samples: int  # one-way latency samples per run (after the warm-up)
     latency_warmup: int  # samples dropped at the start of each latency run
     group_messages_1kib: int  # 1 KiB messages consumed per consumer-group run
+    # perf/scaling.py
+    scaling_bytes: int  # frame bytes per run of each frame size / number of producers
+    scaling_messages_1kib: int  # 1 KiB messages of the once-per-invocation store run
+    scaling_lookups: int  # Consumer.get() calls timed at each end of that stream
+
+    def scaling_frames(self, nbytes: int) -> int:
+        """Frames of ``nbytes`` per scaling run: ``scaling_bytes`` of them, at least 8."""
+        return max(8, self.scaling_bytes // nbytes)
 
 
 QUICK = Scale("quick", rounds=3, frames_4mib=64, messages_1kib=10_000, batch_1kib=1000,
-              latency_samples=40, latency_warmup=5, group_messages_1kib=2000)  # fmt: skip
+              latency_samples=40, latency_warmup=5, group_messages_1kib=2000,
+              scaling_bytes=64 * MiB, scaling_messages_1kib=100_000,
+              scaling_lookups=200)  # fmt: skip
 FULL = Scale("full", rounds=5, frames_4mib=512, messages_1kib=50_000, batch_1kib=1000,
-             latency_samples=200, latency_warmup=20, group_messages_1kib=10_000)  # fmt: skip
+             latency_samples=200, latency_warmup=20, group_messages_1kib=10_000,
+             scaling_bytes=256 * MiB, scaling_messages_1kib=1_000_000,
+             scaling_lookups=200)  # fmt: skip
 
 
 # ------------------------------------------------------------ probes and results
@@ -63,6 +75,7 @@ class Run:
 
     samples: dict[str, list[float]]  # metric -> one throughput, or many latencies
     detail: dict[str, float] = field(default_factory=dict)
+    work: str = ""  # what the run moved, when the tables should say it ("4096 frames of 64 KiB")
 
 
 @dataclass(frozen=True)
@@ -113,14 +126,15 @@ class Probe:
     metrics: tuple[Metric, ...]
     run: RunFunction
     doc: str
+    once: bool = False  # run in the first round only (too long to repeat every round)
 
 
-def probe(registry: list[Probe], *metrics: Metric):
+def probe(registry: list[Probe], *metrics: Metric, once: bool = False):
     """Decorator: register a run function that measures ``metrics``."""
 
     def register(fn: RunFunction) -> RunFunction:
         doc = " ".join((fn.__doc__ or "").split())
-        registry.append(Probe(tuple(metrics), fn, doc))
+        registry.append(Probe(tuple(metrics), fn, doc, once))
         return fn
 
     return register

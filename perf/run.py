@@ -3,17 +3,18 @@
     .venv/bin/python perf/run.py            # make perf: a few minutes
     .venv/bin/python perf/run.py --quick    # make perf-quick: under a minute
 
-Runs every baseline (perf/baselines.py) and every figure (perf/figures.py) once
-per round, for several rounds, interleaved so that drift of the machine (a busy
-disk, say) hits baselines and figures alike. A throughput is the median over
-rounds; a latency is a percentile over the samples of all rounds. Each figure's
-ratio is its value divided by its baseline's value (for latencies: ours / raw,
-so lower is better there).
+Runs every baseline (perf/baselines.py), every figure (perf/figures.py) and
+every scaling figure (perf/scaling.py) once per round, for several rounds,
+interleaved so that drift of the machine (a busy disk, say) hits baselines and
+figures alike; a probe marked ``once`` runs in the first round only. A
+throughput is the median over rounds; a latency is a percentile over the
+samples of all rounds. Each figure's ratio is its value divided by its
+baseline's value (for latencies: ours / raw, so lower is better there).
 
 Prints tables on stdout (progress goes to stderr) and writes perf/results.json
-(the shape SPEC §12 fixes, plus "baselines" and details) and perf/RESULTS.md (a
-table to paste into the README). Exit code 1 if any measurement failed; the
-others are still reported.
+(the shape SPEC §12 fixes, plus "baselines", "scaling" and details) and
+perf/RESULTS.md (the tables to paste into the README). Exit code 1 if any
+measurement failed; the others are still reported.
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     # imported only here: with --at, this process must not import the working tree's hidra_ng
     from baselines import BASELINES
     from figures import FIGURES, PLANNED
+    from scaling import SCALING
 
     if args.list:
-        for p in BASELINES + FIGURES:
+        for p in BASELINES + FIGURES + SCALING:
             names = ", ".join(f"{m.name} [{m.unit}]" for m in p.metrics)
             base = {m.baseline for m in p.metrics if m.baseline}
-            print(f"{names}{' / ' + ', '.join(sorted(base)) if base else ''}\n    {p.doc}")
+            once = " (once per run)" if p.once else ""
+            print(f"{names}{' / ' + ', '.join(sorted(base)) if base else ''}{once}\n    {p.doc}")
         for name, base in PLANNED.items():
             if not any(m.name == name for p in FIGURES for m in p.metrics):
                 print(f"{name}: not measured yet (baseline {base})")
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = QUICK if args.quick else FULL
     if args.rounds:
         scale = replace(scale, rounds=args.rounds)
-    probes = [p for p in BASELINES + FIGURES if _selected(p, args.only)]
+    probes = _selection(BASELINES, FIGURES + SCALING, args.only)
     started = time.perf_counter()
     load_before = os.getloadavg()
     machine_line, machine_info = machine()
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_line,
         "figures": figures,
         "baselines": {name: m.to_json() for name, m in baselines.items()},
+        # not SPEC §12's figures: how they scale with producers, frame size, stream length
+        "scaling": _figures(SCALING, BASELINES, runs, baselines),
         "not_measured_yet": {
             name: {"baseline": base} for name, base in PLANNED.items() if name not in registered
         },
@@ -127,7 +132,7 @@ def _round(
     """One run of every probe; a probe that failed once is not run again."""
     for p in probes:
         label = p.metrics[0].name
-        if label in errors:
+        if label in errors or (p.once and r > 1):
             continue
         t0 = time.perf_counter()
         try:
@@ -149,7 +154,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=0, help="override the number of rounds")
     ap.add_argument(
         "--only", action="append", default=[], metavar="NAME",
-        help="only probes whose metric names contain NAME (repeatable)",
+        help="only probes whose metric names contain NAME (repeatable), with their baselines",
     )  # fmt: skip
     ap.add_argument("--output", type=Path, default=RESULTS_JSON, help="results file")
     ap.add_argument(
@@ -162,6 +167,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _selected(p: Probe, only: list[str]) -> bool:
     return not only or any(word in m.name for m in p.metrics for word in only)
+
+
+def _selection(baselines: list[Probe], figures: list[Probe], only: list[str]) -> list[Probe]:
+    """The probes ``--only`` selects, plus the baselines the selected figures are divided by."""
+    chosen = [p for p in figures if _selected(p, only)]
+    needed = {m.baseline for p in chosen for m in p.metrics}
+    return [
+        p for p in baselines if _selected(p, only) or any(m.name in needed for m in p.metrics)
+    ] + chosen
 
 
 # -------------------------------------------------------------------- results
@@ -208,6 +222,8 @@ def _figures(
                     round(per_run(metric, a) / per_run(bmetric, b), 3) for a, b in pairs
                 ]
             entry.update(stat=m.stat, samples=m.samples, detail=m.detail)
+            if runs[id(p)][-1].work:
+                entry["work"] = runs[id(p)][-1].work
             out[metric.name] = entry
     return out
 
@@ -259,8 +275,7 @@ def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> s
         [name, _fmt(m.value), m.unit, m.stat, _spread(m.samples or m.detail.get("per_run", []))]
         for name, m in baselines.items()
     ]
-    out += [_table(["baseline", "value", "unit", "stat", "runs min .. max"], rows), ""]
-    out.append("hidra_ng figures (ratio = figure / baseline)")
+    out.append(_table(["baseline", "value", "unit", "stat", "runs min .. max"], rows))
     rows = [
         [
             name,
@@ -278,7 +293,24 @@ def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> s
         for name, entry in results["not_measured_yet"].items()
     ]
     header = ["figure", "value", "unit", "baseline", "baseline value", "ratio", "ratio per round"]
-    out.append(_table(header, rows))
+    if rows:
+        out += ["", "hidra_ng figures (ratio = figure / baseline)", _table(header, rows)]
+    if results["scaling"]:
+        out += ["", "Scaling (ratio = figure / baseline of the same frame size or count)"]
+        rows = [
+            [
+                name,
+                _fmt(f["value"]),
+                f["unit"],
+                f["baseline"] or "-",
+                _fmt(f["baseline_value"]),
+                _fmt(f["ratio"]),
+                _spread(f.get("ratio_per_round", [])),
+                f"{f.get('work', '')}; {f['stat']}",
+            ]
+            for name, f in results["scaling"].items()
+        ]
+        out.append(_table([*header, "one run; stat"], rows))
     for name, err in results["errors"].items():
         out.append(f"FAILED {name}: {err}")
     return "\n".join(out)
@@ -306,6 +338,22 @@ def render_markdown(results: dict[str, Any]) -> str:
         )
     for name, entry in results["not_measured_yet"].items():
         lines.append(f"| `{name}` | not measured yet | `{entry['baseline']}` | | | |")
+    if results["scaling"]:
+        lines += [
+            "",
+            "How the figures scale (perf/scaling.py; not SPEC §12's figures):",
+            "",
+            "| scaling figure | value | baseline | baseline value | ratio | ratio per round"
+            " | one run | stat |",
+            "|---|---:|---|---:|---:|---:|---|---|",
+        ]
+        for name, f in results["scaling"].items():
+            lines.append(
+                f"| `{name}` | {_fmt(f['value'])} {f['unit']} | `{f['baseline']}` |"
+                f" {_fmt(f['baseline_value'])} {f['unit']} | {_fmt(f['ratio'])} |"
+                f" {_spread(f.get('ratio_per_round', []))} | {f.get('work', '')} |"
+                f" {f['stat']} |"
+            )
     lines += ["", "| raw baseline | value | how |", "|---|---:|---|"]
     for name, b in results["baselines"].items():
         lines.append(f"| `{name}` | {_fmt(b['value'])} {b['unit']} | {b['stat']} |")
@@ -313,8 +361,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "ratio = figure / baseline, measured in the same run (for the latencies lower is"
         " better). Throughputs are medians over rounds, latencies percentiles over all"
-        " samples; each round runs every baseline and figure once. Definitions:"
-        " perf/baselines.py, perf/figures.py; where the time goes: perf/NOTES.md.",
+        " samples; each round runs every baseline and figure once (those of one run:"
+        " the first round only). Definitions: perf/baselines.py, perf/figures.py,"
+        " perf/scaling.py; where the time goes: perf/NOTES.md.",
         "",
     ]
     for name, err in results["errors"].items():
