@@ -62,6 +62,28 @@ def frame_key(stream_id: int, index: int) -> bytes:
     return _KEY.pack(stream_id, index)
 
 
+class _Appender:
+    """Puts into one table of a write transaction, appending when the key is the highest.
+
+    LMDB splits a full page in the middle, which leaves pages of keys written in
+    order half empty: 1 KiB values took 2 per 4 KiB page instead of 3. With
+    ``append=True`` it fills the last page instead. Keys of the newest stream
+    (the usual case) are the highest; others are put as usual.
+    """
+
+    def __init__(self, txn, db) -> None:
+        self.txn, self.db = txn, db
+        cursor = txn.cursor(db=db)
+        self.last = bytes(cursor.key()) if cursor.last() else b""
+
+    def put(self, key: bytes, value) -> None:
+        if key > self.last:
+            self.txn.put(key, value, db=self.db, append=True)
+            self.last = key
+        else:
+            self.txn.put(key, value, db=self.db)
+
+
 def sender_key(sender: str, incarnation: int) -> bytes:
     return sender.encode() + b"\0" + _SEQ.pack(incarnation)
 
@@ -208,18 +230,20 @@ class Store:
 
         def fill(txn) -> list[bytes]:
             records, payloads = self._db["records"], self._db["payloads"]
+            at_end = _Appender(txn, payloads)
             for _, _, key, _, payload in writes:
                 if len(payload):
-                    txn.put(key, payload, db=payloads)
+                    at_end.put(key, payload)
             for name in result.touched:
                 txn.put(name.encode(), encode_body(streams[name]), db=self._db["streams"])
             for key, seq in senders.items():
                 txn.put(key, _SEQ.pack(seq), db=self._db["senders"])
             stored = time.time() if now is None else now  # the payloads are in: commit time
             encoded = []
+            at_end = _Appender(txn, records)
             for _, _, key, fields, payload in writes:
                 record = encode_body(Record(*fields, stored, len(payload)))
-                txn.put(key, record, db=records)
+                at_end.put(key, record)
                 encoded.append(record)
             return encoded
 

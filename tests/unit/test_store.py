@@ -256,3 +256,21 @@ def test_retention_lets_lmdb_reuse_the_space(tmp_path):
         assert sizes[-1] <= sizes[0] * 1.5, sizes  # flat once at the limit
     finally:
         store.close()
+
+
+def test_messages_written_in_order_fill_their_pages(store):
+    """1 KiB payloads: 3 per 4 KiB page (LMDB's middle split left 2: 1.5x the disk)."""
+    for batch in range(3):
+        store.append([incoming("a", 1, batch * 100 + i, payload=bytes(1024)) for i in range(100)])
+    with store.env.read() as txn:
+        pages = txn.stat(store.env.dbs["payloads"])["leaf_pages"]
+    assert pages <= 300 // 3 + 1
+
+
+def test_older_streams_are_still_written_after_a_newer_one(store):
+    """Keys of an older stream are not the highest: they are put, not appended."""
+    store.append([incoming("a", 1, 0, stream="old"), incoming("a", 1, 1, stream="new")])
+    store.append([incoming("a", 1, 2, stream="old"), incoming("a", 1, 3, stream="new")])
+    store.append([incoming("a", 1, 4, stream="old")])
+    assert stored_payloads(store, "old") == [b"a:1:0", b"a:1:2", b"a:1:4"]
+    assert stored_payloads(store, "new") == [b"a:1:1", b"a:1:3"]
