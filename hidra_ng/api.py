@@ -33,7 +33,7 @@ from hidra_ng.errors import (
     StorageError,
     reason,
 )
-from hidra_ng.groups import Groups
+from hidra_ng.groups import Group, Groups
 from hidra_ng.metrics import ReceiverMetrics
 from hidra_ng.query import DEFAULT_LIMIT, MAX_LIMIT, compile_query
 from hidra_ng.store import Store
@@ -250,7 +250,7 @@ class ApiServer:
                 )
             handler(ident, req)
         except HidraError as err:
-            self._reply_error(ident, req.id, err)
+            self._reply_error(ident, req.id, err, after_commit=req.op in GROUP_CHANGES)
 
     def _reply(
         self,
@@ -291,11 +291,19 @@ class ApiServer:
         for frames in held:
             self._send(frames, copy=False)
 
-    def _reply_error(self, ident: bytes, req_id: int, err: HidraError) -> None:
+    def _reply_error(
+        self, ident: bytes, req_id: int, err: HidraError, *, after_commit: bool = False
+    ) -> None:
+        """An error reply; ``after_commit`` as for :meth:`_reply` (the request may have
+        changed group state before it failed, e.g. acks before a StreamFinished)."""
         # the nearest class a client knows by name (QueryError travels as InvalidInput)
         name = next(c.__name__ for c in type(err).__mro__ if c.__name__ in REMOTE_ERRORS)
         reply = proto.Reply(req_id, error=name, message=str(err))
-        self._send([ident, proto.encode(proto.Kind.REPLY, reply)])
+        frames = [ident, proto.encode(proto.Kind.REPLY, reply)]
+        if after_commit:
+            self._held.append(frames)
+        else:
+            self._send(frames)
 
     # -- simple operations
 
@@ -354,7 +362,8 @@ class ApiServer:
         except NotYetAvailable:
             return False
         except HidraError as err:
-            self._reply_error(w.ident, w.request.id, err)
+            after_commit = w.request.op in GROUP_CHANGES
+            self._reply_error(w.ident, w.request.id, err, after_commit=after_commit)
         return True
 
     def _wake_waiters(self, stream: str) -> None:
@@ -391,6 +400,18 @@ class ApiServer:
             ack_timeout=req.ack_timeout or None,
             max_deliveries=req.max_deliveries or None,
         )
+        if req.indices:  # acks that came with it: made first, once (a wait retries without)
+            for index in req.indices:
+                self.groups.ack(req.stream, req.group, index)
+            req = msgspec.structs.replace(req, indices=())
+            try:
+                self._hand_out(ident, req, group)
+            finally:
+                self._wake_waiters(req.stream)  # the group may be settled now
+            return
+        self._hand_out(ident, req, group)
+
+    def _hand_out(self, ident: bytes, req: proto.Request, group: Group) -> None:
         refs: list[proto.FrameRef] = []
         payloads: list[memoryview] = []
         size = 0
@@ -551,6 +572,9 @@ class ApiServer:
                 r.sent = now
                 self._reply(r.ident, r.id, proto.REPLAY_IDLE)
 
+
+#: operations that change consumer-group state: their replies wait for its commit
+GROUP_CHANGES = frozenset({"next", "ack", "nack"})
 
 OPS = (
     "ping", "streams", "info", "last", "get", "replay", "credit", "cancel", "skipped",

@@ -134,6 +134,7 @@ class Consumer:
         max_count: int = 16,
         timeout: float = 5.0,
         *,
+        ack: Iterable[Frame] = (),
         ack_timeout: float | None = None,
         max_deliveries: int | None = None,
         decode: bool = True,
@@ -146,11 +147,30 @@ class Consumer:
         :meth:`ack_many`) within the ack timeout. Fewer round trips and one
         commit per batch on the receiver make this several times faster than
         :meth:`next` for small messages.
+
+        ``ack``: frames of this stream and group to acknowledge first, in the same
+        round trip; a worker loops ``frames = c.next_many(s, g, ack=frames)``. The
+        acks hold even when the call then raises ``NotYetAvailable`` or
+        ``StreamFinished``; after ``ReceiverUnavailable`` ack them again (acks
+        are idempotent).
         """
         if not isinstance(max_count, int) or not 1 <= max_count <= proto.MAX_BATCH:
             raise ValueError(
                 f"max_count {max_count!r} is not valid; expected 1 to {proto.MAX_BATCH}"
             )
+        ack = list(ack)
+        indices = []
+        for frame in ack:
+            fields = _group_fields(frame)
+            if (fields["stream"], fields["group"]) != (stream, group):
+                raise ValueError(
+                    f"frame {frame.stream!r} #{frame.index} of group {frame.group!r} cannot be"
+                    f" acked with a next of group {group!r} of stream {stream!r}; use ack_many"
+                )
+            indices.append(frame.index)
+        if len(indices) > proto.MAX_BATCH:
+            self.ack_many(ack)  # too many for one request
+            indices = []
         body, payloads = self._call_all(
             "next",
             stream=proto.check_stream_name(stream),
@@ -159,6 +179,7 @@ class Consumer:
             ack_timeout=ack_timeout or 0.0,
             max_deliveries=max_deliveries or 0,
             max_count=max_count,
+            indices=tuple(indices),
         )
         batch = _batch_decoder.decode(body)
         joined = payloads[0] if payloads else memoryview(b"")

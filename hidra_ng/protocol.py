@@ -150,7 +150,7 @@ class Request(msgspec.Struct, omit_defaults=True, frozen=True):
     ack_timeout: float = 0.0  # next: the group's ack timeout, 0 for the receiver's
     max_deliveries: int = 0  # next: deliveries before a message is parked, 0 for default
     max_count: int = 0  # next: hand out up to this many at once (a list reply), 0 for one
-    indices: tuple[int, ...] = ()  # ack: several indices at once (then ``index`` is unused)
+    indices: tuple[int, ...] = ()  # ack: several at once (``index`` unused); next: acked first
     expr: str = ""  # query: the filter expression
     limit: int = 0  # query: at most this many results, 0 for the default
 

@@ -9,7 +9,9 @@ Exits 0 after ``StreamFinished``, with a last line ``F``.
 holds the message. ``t`` is ``time.monotonic()``, comparable across processes.
 
 ``--batch N`` (N > 1): ``next_many(max_count=N)``, a ``P`` line per frame, then
-one ``ack_many`` of the batch and an ``A`` line per frame.
+one ``ack_many`` of the batch and an ``A`` line per frame. With ``--piggyback``
+the batch is acked by the next ``next_many(ack=...)`` instead, and its ``A``
+lines follow that call.
 
 A plain script: it must not import pytest or the tests' conftest.
 """
@@ -33,23 +35,38 @@ def main() -> int:
     parser.add_argument("--ack-timeout", type=float, default=2.0)
     parser.add_argument("--hold-after", type=int, default=-1)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--piggyback", action="store_true")
     args = parser.parse_args()
 
     processed = 0
+    unacked: list = []  # --piggyback: the last batch, acked by the next request
+
+    def acked(frames) -> None:
+        for frame in frames:
+            out.write(f"A {frame.index} {time.monotonic()}\n")
+
     with open(args.out, "a", buffering=1) as out, Consumer(args.api, request_timeout=1.0) as c:
         while True:
             try:
                 if args.batch > 1:
                     frames = c.next_many(
-                        args.stream, args.group, args.batch, 1.0, ack_timeout=args.ack_timeout
-                    )
+                        args.stream, args.group, args.batch, 1.0,
+                        ack=unacked, ack_timeout=args.ack_timeout,
+                    )  # fmt: skip
                 else:
                     frames = [c.next(args.stream, args.group, 1.0, ack_timeout=args.ack_timeout)]
             except StreamFinished:
+                acked(unacked)
                 out.write("F\n")
                 return 0
-            except (NotYetAvailable, ReceiverUnavailable):
-                continue  # nothing due yet, or the receiver restarts
+            except NotYetAvailable:
+                acked(unacked)  # the acks held even though nothing came
+                unacked = []
+                continue
+            except ReceiverUnavailable:
+                continue  # the receiver restarts; the acks go again with the next request
+            acked(unacked)
+            unacked = []
             for frame in frames:
                 data = frame.data if isinstance(frame.data, bytes) else b""
                 line = f"{frame.index} {hashlib.sha256(data).hexdigest()} {frame.deliveries}"
@@ -61,14 +78,16 @@ def main() -> int:
                 out.write(f"P {line} {time.monotonic()}\n")
                 out.flush()
                 processed += 1
+            if args.piggyback:
+                unacked = frames
+                continue
             while True:
                 try:
                     c.ack_many(frames)
                     break
                 except ReceiverUnavailable:
                     continue  # the receiver restarts: ack again (acks are idempotent)
-            for frame in frames:
-                out.write(f"A {frame.index} {time.monotonic()}\n")
+            acked(frames)
 
 
 if __name__ == "__main__":

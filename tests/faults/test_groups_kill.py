@@ -1,6 +1,7 @@
 """Fault: 4 group members (processes) share one stream; one member is killed -9 while it
-holds a message, and the receiver is killed -9 and restarted mid-way (G1, G8). One
-member takes its messages in batches (``next_many``/``ack_many``), the others one by one.
+holds a message, and the receiver is killed -9 and restarted mid-way (G1, G8). Two
+members take their messages in batches (``next_many``, acked by ``ack_many`` or by the
+next ``next_many``), the others one by one.
 
 Checked the way Jepsen checkers do, from the members' own output files: every index
 processed at least once with the payload that was sent (lost = unexpected = 0), the
@@ -35,8 +36,10 @@ GROUP = "spots"
 WORKERS = 4
 HOLD_AFTER = 150  # member 0 holds its 151st message and is killed
 ACK_TIMEOUT = 2.0
-#: messages per next of each member: member 1 takes them in batches (next_many, ack_many)
-BATCHES = (1, 8, 1, 1)
+#: messages per next of each member: members 1 and 2 take them in batches of 8, member 1
+#: acks each with ack_many, member 2 with its next next_many (acks piggybacked)
+BATCHES = (1, 8, 8, 1)
+PIGGYBACK = {2}
 SEED = 7
 WORKER = Path(__file__).with_name("group_worker.py")
 
@@ -102,7 +105,7 @@ def test_group_members_and_receiver_killed(tmp_path: Path) -> None:
                 sys.executable, str(WORKER), "--api", receiver.api, "--stream", STREAM,
                 "--group", GROUP, "--out", str(out), "--ack-timeout", str(ACK_TIMEOUT),
                 "--hold-after", str(HOLD_AFTER if w == 0 else -1),
-                "--batch", str(BATCHES[w]),
+                "--batch", str(BATCHES[w]), *(["--piggyback"] if w in PIGGYBACK else []),
             ]  # fmt: skip
             workers.append(subprocess.Popen(command, stderr=(tmp_path / f"w{w}.err").open("w")))
 

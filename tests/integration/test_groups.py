@@ -294,6 +294,46 @@ def test_ack_many_acks_frames_of_several_groups(producer, consumer):
             consumer.next_many(STREAM, group, max_count=4, timeout=1.0)
 
 
+def test_next_many_acks_what_it_is_given_in_the_same_round_trip(producer, api):
+    send(producer, 50, finish=True)
+    seen: list[int] = []
+    with Consumer(api) as a, Consumer(api) as b:
+        held = {id(a): [], id(b): []}
+        for member in itertools.cycle((a, b)):
+            try:
+                frames = member.next_many(
+                    STREAM, "loop", max_count=8, timeout=0.2, ack=held[id(member)]
+                )
+            except NotYetAvailable:  # the rest is in flight at the other member
+                held[id(member)] = []  # acked all the same
+                continue
+            except StreamFinished:  # the request carrying the last acks settles the group
+                held[id(member)] = []
+                if not any(held.values()):
+                    break
+                continue
+            held[id(member)] = frames
+            seen += [f.index for f in frames]
+        assert sorted(seen) == list(range(50))
+        assert a.parked(STREAM, "loop") == []
+    with Consumer(api) as c, pytest.raises(StreamFinished):
+        c.next_many(STREAM, "loop", timeout=1.0)
+
+
+def test_acks_given_to_next_many_hold_when_nothing_is_handed_out(producer, consumer):
+    send(producer, 3)
+    frames = consumer.next_many(STREAM, "hold", max_count=8, timeout=2.0, ack_timeout=0.5)
+    assert [f.index for f in frames] == [0, 1, 2]
+    with pytest.raises(NotYetAvailable):
+        consumer.next_many(STREAM, "hold", timeout=0.2, ack=frames)
+    time.sleep(0.6)  # past the ack timeout: unacked frames would be due again
+    with pytest.raises(NotYetAvailable):
+        consumer.next_many(STREAM, "hold", timeout=0.3)
+    other = consumer.next_many(STREAM, "other", max_count=1, timeout=2.0)
+    with pytest.raises(ValueError, match="cannot be acked with a next of group 'hold'"):
+        consumer.next_many(STREAM, "hold", timeout=0.1, ack=other)
+
+
 def test_next_many_is_bounded_and_checked(producer, consumer, receiver):
     send(producer, 3)
     for bad in (0, -1, 10_001, 2.5):
