@@ -41,6 +41,7 @@ from hidra_ng.frames import Data, describe
 from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
 from hidra_ng.spool import Spool, entry_bytes
+from hidra_ng.zmqio import send_parts
 
 log = logging.getLogger(__name__)
 
@@ -550,7 +551,7 @@ class _Link(threading.Thread):
                 frames.append(out.header)
                 frames.append(out.payload)
             try:
-                self._push.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                send_parts(self._push, frames)
             except zmq.Again:
                 return True
             for out in batch:

@@ -38,6 +38,7 @@ from hidra_ng.metrics import ReceiverMetrics, serve
 from hidra_ng.security import Authenticator, load_keypair, server_socket
 from hidra_ng.service import Heartbeats
 from hidra_ng.store import RETENTION_BATCH, AppendResult, Incoming, Store
+from hidra_ng.zmqio import recv_parts
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ class Receiver:
         limit_n, limit_bytes = self.config.commit_max_messages, self.config.commit_max_bytes
         while len(batch) < limit_n and nbytes < limit_bytes:
             try:
-                frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_parts(self.pull)
             except zmq.Again:
                 break
             try:
