@@ -62,6 +62,7 @@ class Kind(enum.IntEnum):
     REQUEST = 5
     REPLY = 6
     PUBLISH = 7
+    DATA_PACKED = 8  # small messages: [envelope, Packed headers + sizes, joined payloads]
 
 
 class Payload(enum.IntEnum):
@@ -99,6 +100,18 @@ class Header(msgspec.Struct, array_like=True, frozen=True):
     compression: str
     meta: bytes  # a JSON object, kept encoded: the receiver stores it as is
     created: float
+
+
+class Packed(msgspec.Struct, array_like=True, frozen=True):
+    """Second frame of a DATA_PACKED message: the messages' headers and payload sizes.
+
+    The third frame holds the payloads joined in order; ``sizes`` cuts it apart.
+    Three zmq frames carry a batch of small messages, where DATA takes two per
+    message (docs/adr/0002-packed-small-messages.md).
+    """
+
+    headers: list[Header]
+    sizes: list[int]
 
 
 class Record(msgspec.Struct, array_like=True, frozen=True):
@@ -225,6 +238,39 @@ def encode(kind: Kind, body: msgspec.Struct) -> bytes:
 
 def encode_body(body: Any) -> bytes:
     return _encoder.encode(body)
+
+
+def encode_packed(headers: Sequence[bytes], sizes: Sequence[int]) -> bytes:
+    """A :class:`Packed` frame from headers already encoded (as the spool keeps them)."""
+    n = len(headers)
+    if n < 16:
+        prefix = bytes((0x90 | n,))
+    elif n < 1 << 16:
+        prefix = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        prefix = b"\xdd" + n.to_bytes(4, "big")
+    return b"\x92" + prefix + b"".join(headers) + _encoder.encode(list(sizes))
+
+
+def unpack_payloads(packed: Packed, joined: memoryview) -> list[memoryview]:
+    """Views of each message's payload in the joined payload frame, sizes checked."""
+    sizes = packed.sizes
+    if not sizes or len(sizes) != len(packed.headers):
+        raise ProtocolError(
+            f"packed message has {len(packed.headers)} headers and {len(sizes)} payload sizes;"
+            " expected the same number, at least one"
+        )
+    if min(sizes) < 0 or sum(sizes) != len(joined):
+        raise ProtocolError(
+            f"packed payload sizes add up to {sum(sizes)} (smallest {min(sizes)}) but the"
+            f" payload frame has {len(joined)} bytes"
+        )
+    views = []
+    offset = 0
+    for size in sizes:
+        views.append(joined[offset : offset + size])
+        offset += size
+    return views
 
 
 def peek_kind(frame: bytes | memoryview) -> Kind:

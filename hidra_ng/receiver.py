@@ -278,24 +278,40 @@ class Receiver:
         return batch
 
     def _decode_data(self, frames: list[zmq.Frame]) -> list[Incoming]:
-        """Validate one ingest message; refused parts are counted and logged."""
+        """Validate one ingest message (DATA or DATA_PACKED); refused parts are counted."""
         c = self.config
+        packed = None
         try:
-            if len(frames) < 3 or len(frames) % 2 != 1:
+            is_packed = proto.peek_kind(frames[0].buffer) == proto.Kind.DATA_PACKED
+            if is_packed:
+                if len(frames) != 3:
+                    raise ProtocolError(
+                        f"packed ingest message has {len(frames)} frames; expected 3: envelope,"
+                        " headers and sizes, payloads"
+                    )
+            elif len(frames) < 3 or len(frames) % 2 != 1:
                 raise ProtocolError(
                     f"ingest message has {len(frames)} frames; expected an envelope followed"
                     " by header and payload pairs"
                 )
-            envelope = proto.decode(proto.Kind.DATA, proto.Envelope, frames[0].bytes)
+            kind = proto.Kind.DATA_PACKED if is_packed else proto.Kind.DATA  # others: refused
+            envelope = proto.decode(kind, proto.Envelope, frames[0].bytes)
             proto.check_envelope(envelope)
+            if is_packed:
+                packed = proto.decode_body(proto.Packed, frames[1].buffer)
+                payloads = proto.unpack_payloads(packed, frames[2].buffer)
         except (ProtocolError, InvalidInput) as err:
             self._reject(err)
             return []
+        count = len(payloads) if packed else len(frames) // 2
         items: list[Incoming] = []
-        for i in range(1, len(frames), 2):
-            payload = frames[i + 1].buffer
+        for i in range(count):
             try:
-                header = proto.decode_body(proto.Header, frames[i].bytes)
+                if packed:
+                    header, payload = packed.headers[i], payloads[i]
+                else:
+                    payload = frames[2 * i + 2].buffer
+                    header = proto.decode_body(proto.Header, frames[2 * i + 1].bytes)
                 proto.check_header(
                     header,
                     len(payload),

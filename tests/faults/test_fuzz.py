@@ -52,9 +52,18 @@ def header(**overrides) -> bytes:
     return msgspec.msgpack.encode(list(fields.values()))
 
 
+def packed_envelope(incarnation: int = 1) -> bytes:
+    return proto.encode(proto.Kind.DATA_PACKED, proto.Envelope("fuzzer", incarnation, 0, 0))
+
+
+def packed(headers: list[bytes], sizes: list[int]) -> bytes:
+    return proto.encode_packed(headers, sizes)
+
+
 def invalid_ingest_messages(rng: random.Random) -> list[list[bytes]]:
     """Each entry is one multipart ingest message that must be refused once."""
     deep = b'{"a":' * 2000 + b"1" + b"}" * 2000
+    bad_sender_packed = proto.encode(proto.Kind.DATA_PACKED, proto.Envelope("bad sender!", 1, 0, 0))
     cases: list[list[bytes]] = []
     for i in range(300):
         cases += [
@@ -79,6 +88,18 @@ def invalid_ingest_messages(rng: random.Random) -> list[list[bytes]]:
             [valid_envelope(), header(created=float("inf")), b"x"],
             [proto.encode(proto.Kind.DATA, proto.Envelope("bad sender!", 1, 0, 0)), header(), b"x"],
             [proto.encode(proto.Kind.HELLO, proto.Hello("x", 1)), header(), b"x"],  # wrong kind
+            # DATA_PACKED: [envelope, Packed(headers, sizes), joined payloads]
+            [packed_envelope(), packed([header()], [1])],  # 2 frames
+            [packed_envelope(), packed([header()], [1]), b"x", b"y"],  # 4 frames
+            [packed_envelope(), rng.randbytes(rng.randint(0, 40)), b"x"],  # garbage Packed
+            [packed_envelope(), packed([header()], [1])[: rng.randint(1, 20)], b"x"],
+            [packed_envelope(), packed([header(), header(seq=1)], [1]), b"x"],  # sizes short
+            [packed_envelope(), packed([header()], [5]), b"x"],  # sizes > payload
+            [packed_envelope(), packed([header(), header(seq=1)], [3, -2]), b"x"],
+            [packed_envelope(), packed([], []), b""],  # nothing in it
+            [packed_envelope(), packed([header(stream="bad name")], [1]), b"x"],
+            [packed_envelope(), packed([header(meta=deep), header(seq=1)], [1, 1]), b"xy"],
+            [bad_sender_packed, packed([header()], [1]), b"x"],
         ]
         if i % 50 == 0:
             cases.append([valid_envelope(), header(meta=b'{"k": "' + b"x" * 70_000 + b'"}'), b""])
@@ -208,14 +229,17 @@ def _config(tmp_path, max_message_bytes: int):
 @settings(max_examples=5000, deadline=None)
 def test_codec_under_many_random_multiparts(parts):
     """The decoders either return a valid message or raise a HidraError, nothing else."""
-    try:
-        env = proto.decode(proto.Kind.DATA, proto.Envelope, parts[0])
-        proto.check_envelope(env)
-    except HidraError:
-        pass
+    for kind in (proto.Kind.DATA, proto.Kind.DATA_PACKED):
+        try:
+            env = proto.decode(kind, proto.Envelope, parts[0])
+            proto.check_envelope(env)
+        except HidraError:
+            pass
     for part in parts[1:]:
         with contextlib.suppress(HidraError):
             proto.check_header(proto.decode_body(proto.Header, part), len(part))
+        with contextlib.suppress(HidraError):
+            proto.unpack_payloads(proto.decode_body(proto.Packed, part), memoryview(parts[-1]))
         for kind, body in ((proto.Kind.REQUEST, proto.Request), (proto.Kind.HELLO, proto.Hello)):
             with contextlib.suppress(HidraError):
                 proto.decode(kind, body, proto.preamble(kind) + part)

@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
+import zmq
 
 from hidra_ng import (
     ConfigError,
@@ -27,6 +28,7 @@ from hidra_ng import (
     SpoolFull,
     StreamFinished,
 )
+from hidra_ng import protocol as proto
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.localrun import ReceiverProcess, free_port
 from hidra_ng.receiver import Receiver
@@ -467,3 +469,56 @@ def test_daemon_restart_keeps_indices_consecutive(tmp_path: Path) -> None:
     assert [(f.index, f.sender, f.data) for f in frames] == [
         (k, "first", b"first %d" % k) for k in range(20)
     ] + [(20 + k, "second", b"second %d" % k) for k in range(20)]
+
+
+def test_small_and_large_messages_travel_packed_and_unpacked(
+    tmp_path: Path, receiver: Receiver, monkeypatch
+) -> None:
+    """Batches of small payloads go as DATA_PACKED, others as DATA; both arrive the same."""
+    from hidra_ng import producer as producer_module
+
+    kinds: list[int] = []
+    send_parts = producer_module.send_parts
+
+    def noting_kind(sock, parts) -> None:
+        send_parts(sock, parts)  # raises zmq.Again before anything is noted
+        kinds.append(parts[0][3])  # the kind, fourth byte of the preamble
+
+    monkeypatch.setattr(producer_module, "send_parts", noting_kind)
+    small = [(f"small {i}".encode(), {"i": i}) for i in range(50)]
+    large = [(bytes([i]) * (100 << 10), {"i": 50 + i}) for i in range(3)]
+    ep = receiver.endpoints
+    with Producer(ep["ingest"], ep["api"], tmp_path / "spool", "mixed") as p:
+        p.send_many("mix", small)
+        p.flush(10)
+        p.send_many("mix", large)
+        p.flush(10)
+    assert proto.Kind.DATA_PACKED in kinds and proto.Kind.DATA in kinds
+    with Consumer(ep["api"]) as c:
+        got = [c.get("mix", i) for i in range(53)]
+    assert [(f.data, f.meta) for f in got] == [(d, m) for d, m in small + large]
+
+
+def test_a_bad_header_in_a_packed_message_refuses_it_and_the_rest(receiver: Receiver) -> None:
+    headers = [
+        proto.Header(stream, seq, proto.Payload.BYTES, "", (), "none", b"{}", 0.0)
+        for seq, stream in enumerate(["ok/s", "bad name", "ok/s"])
+    ]
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(receiver.endpoints["ingest"])
+    try:
+        push.send_multipart([
+            proto.encode(proto.Kind.DATA_PACKED, proto.Envelope("raw", 1, 0, 0)),
+            proto.encode_packed([proto.encode_body(h) for h in headers], [1, 1, 1]),
+            b"abc",
+        ])  # fmt: skip
+        wait_for(lambda: receiver.store.next_index("ok/s") == 1, what="the first message")
+        wait_for(lambda: receiver.metrics.rejected.labels("stream_name")._value.get() == 1,
+                 what="one refusal")  # fmt: skip
+    finally:
+        push.close(0)
+    with Consumer(receiver.endpoints["api"]) as c:
+        assert c.get("ok/s", 0).data == b"a"
+        with pytest.raises(NotYetAvailable):
+            c.get("ok/s", 1, timeout=0.3)

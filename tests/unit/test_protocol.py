@@ -215,11 +215,41 @@ def test_describe_bytes_none_and_refusals():
     assert shape == (2, 3) and bytes(buf) == np.ascontiguousarray(fortran).tobytes()
 
 
+@pytest.mark.parametrize("count", [1, 15, 16, 65_535, 65_536])
+def test_packed_frames_round_trip_with_every_array_prefix(count):
+    headers = [header(seq=i, shape=(i % 3,)) for i in range(count)]
+    sizes = [(i % 3) * 2 for i in range(count)]
+    frame = proto.encode_packed([proto.encode_body(h) for h in headers], sizes)
+    packed = proto.decode_body(proto.Packed, frame)
+    assert packed.headers == headers and packed.sizes == sizes
+    joined = memoryview(b"".join(bytes([i % 256]) * n for i, n in enumerate(sizes)))
+    views = proto.unpack_payloads(packed, joined)
+    assert [bytes(v) for v in views[:4]] == [b"", b"\x01\x01", b"\x02" * 4, b""][: len(views)]
+    assert sum(map(len, views)) == len(joined)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "joined", "message"),
+    [
+        ([1, 0], b"ab", r"sizes add up to 1 \(smallest 0\) but the payload frame has 2 bytes"),
+        ([3, -1], b"ab", r"sizes add up to 2 \(smallest -1\)"),
+        ([1, 1, 0], b"ab", "has 2 headers and 3 payload sizes"),
+        ([], b"", "has 2 headers and 0 payload sizes"),
+    ],
+)
+def test_packed_payload_sizes_are_checked(sizes, joined, message):
+    two = [proto.encode_body(header()), proto.encode_body(header())]
+    packed = proto.decode_body(proto.Packed, proto.encode_packed(two, sizes))
+    with pytest.raises(ProtocolError, match=message):
+        proto.unpack_payloads(packed, memoryview(joined))
+
+
 @given(st.binary(max_size=300))
 @settings(max_examples=1000)
 def test_random_bytes_never_crash_the_decoders(data):
     for kind, body in [
         (proto.Kind.DATA, proto.Envelope),
+        (proto.Kind.DATA_PACKED, proto.Envelope),
         (proto.Kind.HELLO, proto.Hello),
         (proto.Kind.REQUEST, proto.Request),
         (proto.Kind.REPLY, proto.Reply),
@@ -228,6 +258,8 @@ def test_random_bytes_never_crash_the_decoders(data):
             proto.decode(kind, body, data)
         with contextlib.suppress(ProtocolError):
             proto.decode(kind, body, proto.preamble(kind) + data)
+    with contextlib.suppress(ProtocolError):
+        proto.unpack_payloads(proto.decode_body(proto.Packed, data), memoryview(data))
     try:
         h = proto.decode_body(proto.Header, data)
     except ProtocolError:
