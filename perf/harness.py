@@ -58,7 +58,7 @@ class Scale:
 
 QUICK = Scale("quick", rounds=3, frames_4mib=64, messages_1kib=10_000, batch_1kib=1000,
               latency_samples=40, latency_warmup=5, group_messages_1kib=2000,
-              scaling_bytes=64 * MiB, scaling_messages_1kib=100_000,
+              scaling_bytes=32 * MiB, scaling_messages_1kib=50_000,
               scaling_lookups=200)  # fmt: skip
 FULL = Scale("full", rounds=5, frames_4mib=512, messages_1kib=50_000, batch_1kib=1000,
              latency_samples=200, latency_warmup=20, group_messages_1kib=10_000,

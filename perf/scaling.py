@@ -10,7 +10,7 @@ scaling_ingest_4mib_1producer / _2producers / _4producers
     detector has its own sender; threads of this process would share its GIL),
     with its own spool dir, sender id and stream (separate streams, one per
     producer), default durability (``spool_sync="always"``, one ``send()`` per
-    frame). ``2 * scaling_bytes`` (512 MiB; 128 MiB in quick mode) of frames per
+    frame). ``2 * scaling_bytes`` (512 MiB; 64 MiB in quick mode) of frames per
     run, split evenly between the producers. Timed from the earliest first
     ``send()`` to the latest return of ``flush()`` (CLOCK_MONOTONIC, the same
     clock in every process on Linux); the producers start on one signal after
@@ -19,12 +19,12 @@ scaling_ingest_4mib_1producer / _2producers / _4producers
 scaling_ingest_64kib / _1mib / _4mib / _16mib
     ingest_4mib (one Producer in this process, default durability, one ``send()``
     per frame, timed until ``flush()`` returns) with Poisson(2) uint16 frames of
-    64 KiB, 1 MiB, 4 MiB and 16 MiB: ``scaling_bytes`` (256 MiB; 64 MiB in quick
+    64 KiB, 1 MiB, 4 MiB and 16 MiB: ``scaling_bytes`` (256 MiB; 32 MiB in quick
     mode, but at least 8 frames) per run. Baseline: raw_lmdb_append_ of the same
     frame size and count (the 4 MiB one: raw_lmdb_append_4mib, 512 frames).
 scaling_store_1kib_ingest / _bytes_per_msg / _get_first_us / _get_last_us / _get_last_over_first
     Once per perf run (first round; ~1 min in full mode):
-    ``scaling_messages_1kib`` (1,000,000; 100,000 in quick mode) 1 KiB messages
+    ``scaling_messages_1kib`` (1,000,000; 50,000 in quick mode) 1 KiB messages
     through one Producer in ``send_many`` batches of 1000 into a fresh receiver
     process of its own; messages/s until ``flush()`` returns. Then the bytes of
     the LMDB data files (every ``data.mdb``) in that receiver's data dir per
@@ -314,7 +314,7 @@ def _store_metric(what: str, unit: str, percentile: float | None = None) -> Metr
     once=True,
 )
 def store_1kib(scale: Scale, rnd: Round) -> Run:
-    """Once: 1,000,000 1 KiB messages (quick: 100,000) stored; rate, disk bytes, get first/last."""
+    """Once: 1,000,000 1 KiB messages (quick: 50,000) stored; rate, disk bytes, get first/last."""
     pool = messages_1kib()
     n, per_call = scale.scaling_messages_1kib, scale.batch_1kib
     batch = [(pool[i % len(pool)], None) for i in range(per_call)]
