@@ -105,6 +105,7 @@ class ApiServer:
         self._notice_decoder = msgspec.msgpack.Decoder(Notice)
         self._next_sweep = 0.0
         self._held: list[list] = []  # replies confirming group changes, sent once committed
+        self._next_group_error_log = 0.0
 
     # ------------------------------------------------------------------ loop
 
@@ -130,7 +131,10 @@ class ApiServer:
             self._expire_waiters()
             self._release_held()
             self._sweep_replays()
-            self.groups.commit()
+            try:
+                self.groups.commit()
+            except StorageError as err:  # a full disk, say: kept in memory, tried next turn
+                self._group_storage_error(err, "")
 
     def _poll_timeout(self) -> int:
         timeout = 100
@@ -156,6 +160,13 @@ class ApiServer:
                 raise
             self._peer_gone(frames[0])
             return False
+
+    def _group_storage_error(self, err: StorageError, what: str) -> None:
+        """Log a failed commit of group state, at most once a minute (it is retried each turn)."""
+        now = time.monotonic()
+        if now >= self._next_group_error_log:
+            self._next_group_error_log = now + 60.0
+            log.error("consumer-group state not committed%s (retried each turn): %s", what, err)
 
     def _peer_gone(self, ident: bytes) -> None:
         """A consumer disconnected: its replays end (ROUTER_MANDATORY tells us)."""
@@ -283,8 +294,7 @@ class ApiServer:
         except StorageError as err:
             # confirm nothing: the members ask again (ReceiverUnavailable after their
             # timeout); what was handed out unconfirmed comes back after the ack timeout
-            log.error("consumer-group state not committed; %d replies withheld: %s",
-                      len(self._held), err)  # fmt: skip
+            self._group_storage_error(err, f"; {len(self._held)} replies withheld")
             self._held.clear()
             return
         held, self._held = self._held, []

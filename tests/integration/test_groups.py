@@ -11,7 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hidra_ng import Consumer, InvalidInput, NotYetAvailable, Producer, StreamFinished
+from hidra_ng import (
+    Consumer,
+    InvalidInput,
+    NotYetAvailable,
+    Producer,
+    ReceiverUnavailable,
+    StreamFinished,
+)
+from hidra_ng.lmdbenv import DiskFull
 from tests.conftest import digest
 from tests.unit.test_query import TREES, python_predicate, render
 
@@ -209,6 +217,42 @@ def test_ack_needs_a_frame_from_next(producer, consumer):
         consumer.ack(frame)
     with pytest.raises(ValueError, match=r"did not come from Consumer\.next"):
         consumer.nack(frame)
+
+
+def test_group_state_that_cannot_be_committed_is_never_confirmed(producer, api, receiver):
+    """A full disk under the groups environment: no reply confirms an uncommitted change,
+    the api thread keeps serving, and once the disk has room again nothing is lost."""
+    send(producer, 3, finish=True)
+    env = receiver.groups.env
+    real_write = env.write
+    full = threading.Event()
+    full.set()
+
+    def write(fill, **kwargs):
+        if full.is_set():
+            raise DiskFull(f"no space left for LMDB at {env.path} (test)")
+        return real_write(fill, **kwargs)
+
+    env.write = write
+    try:
+        with Consumer(api, request_timeout=0.5) as c:
+            with pytest.raises(ReceiverUnavailable):
+                c.next(STREAM, "full", timeout=0.0, ack_timeout=1.0)  # handed out, not confirmed
+            c.ping(timeout=2.0)  # the api thread is alive
+            assert c.info(STREAM).count == 3
+            full.clear()
+            seen = []
+            while True:
+                try:
+                    frames = c.next_many(STREAM, "full", max_count=8, timeout=3.0)
+                except StreamFinished:
+                    break
+                seen += [f.index for f in frames]
+                c.ack_many(frames)
+            assert sorted(seen) == [0, 1, 2]  # 0 again, after its ack timeout
+    finally:
+        env.write = real_write
+    assert receiver.alive()
 
 
 def test_bad_times_are_refused_and_the_receiver_keeps_serving(producer, consumer, receiver):
