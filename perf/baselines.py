@@ -278,7 +278,7 @@ def lmdb_append_16mib(scale: Scale, _round: Round) -> Run:
     once=True,
 )
 def lmdb_store_1kib(scale: Scale, _round: Round) -> Run:
-    """Once: 1,000,000 1 KiB values (quick: 100,000) in LMDB: put rate, bytes, get first/last."""
+    """Once: 1,000,000 1 KiB values (quick: 50,000) in LMDB: put rate, bytes, get first/last."""
     n, per_txn = scale.scaling_messages_1kib, scale.batch_1kib
     pool = messages_1kib()
     with _lmdb_appended(pool, n, per_txn, "lmdb-store-1kib") as (env, d, seconds):

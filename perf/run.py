@@ -276,18 +276,7 @@ def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> s
         for name, m in baselines.items()
     ]
     out.append(_table(["baseline", "value", "unit", "stat", "runs min .. max"], rows))
-    rows = [
-        [
-            name,
-            _fmt(f["value"]),
-            f["unit"],
-            f["baseline"] or "-",
-            _fmt(f["baseline_value"]),
-            _fmt(f["ratio"]),
-            _spread(f.get("ratio_per_round", [])),
-        ]
-        for name, f in results["figures"].items()
-    ]
+    rows = [_figure_row(name, f) for name, f in results["figures"].items()]
     rows += [
         [name, "not measured yet", "", entry["baseline"], "", "", ""]
         for name, entry in results["not_measured_yet"].items()
@@ -298,22 +287,25 @@ def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> s
     if results["scaling"]:
         out += ["", "Scaling (ratio = figure / baseline of the same frame size or count)"]
         rows = [
-            [
-                name,
-                _fmt(f["value"]),
-                f["unit"],
-                f["baseline"] or "-",
-                _fmt(f["baseline_value"]),
-                _fmt(f["ratio"]),
-                _spread(f.get("ratio_per_round", [])),
-                f"{f.get('work', '')}; {f['stat']}",
-            ]
+            [*_figure_row(name, f), f"{f.get('work', '')}; {f['stat']}"]
             for name, f in results["scaling"].items()
         ]
         out.append(_table([*header, "one run; stat"], rows))
     for name, err in results["errors"].items():
         out.append(f"FAILED {name}: {err}")
     return "\n".join(out)
+
+
+def _figure_row(name: str, f: dict[str, Any]) -> list[str]:
+    return [
+        name,
+        _fmt(f["value"]),
+        f["unit"],
+        f["baseline"] or "-",
+        _fmt(f["baseline_value"]),
+        _fmt(f["ratio"]),
+        _spread(f.get("ratio_per_round", [])),
+    ]
 
 
 def render_markdown(results: dict[str, Any]) -> str:

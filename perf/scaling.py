@@ -51,7 +51,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from figures import FLUSH_TIMEOUT, _check_stored, _CpuClock, _pipeline, _round_receiver
+from figures import (
+    FLUSH_TIMEOUT,
+    _check_stored,
+    _CpuClock,
+    _pipeline,
+    _round_receiver,
+    send_timed,
+)
 from harness import MB, KiB, Metric, MiB, Probe, Round, Run, Scale, probe, scratch_dir, wait_for
 from payloads import FRAME_BYTES, SMALL_BYTES, frames_of, messages_1kib
 
@@ -250,19 +257,11 @@ def _ingest_sized(scale: Scale, rnd: Round, nbytes: int, name: str) -> Run:
     n = scale.scaling_frames(nbytes)
     stream = f"perf/{name}"
     with _pipeline(rnd, name) as (rx, p):
-        cpu = _CpuClock(rx)
-        t0 = time.perf_counter()
-        for i in range(n):
-            p.send(stream, frames[i % len(frames)])
-        sent = time.perf_counter()
-        p.flush(timeout=FLUSH_TIMEOUT)
-        done = time.perf_counter()
-        detail = cpu.read()
+        seconds, detail = send_timed(rx, p, stream, frames, n)
     _check_frames(rx, stream, n, frames)
-    detail.update(send_seconds=sent - t0, flush_seconds=done - sent)
-    detail["ms_per_frame"] = 1000 * (done - t0) / n
+    detail["ms_per_frame"] = 1000 * seconds / n
     size = f"{nbytes // MiB} MiB" if nbytes >= MiB else f"{nbytes // KiB} KiB"
-    return Run({name: [n * nbytes / (done - t0) / MB]}, detail, work=f"{n:,} frames of {size}")
+    return Run({name: [n * nbytes / seconds / MB]}, detail, work=f"{n:,} frames of {size}")
 
 
 @probe(SCALING, Metric("scaling_ingest_64kib", "MB/s", baseline="raw_lmdb_append_64kib"))
