@@ -117,14 +117,8 @@ class Consumer:
         Raises ``StreamFinished`` once the stream is finished and every message
         is acknowledged in the group, ``NotYetAvailable`` after ``timeout``.
         """
-        body, payload = self._call(
-            "next",
-            stream=proto.check_stream_name(stream),
-            group=group,
-            timeout=timeout,
-            ack_timeout=ack_timeout or 0.0,
-            max_deliveries=max_deliveries or 0,
-        )
+        fields = _next_fields(stream, group, timeout, ack_timeout, max_deliveries)
+        body, payload = self._call("next", **fields)
         return decode_frame(body, payload, decode=decode)
 
     def next_many(
@@ -171,35 +165,17 @@ class Consumer:
         if len(indices) > proto.MAX_BATCH:
             self.ack_many(ack)  # too many for one request
             indices = []
+        fields = _next_fields(stream, group, timeout, ack_timeout, max_deliveries)
         body, payloads = self._call_all(
-            "next",
-            stream=proto.check_stream_name(stream),
-            group=group,
-            timeout=timeout,
-            ack_timeout=ack_timeout or 0.0,
-            max_deliveries=max_deliveries or 0,
-            max_count=max_count,
-            indices=tuple(indices),
+            "next", max_count=max_count, indices=tuple(indices), **fields
         )
         batch = _batch_decoder.decode(body)
         joined = payloads[0] if payloads else memoryview(b"")
-        sizes = batch.sizes
-        if (
-            not sizes
-            or len(sizes) != len(batch.frames)
-            or sum(sizes) != len(joined)
-            or min(sizes) < 0
-        ):
-            raise ProtocolError(
-                f"next of {len(batch.frames)} frames came with sizes {sizes[:8]}"
-                f" ({sum(sizes)} bytes) and {len(joined)} payload bytes"
-            )
-        frames = []
-        offset = 0
-        for ref, size in zip(batch.frames, batch.sizes, strict=True):
-            frames.append(decode_frame(ref, joined[offset : offset + size], decode=decode))
-            offset += size
-        return frames
+        views = proto.cut_payloads(joined, batch.sizes, len(batch.frames), "next reply")
+        return [
+            decode_frame(ref, view, decode=decode)
+            for ref, view in zip(batch.frames, views, strict=True)
+        ]
 
     def ack(self, frame: Frame) -> None:
         """Acknowledge a frame from :meth:`next`: its group will not hand it out again."""
@@ -330,6 +306,19 @@ def _read_reply(sock: zmq.Socket, request_id: int) -> tuple[memoryview, list[mem
     if reply.error:
         raise REMOTE_ERRORS.get(reply.error, HidraError)(reply.message)
     return memoryview(reply.body), [f.buffer for f in frames[1:]]
+
+
+def _next_fields(
+    stream: str, group: str, timeout: float, ack_timeout: float | None, max_deliveries: int | None
+) -> dict:
+    """Request fields every next takes (0 for the receiver's defaults)."""
+    return {
+        "stream": proto.check_stream_name(stream),
+        "group": group,
+        "timeout": timeout,
+        "ack_timeout": ack_timeout or 0.0,
+        "max_deliveries": max_deliveries or 0,
+    }
 
 
 def _group_fields(frame: Frame) -> dict:

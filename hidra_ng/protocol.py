@@ -254,15 +254,19 @@ def encode_packed(headers: Sequence[bytes], sizes: Sequence[int]) -> bytes:
 
 def unpack_payloads(packed: Packed, joined: memoryview) -> list[memoryview]:
     """Views of each message's payload in the joined payload frame, sizes checked."""
-    sizes = packed.sizes
-    if not sizes or len(sizes) != len(packed.headers):
+    return cut_payloads(joined, packed.sizes, len(packed.headers), "packed message")
+
+
+def cut_payloads(joined: memoryview, sizes: list[int], count: int, what: str) -> list[memoryview]:
+    """``joined`` cut into ``count`` views by ``sizes``; a ProtocolError if they do not fit."""
+    if not sizes or len(sizes) != count:
         raise ProtocolError(
-            f"packed message has {len(packed.headers)} headers and {len(sizes)} payload sizes;"
-            " expected the same number, at least one"
+            f"{what} has {count} entries and {len(sizes)} payload sizes; expected the same"
+            " number, at least one"
         )
     if min(sizes) < 0 or sum(sizes) != len(joined):
         raise ProtocolError(
-            f"packed payload sizes add up to {sum(sizes)} (smallest {min(sizes)}) but the"
+            f"{what}: payload sizes add up to {sum(sizes)} (smallest {min(sizes)}) but the"
             f" payload frame has {len(joined)} bytes"
         )
     views = []

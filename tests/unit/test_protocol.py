@@ -233,8 +233,8 @@ def test_packed_frames_round_trip_with_every_array_prefix(count):
     [
         ([1, 0], b"ab", r"sizes add up to 1 \(smallest 0\) but the payload frame has 2 bytes"),
         ([3, -1], b"ab", r"sizes add up to 2 \(smallest -1\)"),
-        ([1, 1, 0], b"ab", "has 2 headers and 3 payload sizes"),
-        ([], b"", "has 2 headers and 0 payload sizes"),
+        ([1, 1, 0], b"ab", "packed message has 2 entries and 3 payload sizes"),
+        ([], b"", "packed message has 2 entries and 0 payload sizes"),
     ],
 )
 def test_packed_payload_sizes_are_checked(sizes, joined, message):
