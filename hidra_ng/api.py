@@ -279,7 +279,10 @@ class ApiServer:
         every other change of this turn (one commit for all of them).
         """
         reply = proto.Reply(req_id, body=msgspec.Raw(proto.encode_body(body)))
-        frames = [ident, proto.encode(proto.Kind.REPLY, reply), *payloads]
+        return self._answer([ident, proto.encode(proto.Kind.REPLY, reply), *payloads], after_commit)
+
+    def _answer(self, frames: list, after_commit: bool) -> bool:
+        """Send now (False if the peer cannot take it), or hold until the group commit."""
         if after_commit:
             self._held.append(frames)
             return True
@@ -309,11 +312,7 @@ class ApiServer:
         # the nearest class a client knows by name (QueryError travels as InvalidInput)
         name = next(c.__name__ for c in type(err).__mro__ if c.__name__ in REMOTE_ERRORS)
         reply = proto.Reply(req_id, error=name, message=str(err))
-        frames = [ident, proto.encode(proto.Kind.REPLY, reply)]
-        if after_commit:
-            self._held.append(frames)
-        else:
-            self._send(frames)
+        self._answer([ident, proto.encode(proto.Kind.REPLY, reply)], after_commit)
 
     # -- simple operations
 
