@@ -290,6 +290,9 @@ def test_tail_prints_live_lines_and_exits_0_on_ctrl_c(make_producer, receiver):
          "--api", ep["api"]],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # as from a terminal: a test run started in the background (`cmd &` in a
+        # script, nohup) inherits SIGINT ignored, and Python keeps it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     lines: list[str] = []
     errors: list[str] = []  # drained too: a full stderr pipe would block the tail
