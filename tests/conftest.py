@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,3 +91,13 @@ def receiver_process(tmp_path: Path) -> Iterator[ReceiverProcess]:
         yield rx
     finally:
         rx.kill()
+
+
+def finish_transfer(producer: Producer, stream: str, sender: threading.Thread, errors: list):
+    """The sending thread ended without errors; ``stream`` finished, all acked and released."""
+    sender.join(timeout=120)
+    assert not sender.is_alive()
+    assert not errors, errors
+    producer.finish(stream)
+    producer.flush(timeout=120)
+    wait_for(lambda: producer.spool_messages == 0, what="acked messages released")

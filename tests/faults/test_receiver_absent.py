@@ -10,7 +10,7 @@ import pytest
 
 from hidra_ng import Producer
 from hidra_ng.localrun import ReceiverProcess
-from tests.conftest import wait_for
+from tests.conftest import finish_transfer, wait_for
 from tests.faults.workload import (
     MiB,
     assert_each_exactly_once,
@@ -69,12 +69,7 @@ def test_receiver_absent_then_started_gets_everything_once(tmp_path: Path) -> No
             assert producer.spool_messages == blocked_at
 
             receiver.start()
-            sender.join(timeout=120)
-            assert not sender.is_alive()
-            assert not errors, errors
-            producer.finish(STREAM)
-            producer.flush(timeout=120)
-            wait_for(lambda: producer.spool_messages == 0, what="acked messages released")
+            finish_transfer(producer, STREAM, sender, errors)
 
         frames = read_finished_stream(receiver.api, STREAM)
     finally:

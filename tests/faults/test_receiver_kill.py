@@ -9,7 +9,7 @@ import pytest
 
 from hidra_ng import Consumer, Producer
 from hidra_ng.localrun import ReceiverProcess
-from tests.conftest import wait_for
+from tests.conftest import finish_transfer, wait_for
 from tests.faults.workload import (
     assert_each_exactly_once,
     message,
@@ -64,12 +64,7 @@ def test_receiver_killed_three_times_loses_and_duplicates_nothing(tmp_path: Path
                 receiver.start()
                 # G1: what was acknowledged before the kill survived it
                 assert stored_count(receiver.api) >= acked
-            sender.join(timeout=120)
-            assert not sender.is_alive()
-            assert not errors, errors
-            producer.finish(STREAM)
-            producer.flush(timeout=120)
-            wait_for(lambda: producer.spool_messages == 0, what="acked messages released")
+            finish_transfer(producer, STREAM, sender, errors)
 
         frames = read_finished_stream(receiver.api, STREAM)
     finally:
