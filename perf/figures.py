@@ -179,15 +179,34 @@ def _ingest_4mib(scale: Scale, rnd: Round, name: str, **producer_options) -> Run
 
 
 def send_timed(rx: ReceiverProcess, p: Producer, stream: str, frames, n: int):
-    """``n`` send() calls cycling ``frames``, then flush(): (seconds until all is acked, detail).
+    """``n`` send() calls cycling ``frames``, then flush(): see :func:`timed_until_acked`."""
+
+    def send_all() -> None:
+        for i in range(n):
+            p.send(stream, frames[i % len(frames)])
+
+    return timed_until_acked(rx, p, send_all)
+
+
+def send_many_timed(rx: ReceiverProcess, p: Producer, stream: str, batch: list, calls: int):
+    """``calls`` send_many() calls of ``batch``, then flush(): see :func:`timed_until_acked`."""
+
+    def send_all() -> None:
+        for _ in range(calls):
+            p.send_many(stream, batch)
+
+    return timed_until_acked(rx, p, send_all)
+
+
+def timed_until_acked(rx: ReceiverProcess, p: Producer, send_all: Callable[[], None]):
+    """``send_all()``, then flush(): (seconds until everything is acked, detail).
 
     The detail has the CPU seconds of both processes and the split between the
-    send() calls and the final flush().
+    sending and the final flush().
     """
     cpu = _CpuClock(rx)
     t0 = time.perf_counter()
-    for i in range(n):
-        p.send(stream, frames[i % len(frames)])
+    send_all()
     sent = time.perf_counter()
     p.flush(timeout=FLUSH_TIMEOUT)
     done = time.perf_counter()
@@ -217,18 +236,10 @@ def ingest_1kib(scale: Scale, rnd: Round) -> Run:
     n = calls * scale.batch_1kib
     stream = "perf/ingest_1kib"
     with _pipeline(rnd, "ingest_1kib") as (rx, p):
-        cpu = _CpuClock(rx)
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            p.send_many(stream, batch)
-        sent = time.perf_counter()
-        p.flush(timeout=FLUSH_TIMEOUT)
-        done = time.perf_counter()
-        detail = cpu.read()
+        seconds, detail = send_many_timed(rx, p, stream, batch, calls)
         _check_stored(rx, stream, n, n * SMALL_BYTES)
-    detail.update(send_seconds=sent - t0, flush_seconds=done - sent)
-    detail["MB/s"] = n * SMALL_BYTES / (done - t0) / MB
-    return Run({"ingest_1kib": [n / (done - t0)]}, detail)
+    detail["MB/s"] = n * SMALL_BYTES / seconds / MB
+    return Run({"ingest_1kib": [n / seconds]}, detail)
 
 
 @probe(FIGURES, Metric("replay_4mib", "MB/s", baseline="raw_zmq_pushpull_4mib"))

@@ -57,6 +57,7 @@ from figures import (
     _CpuClock,
     _pipeline,
     _round_receiver,
+    send_many_timed,
     send_timed,
 )
 from harness import MB, KiB, Metric, MiB, Probe, Round, Run, Scale, probe, scratch_dir, wait_for
@@ -326,21 +327,12 @@ def store_1kib(scale: Scale, rnd: Round) -> Run:
         Producer(rx.ingest, rx.api, d / "spool", "perf-scaling_store_1kib") as p,
     ):
         wait_for(lambda: p.receiver_up, 30, "the producer hearing from the receiver")
-        cpu = _CpuClock(rx)
-        t0 = time.perf_counter()
-        for _ in range(n // per_call):
-            p.send_many(stream, batch)
-        sent = time.perf_counter()
-        p.flush(timeout=FLUSH_TIMEOUT)
-        done = time.perf_counter()
-        detail = cpu.read()
+        seconds, detail = send_many_timed(rx, p, stream, batch, n // per_call)
         _check_stored(rx, stream, n, n * SMALL_BYTES)
         store_bytes, store_allocated = _data_file_bytes(rx.data_dir)
         spool_bytes, _ = _data_file_bytes(d / "spool")
         first, last = _lookups(rx, stream, n, scale.scaling_lookups, pool)
     detail.update(
-        send_seconds=sent - t0,
-        flush_seconds=done - sent,
         messages=n,
         store_data_file_bytes=store_bytes,
         store_allocated_bytes=store_allocated,
@@ -348,7 +340,7 @@ def store_1kib(scale: Scale, rnd: Round) -> Run:
     )
     return Run(
         {
-            "scaling_store_1kib_ingest": [n / (done - t0)],
+            "scaling_store_1kib_ingest": [n / seconds],
             "scaling_store_1kib_bytes_per_msg": [store_bytes / n],
             "scaling_store_1kib_get_first_us": first,
             "scaling_store_1kib_get_last_us": last,
