@@ -15,6 +15,8 @@ from hidra_ng.config import ReceiverConfig
 from hidra_ng.localrun import ReceiverProcess
 from hidra_ng.producer import Producer
 from hidra_ng.receiver import Receiver
+from scripts.rabbitmq_node import RabbitNode
+from tests.rabbitmq import started_node
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
@@ -91,6 +93,18 @@ def receiver_process(tmp_path: Path) -> Iterator[ReceiverProcess]:
         yield rx
     finally:
         rx.kill()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory) -> Iterator[RabbitNode]:
+    """The session's RabbitMQ node (stream plugin), shared by every test that takes it."""
+    yield from started_node(tmp_path_factory.mktemp("rabbitmq"))
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of this test alone: for tests that kill or restart the broker."""
+    yield from started_node(tmp_path / "rabbitmq")
 
 
 def finish_transfer(producer: Producer, stream: str, sender: threading.Thread, errors: list):
