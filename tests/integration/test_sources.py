@@ -117,8 +117,8 @@ def test_dectris_plain_bslz4_and_lz4_images_pixel_for_pixel(make_producer, consu
             assert frame.data.dtype == np.dtype("<u2") and frame.data.shape == (64, 48)
             np.testing.assert_array_equal(frame.data, expected)
             assert frame.meta["image_id"] == image_id and frame.meta["channel"] == channel
-            assert frame.meta["real_time"] == [1000, 1_000_000]
-            assert frame.meta["start_time"] == [image_id * 1000, 1_000_000]
+            assert frame.meta["real_time"] == [999_995, 50_000_000]
+            assert frame.meta["start_time"] == [image_id * 1_000_000, 50_000_000]
             assert frame.meta["user_data"] == {"n": image_id}
             codec = {"none": "none", "bslz4": "bslz4", "lz4": "lz4-hdf5"}[codecs[image_id]]
             assert raw.compression == codec
