@@ -53,7 +53,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import cbor2
 import msgspec
@@ -314,8 +314,8 @@ class DectrisSource:
     tables: bool = True
     refusals: Refusals = field(init=False)
 
-    KIND = "dectris"  # the checkpoint key's prefix
-    ERRORS: tuple[type[Exception], ...] = (StreamV2Error, HidraError)
+    KIND: ClassVar[str] = "dectris"  # the checkpoint key's prefix
+    ERRORS: ClassVar[tuple[type[Exception], ...]] = (StreamV2Error, HidraError)
 
     def __post_init__(self) -> None:
         self.refusals = Refusals(self.name)
@@ -399,6 +399,10 @@ class DectrisSource:
                 items += self.translate_parts(frames, producer)
             except self.ERRORS as err:
                 self.refusals.refuse(type(err).__name__, str(err))
+            except Exception as err:
+                # a bug must cost one message, not the source and the batch with it
+                log.exception("source %s: message could not be translated; refused", self.name)
+                self.refusals.refuse("internal", f"{type(err).__name__}: {err}")
             else:
                 self.refusals.accept()
         return spool_items(producer, items, stop, self.refusals, self._checkpoint())

@@ -19,7 +19,6 @@ bytes as sent, never from our own decoders.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import cbor2
@@ -28,6 +27,7 @@ import pytest
 from cbor_framing import framing
 from conftest import wait_for
 from dectris.compression import decompress
+from source_helpers import Running, count
 from stream_v2_emitter import (
     CHANNELS,
     COMPRESSIONS,
@@ -38,7 +38,7 @@ from stream_v2_emitter import (
     start_message,
 )
 
-from hidra_ng import Consumer, NotYetAvailable
+from hidra_ng import Consumer
 from hidra_ng.sources import parse
 
 ENV = "HIDRA_NG_DECTRIS_TEST_DATA"
@@ -56,35 +56,6 @@ DTYPES = {64: "uint8", 69: "uint16", 70: "uint32"}  # typed-array tags the detec
 def consumer(receiver):
     with Consumer(receiver.endpoints["api"]) as c:
         yield c
-
-
-class Running:
-    """A source in its own thread, as the sender daemon runs it."""
-
-    def __init__(self, source, producer) -> None:
-        self.source, self.stop, self.error = source, threading.Event(), None
-        self.thread = threading.Thread(target=self._run, args=(producer,), daemon=True)
-        self.thread.start()
-
-    def _run(self, producer) -> None:
-        try:
-            self.source.run(producer, self.stop)
-        except BaseException as err:
-            self.error = err
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "source did not stop"
-        if self.error is not None:
-            raise self.error
-
-
-def count(consumer: Consumer, stream: str) -> int:
-    try:
-        return consumer.info(stream).count
-    except NotYetAvailable:
-        return 0
 
 
 def sent_images(raw: bytes) -> dict[str, tuple[bytes, np.ndarray]]:
