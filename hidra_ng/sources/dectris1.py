@@ -67,9 +67,8 @@ class StreamV1Error(ValueError):
 
 
 def _json(part: zmq.Frame | bytes, what: str) -> dict[str, Any]:
-    raw = part.buffer if isinstance(part, zmq.Frame) else part
     try:
-        value = json.loads(bytes(raw))
+        value = json.loads(bytes(_blob(part)))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StreamV1Error(f"{what} is not JSON: {err}") from None
     if not isinstance(value, dict):
@@ -78,7 +77,8 @@ def _json(part: zmq.Frame | bytes, what: str) -> dict[str, Any]:
 
 
 def _blob(part: zmq.Frame | bytes) -> bytes | memoryview:
-    return part.buffer if isinstance(part, zmq.Frame) else part
+    """A part's bytes: a zmq.Frame (or anything with a ``buffer``) or bytes."""
+    return getattr(part, "buffer", part)
 
 
 def array_of(header: dict[str, Any], what: str, limit: int) -> tuple[np.dtype, tuple[int, ...]]:
@@ -272,7 +272,10 @@ class Dectris1Source(DectrisSource):
                 )
                 listed.append({**entry, "dtype": dtype.str, "shape": list(shape)})
         if len(rest) > 1:
-            raise StreamV1Error(f"header ({detail}) has {len(rest)} parts too many")
+            raise StreamV1Error(
+                f"header ({detail}) has {len(rest)} parts after its tables and configuration;"
+                " expected at most 1 (the appendix)"
+            )
         if rest:
             meta["user_data"] = appendix(rest[0])
         if listed:
