@@ -186,7 +186,7 @@ def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
 def thaw(value: Any) -> Any:
     """cbor2's immutable maps and tuples (inside tag 55799) as dicts and lists."""
     if isinstance(value, (dict, Mapping)):
-        return {thaw(k) if isinstance(k, tuple) else k: thaw(v) for k, v in value.items()}
+        return {k: thaw(v) for k, v in value.items()}  # keys stay hashable
     if isinstance(value, (list, tuple)):
         return [thaw(v) for v in value]
     if isinstance(value, cbor2.CBORTag):
