@@ -45,7 +45,6 @@ from dataclasses import dataclass
 import blosc2
 import lz4.block
 import numpy as np
-from dectris import compression as dectris_compression
 
 from hidra_ng.errors import InvalidFrame
 from hidra_ng.protocol import COMPRESSIONS, Payload, Record, check_dtype
@@ -158,14 +157,37 @@ def _trpx_size(payload: bytes | memoryview) -> int:
     return total
 
 
+_DECTRIS: list = []  # [dectris.compression or None], resolved on first use
+
+
+def _dectris_compression():
+    if not _DECTRIS:
+        try:
+            from dectris import compression
+        except ImportError:  # a dependency; without it only bslz4 and lz4-hdf5 decode
+            compression = None
+        _DECTRIS.append(compression)
+    return _DECTRIS[0]
+
+
 def decode_dectris(payload: bytes | memoryview, codec: str, itemsize: int) -> bytes:
     """Decode a detector codec (FRAMED) with ``dectris-compression``; errors name the codec."""
     algorithm = DECTRIS_ALGORITHMS[codec]
+    module = _dectris_compression()
+    if module is None:
+        if codec == "bslz4":
+            return decode_bslz4(payload, itemsize).tobytes()
+        if codec == "lz4-hdf5":
+            return decode_lz4_hdf5(payload).tobytes()
+        raise InvalidFrame(
+            f"{codec} payload cannot be decoded without the dectris-compression package"
+            " (pip install dectris-compression)"
+        )
     try:
         if algorithm == "lz4":
-            return dectris_compression.decompress(payload, algorithm)
+            return module.decompress(payload, algorithm)
         # bslz4, bszstd: the bitshuffle element size; trpx: 0 takes the stream's
-        return dectris_compression.decompress(payload, algorithm, elem_size=itemsize)
+        return module.decompress(payload, algorithm, elem_size=itemsize)
     except (RuntimeError, ValueError) as err:
         failure = err
     # dectris-compression says only "error decompressing stream": our own decoders

@@ -326,3 +326,17 @@ def test_source_refusing_everything_warns_through_its_refusals(caplog):
                 source.refusals.refuse(type(err).__name__, str(err))
         clock.now += 1
     assert any("every message refused" in r.getMessage() for r in caplog.records)
+
+
+def test_without_dectris_compression_bslz4_and_lz4_still_decode(monkeypatch):
+    from stream_v2_emitter import bslz4, lz4_hdf5
+
+    import hidra_ng.compression as compression
+
+    monkeypatch.setattr(compression, "_DECTRIS", [None])  # as if the package were missing
+    array = np.random.default_rng(4).poisson(2, (30, 40)).astype("<u2")
+    for payload, codec in ((bslz4(array), "bslz4"), (lz4_hdf5(array.tobytes()), "lz4-hdf5")):
+        out = compression.decode_dectris(payload, codec, 2)
+        np.testing.assert_array_equal(np.frombuffer(out, "<u2").reshape(30, 40), array)
+    with pytest.raises(InvalidFrame, match="without the dectris-compression package"):
+        compression.decode_dectris(trpx(array), "trpx", 2)
