@@ -18,14 +18,15 @@ bytes as sent, never from our own decoders.
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cbor2
 import numpy as np
 import pytest
 from cbor_framing import framing
-from conftest import wait_for
+from conftest import DECTRIS_TEST_DATA, wait_for
 from dectris.compression import decompress
 from source_helpers import Running, count
 from stream_v2_emitter import (
@@ -41,8 +42,8 @@ from stream_v2_emitter import (
 from hidra_ng import Consumer
 from hidra_ng.sources import parse
 
-ENV = "HIDRA_NG_DECTRIS_TEST_DATA"
-ROOT = Path(os.environ[ENV]) if os.environ.get(ENV) else None
+ENV = "HIDRA_NG_DECTRIS_TEST_DATA"  # read (and taken out of the environment) by conftest
+ROOT = Path(DECTRIS_TEST_DATA) if DECTRIS_TEST_DATA else None
 SETS = sorted(p.name for p in ROOT.iterdir() if p.is_dir()) if ROOT and ROOT.is_dir() else []
 NO_DATA = (
     f"recorded DECTRIS Stream V2 data not given: set {ENV} to a local copy of"
@@ -58,14 +59,17 @@ def consumer(receiver):
         yield c
 
 
-def sent_images(raw: bytes) -> dict[str, tuple[bytes, np.ndarray]]:
-    """channel -> (compressed bytes as sent, pixels by dectris-compression), from the bytes."""
+def sent_images(raw: bytes) -> dict[str, tuple[bytes | None, np.ndarray]]:
+    """channel -> (compressed bytes as sent or None, pixels by dectris-compression)."""
     msg = cbor2.loads(raw)
     out = {}
     for channel, array in msg["data"].items():
         dims, typed = array.value
-        algorithm, elem_size, payload = typed.value.value  # tag 56500 in the typed array
         dtype = DTYPES[typed.tag]
+        if isinstance(typed.value, bytes):  # not compressed
+            out[channel] = (None, np.frombuffer(typed.value, dtype).reshape(dims))
+            continue
+        algorithm, elem_size, payload = typed.value.value  # tag 56500 in the typed array
         if algorithm == "lz4":
             pixels = decompress(payload, algorithm)
         else:
@@ -75,7 +79,7 @@ def sent_images(raw: bytes) -> dict[str, tuple[bytes, np.ndarray]]:
 
 
 def check_series(
-    consumer: Consumer, prefix: str, images: list[bytes], unique: str, codec: str
+    consumer: Consumer, prefix: str, images: list[bytes], unique: str, codec: str | None
 ) -> None:
     """Each channel stream: start, every image once in order pixel-exact, end."""
     expected = [sent_images(raw) for raw in images]
@@ -95,8 +99,10 @@ def check_series(
             assert frame.meta["series_unique_id"] == unique
             assert frame.data.dtype == pixels.dtype and frame.data.shape == pixels.shape
             np.testing.assert_array_equal(frame.data, pixels)
-            assert stored.compression == codec
-            assert bytes(stored.data) == payload  # stored as received, byte for byte
+            if codec is not None:
+                assert stored.compression == codec
+            if payload is not None:
+                assert bytes(stored.data) == payload  # stored as received, byte for byte
         end = consumer.get(stream, info.last)
         assert end.data is None and end.meta["type"] == "end"
         assert end.meta["series_unique_id"] == unique
@@ -259,3 +265,121 @@ def test_emitter_start_with_tables_stores_them_as_arrays(make_producer, consumer
     lut = by_name["countrate_correction_lookup_table", None]
     np.testing.assert_array_equal(lut.data, np.arange(1000))
     assert consumer.get("tab/tables", info.first, decode=False).compression == "bslz4"
+
+
+# ---------------------------------------------------------------- the daemons
+
+
+class SenderDaemon:
+    """A real ``hidra-ng sender`` process with the given sources, stopped by pid."""
+
+    def __init__(self, rx, tmp_path: Path, sources: list[str]) -> None:
+        self.log = tmp_path / "sender.log"
+        command = [
+            sys.executable, "-m", "hidra_ng", "sender",
+            "--ingest", rx.ingest, "--api", rx.api,
+            "--spool-dir", str(tmp_path / "spool"), "--sender-id", "dcu",
+            "--metrics-port", "0",
+        ]  # fmt: skip
+        for uri in sources:
+            command += ["--source", uri]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+
+    def alive(self) -> str:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        return "alive"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def test_emitter_series_v2_and_v1_through_the_sender_daemon(receiver_process, tmp_path):
+    """``hidra-ng sender --source dectris:... --source dectris1:...`` and ``hidra-ng receiver``."""
+    from stream_v1_emitter import Emitter1, end_parts, header_parts, image_parts
+
+    rng = np.random.default_rng(11)
+    unique = "daemon-1"
+    shape = (40, 56)
+    v2 = [encode(start_message(1, unique, CHANNELS, shape=shape, tables=True))]
+    for image_id, compression in enumerate(COMPRESSIONS):
+        frames = {c: rng.poisson(2, shape).astype("<u2") for c in CHANNELS}
+        v2.append(encode(image_message(1, unique, image_id, frames, compression)))
+    v2.append(encode(end_message(1, unique)))
+    v1_images = [rng.poisson(2, shape).astype("<u2") for _ in range(3)]
+    with Emitter() as det, Emitter1() as det1:
+        sender = SenderDaemon(
+            receiver_process,
+            tmp_path,
+            [f"dectris:{det.endpoint}?stream=d2", f"dectris1:{det1.endpoint}?stream=d1"],
+        )
+        try:
+            for raw in v2:
+                det.send(raw, timeout=30)
+            det1.send(header_parts(4, "basic", {"nimages": 3}), timeout=30)
+            for i, (array, encoding) in enumerate(
+                zip(v1_images, ["<", "lz4<", "bs16-lz4<"], strict=True)
+            ):
+                det1.send(image_parts(4, i, array, encoding))
+            det1.send(end_parts(4))
+            with Consumer(receiver_process.api) as consumer:
+                for channel in CHANNELS:
+                    wait_for(
+                        lambda c=channel: count(consumer, f"d2/{c}") == len(v2),
+                        timeout=60,
+                        what=f"the V2 series in d2/{channel}",
+                    )
+                wait_for(lambda: count(consumer, "d1/threshold_1") == 5, timeout=60)
+                sender.alive()
+                check_series(consumer, "d2", v2[1:-1], unique, codec=None)
+                assert consumer.info("d2/tables").count == 2 * len(CHANNELS) + 1
+                info = consumer.info("d1/threshold_1")
+                got = [consumer.get("d1/threshold_1", i) for i in range(info.first, info.last + 1)]
+                assert [f.meta["type"] for f in got] == ["start", "image", "image", "image", "end"]
+                for frame, array in zip(got[1:-1], v1_images, strict=True):
+                    np.testing.assert_array_equal(frame.data, array)
+        finally:
+            sender.stop()
+
+
+@needs_data
+def test_recorded_sets_through_the_sender_daemon(receiver_process, tmp_path):
+    """Every recorded set through ``hidra-ng sender`` (one dectris: source per set)."""
+    series = {name: recorded(name) for name in SETS}
+    emitters = {name: Emitter() for name in SETS}
+    try:
+        sender = SenderDaemon(
+            receiver_process,
+            tmp_path,
+            [f"dectris:{emitters[n].endpoint}?stream=daemon/{n}" for n in SETS],
+        )
+        try:
+            for name, (images, end) in series.items():
+                ids = cbor2.loads(end)
+                bits = int(name.rsplit("_", 1)[1].removesuffix("bit"))
+                start = start_message(
+                    ids["series_id"], ids["series_unique_id"], CHANNELS,
+                    shape=(514, 1030), dtype=f"uint{bits}",
+                )  # fmt: skip
+                for raw in [encode(start), *images, end]:
+                    emitters[name].send(raw, timeout=30)
+            with Consumer(receiver_process.api) as consumer:
+                for name, (images, end) in series.items():
+                    messages = len(images) + 2
+                    for channel in CHANNELS:
+                        wait_for(
+                            lambda n=name, c=channel, k=messages: (
+                                count(consumer, f"daemon/{n}/{c}") == k
+                            ),
+                            timeout=120,
+                            what=f"{name}/{channel}",
+                        )
+                    codec = "lz4-hdf5" if "_lz4_" in name else "bslz4"
+                    unique = cbor2.loads(end)["series_unique_id"]
+                    check_series(consumer, f"daemon/{name}", images, unique, codec)
+                sender.alive()
+        finally:
+            sender.stop()
+    finally:
+        for emitter in emitters.values():
+            emitter.close()

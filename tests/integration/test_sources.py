@@ -411,6 +411,10 @@ def test_source_uri_errors_name_the_parameter(tmp_path):
         "hdf5:?dataset=/x": "names no file",
         "dectris:detector:31001": "endpoint 'detector:31001'",
         "dectris:tcp://d:31001?tables=maybe": "tables='maybe'",
+        "dectris1:detector:9999": "endpoint 'detector:9999'",
+        "dectris1:tcp://d:9999?channel=": "channel='' is not valid",
+        "dectris1:tcp://d:9999?stream=p11//x": "dectris1:tcp://d:9999",
+        "dectris1:tcp://d:9999?series=1": "unknown parameter 'series'",
         "zmq:tcp://127.0.0.1:1?stream=a b": "has a space",
     }
     for uri, message in cases.items():
