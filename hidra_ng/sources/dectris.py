@@ -78,17 +78,8 @@ from hidra_ng.sources._common import (
 
 log = logging.getLogger(__name__)
 
+#: the arrays of a start message with ``header_detail: all`` (stored in STREAM/tables)
 TABLES = ("flatfield", "pixel_mask", "countrate_correction_lookup_table")
-IMAGE_FIELDS = (
-    "image_id",
-    "series_id",
-    "series_unique_id",
-    "real_time",
-    "start_time",
-    "stop_time",
-    "series_date",
-    "user_data",
-)
 RECEIVE_HWM = 8  # messages queued in this process; the detector buffers the rest
 BATCH_MESSAGES = 64
 BATCH_BYTES = 64 << 20
