@@ -16,6 +16,19 @@ Codecs (``protocol.COMPRESSIONS``):
     LZ4 in the framing of the HDF5 LZ4 filter (id 32004): the same 12-byte header,
     then per block a big-endian u32 size and the LZ4 block, or the raw block when
     that size equals the block's uncompressed size.
+``bszstd``
+    Bitshuffle + Zstandard in the framing of the HDF5 bitshuffle filter with its
+    Zstandard option: the header and block sizes of ``bslz4``, each block one
+    Zstandard frame.
+``trpx``
+    TERSE/PROLIX (the HDF5 TERSE filter, id 32029): one or more streams, each an
+    XML header ``<Terse prolix_bits= number_of_values= memory_size= .../>`` and
+    ``memory_size`` bytes of compressed unsigned 8, 16 or 32 bit values.
+
+The four detector codecs are decoded by DECTRIS's ``dectris-compression``
+package (C: bounds-checked LZ4, Zstandard, bitshuffle, TRPX), several times
+faster than the numpy decoders below, which stay as the reference
+implementation of the bslz4 and lz4-hdf5 framings.
 
 Frames stay compressed on the wire and in the store; :func:`decompress` gives
 consumers the raw bytes back. Sources that receive frames already compressed
@@ -25,6 +38,7 @@ hand them to the Producer as :class:`Encoded`, which spools them as they are.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass
 
@@ -38,7 +52,11 @@ from hidra_ng.protocol import COMPRESSIONS, Payload, Record, check_dtype
 #: What a Producer can compress with (SPEC §11); the others arrive compressed.
 PRODUCER_COMPRESSIONS = ("none", "lz4", "zstd")
 #: Codecs in HDF5-filter framing, made by detectors and stored as received.
-FRAMED = ("bslz4", "lz4-hdf5")
+FRAMED = ("bslz4", "lz4-hdf5", "bszstd", "trpx")
+#: Our codec names -> the algorithm names of DECTRIS's compression tag 56500.
+DECTRIS_ALGORITHMS = {"bslz4": "bslz4", "lz4-hdf5": "lz4", "bszstd": "bszstd", "trpx": "trpx"}
+#: Codecs whose bitshuffle block size must hold a multiple of 8 elements.
+BITSHUFFLED = ("bslz4", "bszstd")
 
 _CODECS = {"lz4": blosc2.Codec.LZ4, "zstd": blosc2.Codec.ZSTD}
 _LEVELS = {"lz4": 5, "zstd": 3}
@@ -54,7 +72,7 @@ def check_compression(name: str) -> str:
         known = "" if name in COMPRESSIONS else " unknown;"
         raise InvalidFrame(
             f"compression {name!r} is{known} not one a Producer makes; expected one of"
-            f" {PRODUCER_COMPRESSIONS} (bslz4 and lz4-hdf5 frames arrive compressed from"
+            f" {PRODUCER_COMPRESSIONS} ({', '.join(FRAMED)} frames arrive compressed from"
             " detectors and are stored as received)"
         )
     return name
@@ -95,6 +113,8 @@ def decompressed_size(payload: bytes | memoryview, codec: str = "lz4") -> int:
                 f" {cbytes} compressed bytes"
             )
         return nbytes
+    if codec == "trpx":
+        return _trpx_size(payload)
     if codec in FRAMED:
         if len(payload) < _FRAME_HEADER.size:
             raise InvalidFrame(
@@ -103,6 +123,80 @@ def decompressed_size(payload: bytes | memoryview, codec: str = "lz4") -> int:
             )
         return _FRAME_HEADER.unpack_from(payload)[0]
     raise InvalidFrame(f"compression {codec!r} is unknown; expected one of {COMPRESSIONS[1:]}")
+
+
+_TRPX_HEADER = re.compile(rb"<Terse\s([^<>]{0,4096}?)/>")
+_TRPX_ATTR = re.compile(rb'([a-z_]+)="([^"]*)"')
+
+
+def _trpx_size(payload: bytes | memoryview) -> int:
+    """The decoded size of concatenated TRPX streams, read from their XML headers."""
+    data = memoryview(payload).cast("B")
+    pos, total = 0, 0
+    while pos < len(data):
+        match = _TRPX_HEADER.match(bytes(data[pos : pos + 4200]))
+        if match is None:
+            raise InvalidFrame(f"trpx payload has no <Terse .../> header at byte {pos}")
+        attrs = dict(_TRPX_ATTR.findall(match.group(1)))
+        try:
+            bits = int(attrs[b"prolix_bits"])
+            values = int(attrs[b"number_of_values"])
+            size = int(attrs[b"memory_size"])
+        except (KeyError, ValueError):
+            raise InvalidFrame(
+                f"trpx header at byte {pos} lacks prolix_bits, number_of_values or memory_size"
+            ) from None
+        if bits not in (8, 16, 32) or values < 0 or size < 0:
+            raise InvalidFrame(
+                f"trpx header at byte {pos} gives {bits} bits per value; expected 8, 16 or 32"
+            )
+        total += values * (bits // 8)
+        pos += match.end() + size
+    if pos != len(data):
+        raise InvalidFrame(f"trpx payload of {len(data)} bytes is cut off: its headers say {pos}")
+    return total
+
+
+_DECTRIS: list = []  # [dectris.compression or None], resolved on first use
+
+
+def _dectris_compression():
+    if not _DECTRIS:
+        try:
+            from dectris import compression
+        except ImportError:  # a dependency; without it only bslz4 and lz4-hdf5 decode
+            compression = None
+        _DECTRIS.append(compression)
+    return _DECTRIS[0]
+
+
+def decode_dectris(payload: bytes | memoryview, codec: str, itemsize: int) -> bytes:
+    """Decode a detector codec (FRAMED) with ``dectris-compression``; errors name the codec."""
+    algorithm = DECTRIS_ALGORITHMS[codec]
+    module = _dectris_compression()
+    if module is None:
+        if codec == "bslz4":
+            return decode_bslz4(payload, itemsize).tobytes()
+        if codec == "lz4-hdf5":
+            return decode_lz4_hdf5(payload).tobytes()
+        raise InvalidFrame(
+            f"{codec} payload cannot be decoded without the dectris-compression package"
+            " (pip install dectris-compression)"
+        )
+    try:
+        if algorithm == "lz4":
+            return module.decompress(payload, algorithm)
+        # bslz4, bszstd: the bitshuffle element size; trpx: 0 takes the stream's
+        return module.decompress(payload, algorithm, elem_size=itemsize)
+    except (RuntimeError, ValueError) as err:
+        failure = err
+    # dectris-compression says only "error decompressing stream": our own decoders
+    # of the two LZ4 framings name the block that is wrong
+    if codec == "bslz4":
+        decode_bslz4(payload, itemsize)
+    elif codec == "lz4-hdf5":
+        decode_lz4_hdf5(payload)
+    raise InvalidFrame(f"{codec} payload cannot be decoded: {failure}") from failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +228,8 @@ class Encoded:
                 f"{self.compression} payload decodes to {size} bytes; shape {tuple(self.shape)}"
                 f" and dtype {self.dtype} need {expected}"
             )
-        if self.compression == "bslz4":
-            _bslz4_block_elems(payload, itemsize)
+        if self.compression in BITSHUFFLED:
+            _bslz4_block_elems(payload, itemsize, self.compression)
         return payload
 
 
@@ -164,11 +258,16 @@ def decompress(payload: bytes | memoryview, record: Record) -> bytes | memoryvie
             return blosc2.decompress2(payload)
         except Exception as err:
             raise InvalidFrame(f"{codec} payload cannot be decoded: {err}") from err
-    if codec == "bslz4":
+    if codec in BITSHUFFLED:
         if record.payload != Payload.ARRAY:
-            raise InvalidFrame("a bslz4 payload needs an array's item size; got opaque bytes")
-        return memoryview(decode_bslz4(payload, itemsize))
-    return memoryview(decode_lz4_hdf5(payload))
+            raise InvalidFrame(f"a {codec} payload needs an array's item size; got opaque bytes")
+        _bslz4_block_elems(memoryview(payload).cast("B"), itemsize, codec)
+    elif codec == "trpx" and record.payload != Payload.ARRAY:
+        itemsize = 0  # the element size the stream gives
+    out = decode_dectris(payload, codec, itemsize)
+    if len(out) != size:
+        raise InvalidFrame(f"{codec} payload decodes to {len(out)} bytes; its header says {size}")
+    return out
 
 
 def _lz4_block(data: memoryview, size: int, what: str) -> bytes:
@@ -215,12 +314,12 @@ def decode_lz4_hdf5(payload: bytes | memoryview) -> np.ndarray:
     return out
 
 
-def _bslz4_block_elems(payload: memoryview, itemsize: int) -> int:
+def _bslz4_block_elems(payload: memoryview, itemsize: int, codec: str = "bslz4") -> int:
     (block_bytes,) = _BLOCK_SIZE.unpack_from(payload, 8)
     elems, rest = divmod(block_bytes, itemsize)
     if rest or elems <= 0 or elems % _BSHUF_MULT:
         raise InvalidFrame(
-            f"bslz4 block size of {block_bytes} bytes does not hold a positive multiple of"
+            f"{codec} block size of {block_bytes} bytes does not hold a positive multiple of"
             f" {_BSHUF_MULT} elements of {itemsize} bytes"
         )
     return elems

@@ -25,6 +25,7 @@ filter that reads them, never decompressed and compressed again:
                                                  reads it
     bslz4        bitshuffle (32008), LZ4         the payload as stored
     lz4-hdf5     LZ4 (32004)                     the payload as stored
+    bszstd       bitshuffle (32008), Zstandard   the payload as stored
     none         none                            the raw bytes
     ===========  ==============================  ===================================
 
@@ -101,6 +102,8 @@ def _filter_options(codec: str) -> dict[str, Any]:
         return dict(hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
     if codec == "lz4-hdf5":
         return dict(hdf5plugin.LZ4(nbytes=0))
+    if codec == "bszstd":
+        return dict(hdf5plugin.Bitshuffle(nelems=0, cname="zstd"))
     raise InvalidFrame(f"compression {codec!r} has no HDF5 filter here")
 
 

@@ -75,9 +75,10 @@ class Payload(enum.IntEnum):
 
 
 #: Payload codecs. "lz4" and "zstd" are blosc2 chunks (SPEC §11, made by a Producer);
-#: "bslz4" (bitshuffle + LZ4) and "lz4-hdf5" are the HDF5-filter framings DECTRIS
-#: detectors send, stored as received (see hidra_ng/compression.py).
-COMPRESSIONS = ("none", "lz4", "zstd", "bslz4", "lz4-hdf5")
+#: "bslz4" (bitshuffle + LZ4), "lz4-hdf5", "bszstd" (bitshuffle + Zstandard) and "trpx"
+#: (TERSE/PROLIX) are the framings DECTRIS detectors send, stored as received
+#: (see hidra_ng/compression.py).
+COMPRESSIONS = ("none", "lz4", "zstd", "bslz4", "lz4-hdf5", "bszstd", "trpx")
 
 
 # --------------------------------------------------------------------------

@@ -4,11 +4,12 @@ A source is given by a URI, ``KIND:TARGET?key=value&...`` (SPEC §5), e.g.
 ``simulate:?shape=2048x1024&dtype=uint16&rate=100&count=1000&stream=sim``.
 Kinds (docs/sources.md): ``simulate`` (Poisson frames), ``watch`` (files that
 appear in a directory), ``hdf5`` (replay a recorded series), ``dectris``
-(DECTRIS SIMPLON Stream V2) and ``zmq`` (frames pushed by local software).
+(DECTRIS SIMPLON Stream V2), ``dectris1`` (Stream V1) and ``zmq`` (frames
+pushed by local software).
 Each source keeps its position in the Producer's spool (a checkpoint written
 in the same commit as the messages), so a restarted daemon resumes where it
 stopped: sources that can read again (simulate, watch, hdf5) send nothing twice
-and skip nothing; the PULL sources (dectris, zmq) lose nothing they spooled and
+and skip nothing; the PULL sources (dectris, dectris1, zmq) lose nothing they spooled and
 at most their small receive queue on a kill (see docs/sources.md).
 """
 
@@ -73,6 +74,12 @@ def _dectris(uri: str, target: str, params: dict[str, str]) -> Source:
     return DectrisSource.from_params(uri, target, params)
 
 
+def _dectris1(uri: str, target: str, params: dict[str, str]) -> Source:
+    from hidra_ng.sources.dectris1 import Dectris1Source
+
+    return Dectris1Source.from_params(uri, target, params)
+
+
 def _zmq(uri: str, target: str, params: dict[str, str]) -> Source:
     from hidra_ng.sources.zmq_push import ZmqSource
 
@@ -84,5 +91,6 @@ _KINDS: dict[str, Callable[[str, str, dict[str, str]], Source]] = {
     "watch": _watch,
     "hdf5": _hdf5,
     "dectris": _dectris,
+    "dectris1": _dectris1,
     "zmq": _zmq,
 }

@@ -9,7 +9,8 @@ import hashlib
 import logging
 import math
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -145,19 +146,65 @@ def _encode(meta: dict[str, Any]) -> bytes:
 
 
 class Refusals:
-    """Counts input a source refused, by reason, and logs the first few of each reason."""
+    """Counts input a source refused, by reason, and logs the first few of each reason.
+
+    When a source has refused every message for ``all_refused_after`` seconds (a
+    detector firmware the source does not understand), it logs one warning
+    ``every message refused: ...`` naming the reasons; an accepted message
+    (:meth:`accept`) ends that run and arms the warning again.
+    """
 
     LOGGED_PER_REASON = 20
+    ALL_REFUSED_AFTER = 60.0
 
-    def __init__(self, source: str) -> None:
+    def __init__(
+        self,
+        source: str,
+        *,
+        all_refused_after: float = ALL_REFUSED_AFTER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.source = source
         self.counts: collections.Counter[str] = collections.Counter()
+        self.all_refused_after = all_refused_after
+        self._clock = clock
         self._lock = threading.Lock()
+        self._run: collections.Counter[str] = collections.Counter()  # since the last accepted
+        self._run_since: float | None = None
+        self._warned = False
+        self.all_refused_warnings = 0
+
+    def accept(self) -> None:
+        """A message was used: the run of refusals (if any) is over."""
+        with self._lock:
+            if self._run_since is not None:
+                self._run.clear()
+                self._run_since = None
+                self._warned = False
 
     def refuse(self, reason: str, detail: str) -> None:
+        now = self._clock()
         with self._lock:
             self.counts[reason] += 1
             n = self.counts[reason]
+            self._run[reason] += 1
+            if self._run_since is None:
+                self._run_since = now
+            warn = not self._warned and now - self._run_since >= self.all_refused_after
+            if warn:
+                self._warned = True
+                self.all_refused_warnings += 1
+                reasons = ", ".join(f"{r} x{c}" for r, c in self._run.most_common())
+                seconds = now - self._run_since
+        if warn:
+            log.warning(
+                "source %s: every message refused: %d messages in %.0f s, none used (%s); last: %s",
+                self.source,
+                sum(self._run.values()),
+                seconds,
+                reasons,
+                detail,
+            )
         if n <= self.LOGGED_PER_REASON or n % 1000 == 0:
             log.warning(
                 "source %s refused a message (%s, %d so far): %s", self.source, reason, n, detail

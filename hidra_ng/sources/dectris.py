@@ -1,30 +1,41 @@
 """``dectris:`` a PULL client of the DECTRIS SIMPLON Stream V2 interface.
 
-``dectris:tcp://eiger-dcu:31001?stream=p11/eiger&tables=0``
+``dectris:tcp://eiger-dcu:31001?stream=p11/eiger&tables=1``
 
 Stream V2 sends one CBOR map per ZeroMQ message, ``type`` = ``start`` |
-``image`` | ``end``. Each channel (threshold) of a series goes to its own
-stream ``STREAM/CHANNEL`` (e.g. ``p11/eiger/threshold_1``), so every stream
-holds frames of one shape and dtype and its indices follow the image ids:
+``image`` | ``end``, as real detectors send it: self-described (tag 55799 before
+the map, which cbor2 decodes to immutable maps and tuples; both are accepted,
+and tag 55799 anywhere else too). Each channel (threshold) of a series goes to
+its own stream ``STREAM/CHANNEL`` (e.g. ``p11/eiger/threshold_1``), so every
+stream holds frames of one shape and dtype and its indices follow the image ids:
 
 - ``start``: a metadata-only message in every channel stream, meta = the start
   fields (``type: "start"``, ``series_id``, ``series_unique_id``, ``channels``,
-  geometry, ``user_data``, ...) without the large tables ``flatfield``,
-  ``pixel_mask`` and ``countrate_correction_lookup_table``. With ``tables=1``
-  each table goes to the stream ``STREAM/tables`` as an array message with meta
-  ``{"type": "table", "table": NAME, "channel": CHANNEL or null, series ids}``.
+  geometry, ``user_data``, ...). Arrays (``header_detail: all``: ``flatfield``,
+  ``pixel_mask``, ``countrate_correction_lookup_table``) cannot go in a meta (64
+  KiB): each is an array message of the stream ``STREAM/tables`` with meta
+  ``{"type": "table", "message": "start", "table": NAME, "channel": CHANNEL or
+  null, series ids}``, and the start meta lists them under ``tables``
+  (``tables=0``: not stored; the start meta names them under ``dropped_tables``).
 - ``image``: one array frame per channel, meta ``type: "image"``, ``image_id``,
   ``series_id``, ``series_unique_id``, ``channel``, ``real_time``,
   ``start_time``, ``stop_time`` (rationals as ``[numerator, denominator]``),
-  ``series_date`` (ISO 8601) and ``user_data``. Images compressed by the
-  detector (tag 56500 ``bslz4`` or ``lz4``) are spooled and stored as received
-  (codec ``bslz4`` or ``lz4-hdf5``) and decoded when read.
-- ``end``: a metadata-only message ``{"type": "end", series ids}`` in every
-  channel stream. Streams are not finished: the next series follows.
+  ``series_date`` (ISO 8601), ``user_data`` and any further field. Images
+  compressed by the detector (tag 56500: ``bslz4``, ``lz4``, ``bszstd``,
+  ``trpx``) are spooled and stored as received (codec ``bslz4``, ``lz4-hdf5``,
+  ``bszstd``, ``trpx``) and decoded when read.
+- ``end``: a metadata-only message ``{"type": "end", ...the end fields}`` in
+  every channel stream. Streams are not finished: the next series follows.
+- any other ``type`` (PSI Jungfraujoch sends ``calibration`` and ``metadata``):
+  a metadata-only message ``{"type": TYPE, ...}`` in every channel stream of the
+  series (or ``STREAM`` before any start), its arrays in ``STREAM/tables`` as for
+  start.
 
 CBOR values that JSON lacks become JSON: dates as ISO strings, byte strings as
-``{"base64": ...}``, unknown tags as ``{"cbor_tag": N, "value": ...}``. Meta
-over the limit (64 KiB) loses ``user_data`` first; ``dropped_meta`` says what.
+``{"base64": ...}``, unknown tags as ``{"cbor_tag": N, "value": ...}``, arrays
+in image fields other than ``data`` as ``{"dtype", "shape", "values"}`` when
+small (at most 4 KiB). Meta over the limit (64 KiB) loses ``user_data`` first;
+``dropped_meta`` says what.
 
 Restart: every message is spooled durably before the next is taken, together
 with a checkpoint of the series in progress. Messages the detector has not yet
@@ -40,8 +51,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import cbor2
 import msgspec
@@ -49,7 +61,7 @@ import numpy as np
 import zmq
 
 from hidra_ng import protocol as proto
-from hidra_ng.compression import Encoded, decode_bslz4
+from hidra_ng.compression import BITSHUFFLED, Encoded, decode_dectris, decompressed_size
 from hidra_ng.errors import ConfigError, HidraError
 from hidra_ng.producer import Producer
 from hidra_ng.sources._common import (
@@ -66,22 +78,17 @@ from hidra_ng.sources._common import (
 
 log = logging.getLogger(__name__)
 
+#: the arrays of a start message with ``header_detail: all`` (stored in STREAM/tables)
 TABLES = ("flatfield", "pixel_mask", "countrate_correction_lookup_table")
-IMAGE_FIELDS = (
-    "image_id",
-    "series_id",
-    "series_unique_id",
-    "real_time",
-    "start_time",
-    "stop_time",
-    "series_date",
-    "user_data",
-)
 RECEIVE_HWM = 8  # messages queued in this process; the detector buffers the rest
 BATCH_MESSAGES = 64
 BATCH_BYTES = 64 << 20
 POLL_SECONDS = 0.2
 USAGE = "dectris:tcp://HOST:31001?stream=NAME&tables=0|1"
+#: tag 56500 algorithm -> our codec (hidra_ng.compression); all decoded by dectris-compression
+ALGORITHMS = {"bslz4": "bslz4", "lz4": "lz4-hdf5", "bszstd": "bszstd", "trpx": "trpx"}
+SELF_DESCRIBED = 55799  # RFC 8949 3.4.6: marks CBOR, means nothing else
+INLINE_ARRAY_BYTES = 4096  # arrays in image fields up to this size go into the meta
 
 
 # --------------------------------------------------------------------------
@@ -167,6 +174,19 @@ def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
     return tag
 
 
+def thaw(value: Any) -> Any:
+    """cbor2's immutable maps and tuples (inside tag 55799) as dicts and lists."""
+    if isinstance(value, (dict, Mapping)):
+        return {k: thaw(v) for k, v in value.items()}  # keys stay hashable
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    if isinstance(value, cbor2.CBORTag):
+        if value.tag == SELF_DESCRIBED:
+            return thaw(value.value)
+        return cbor2.CBORTag(value.tag, thaw(value.value))
+    return value
+
+
 def decode_message(raw: bytes | memoryview) -> dict[str, Any]:
     """One Stream V2 message as a dict; arrays become :class:`MultiDimArray`."""
     try:
@@ -176,12 +196,17 @@ def decode_message(raw: bytes | memoryview) -> dict[str, Any]:
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as err:
         cause = err.__cause__ if isinstance(err.__cause__, StreamV2Error) else err
         raise StreamV2Error(f"not a CBOR message: {cause}") from err
+    msg = thaw(msg)
     if not isinstance(msg, dict):
         raise StreamV2Error(f"message is a CBOR {type(msg).__name__}; expected a map")
     kind = msg.get("type")
-    if kind not in ("start", "image", "end"):
-        raise StreamV2Error(f"message type {kind!r} is unknown; expected start, image or end")
+    if not isinstance(kind, str) or not kind:
+        raise StreamV2Error(f"message type {kind!r} is not a text; expected start, image or end")
     return msg
+
+
+def array_nbytes(array: MultiDimArray) -> int:
+    return array.array.dtype.itemsize * int(np.prod(array.shape, dtype=np.int64))
 
 
 def array_data(array: MultiDimArray, limit: int) -> np.ndarray | Encoded:
@@ -200,20 +225,21 @@ def array_data(array: MultiDimArray, limit: int) -> np.ndarray | Encoded:
                 f"array of shape {shape} and dtype {dtype} needs {nbytes} bytes; got {len(data)}"
             )
         return np.frombuffer(data, dtype).reshape(shape)
-    if data.algorithm == "bslz4" and data.elem_size != dtype.itemsize:
-        # another element size than the pixels': decode here, the store knows one itemsize
-        try:
-            raw = decode_bslz4(data.data, data.elem_size)
-        except HidraError as err:
-            raise StreamV2Error(str(err)) from err
-        if raw.nbytes != nbytes:
-            raise StreamV2Error(f"bslz4 data decodes to {raw.nbytes} bytes; expected {nbytes}")
-        return raw.view(dtype).reshape(shape)
-    codec = {"bslz4": "bslz4", "lz4": "lz4-hdf5"}.get(data.algorithm)
+    codec = ALGORITHMS.get(data.algorithm)
     if codec is None:
         raise StreamV2Error(
-            f"compression {data.algorithm!r} is unknown; expected 'bslz4' or 'lz4' (tag 56500)"
+            f"compression {data.algorithm!r} (tag 56500) is unknown; expected one of"
+            f" {', '.join(ALGORITHMS)}"
         )
+    if codec in BITSHUFFLED and data.elem_size != dtype.itemsize:
+        # another element size than the pixels': decode here, the store knows one itemsize
+        try:
+            raw = decode_dectris(data.data, codec, data.elem_size)
+        except HidraError as err:
+            raise StreamV2Error(str(err)) from err
+        if len(raw) != nbytes:
+            raise StreamV2Error(f"{codec} data decodes to {len(raw)} bytes; expected {nbytes}")
+        return np.frombuffer(raw, dtype).reshape(shape)
     encoded = Encoded(data.data, dtype.str, shape, codec)
     try:
         encoded.check()
@@ -222,15 +248,33 @@ def array_data(array: MultiDimArray, limit: int) -> np.ndarray | Encoded:
     return encoded
 
 
-def _table_data(value: Any, limit: int) -> np.ndarray | Encoded:
-    if isinstance(value, TypedArray):  # a 1-D table: its length comes from the bytes
-        if isinstance(value.data, Compressed):
-            raise StreamV2Error("a compressed typed array without dimensions has no known length")
-        n = len(value.data) // value.dtype.itemsize
-        return array_data(MultiDimArray((n,), value), limit)
+def as_multidim(value: Any) -> MultiDimArray | None:
+    """A tag-40 array as it is, a typed array (1-D, length from its bytes) as one; else None."""
     if isinstance(value, MultiDimArray):
-        return array_data(value, limit)
-    raise StreamV2Error(f"table is a {type(value).__name__}; expected a typed array")
+        return value
+    if not isinstance(value, TypedArray):
+        return None
+    data = value.data
+    if isinstance(data, Compressed):
+        codec = ALGORITHMS.get(data.algorithm)
+        if codec is None:
+            raise StreamV2Error(f"compression {data.algorithm!r} (tag 56500) is unknown")
+        try:
+            nbytes = decompressed_size(data.data, codec)
+        except HidraError as err:
+            raise StreamV2Error(str(err)) from err
+    else:
+        nbytes = len(data)
+    return MultiDimArray((nbytes // value.dtype.itemsize,), value)
+
+
+def inline_array(array: MultiDimArray, limit: int) -> dict[str, Any]:
+    """A small array as meta: ``{"dtype", "shape", "values"}``."""
+    data = array_data(array, limit)
+    if isinstance(data, Encoded):
+        raw = decode_dectris(data.payload, data.compression, np.dtype(data.dtype).itemsize)
+        data = np.frombuffer(raw, data.dtype).reshape(data.shape)
+    return {"dtype": data.dtype.str, "shape": list(data.shape), "values": data.tolist()}
 
 
 # --------------------------------------------------------------------------
@@ -253,11 +297,16 @@ _state_decoder = msgspec.json.Decoder(SeriesState)
 
 @dataclass
 class DectrisSource:
+    """Stream V2 over PULL; the series logic is shared with Stream V1 (``dectris1``)."""
+
     name: str
     endpoint: str
     stream: str = "dectris"
-    tables: bool = False
+    tables: bool = True
     refusals: Refusals = field(init=False)
+
+    KIND: ClassVar[str] = "dectris"  # the checkpoint key's prefix
+    ERRORS: ClassVar[tuple[type[Exception], ...]] = (StreamV2Error, HidraError)
 
     def __post_init__(self) -> None:
         self.refusals = Refusals(self.name)
@@ -270,12 +319,16 @@ class DectrisSource:
         if not target.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(f"source {uri!r}: endpoint {target!r} is not valid; expected {USAGE}")
         return cls(
-            name=uri, endpoint=target, stream=p.stream("dectris"), tables=p.flag("tables", False)
+            name=uri, endpoint=target, stream=p.stream("dectris"), tables=p.flag("tables", True)
         )
 
     @property
     def checkpoint_name(self) -> str:
-        return checkpoint_key("dectris", self.endpoint, self.stream)
+        return checkpoint_key(self.KIND, self.endpoint, self.stream)
+
+    @property
+    def tables_stream(self) -> str:
+        return proto.check_stream_name(f"{self.stream}/tables")
 
     def channel_stream(self, channel: str) -> str:
         return proto.check_stream_name(f"{self.stream}/{safe_segment(channel)}")
@@ -334,12 +387,22 @@ class DectrisSource:
         items: list[Item] = []
         for frames in messages:
             try:
-                if len(frames) != 1:
-                    raise StreamV2Error(f"message has {len(frames)} parts; Stream V2 sends one")
-                items += self.translate(decode_message(frames[0].buffer), producer)
-            except (StreamV2Error, HidraError) as err:
+                items += self.translate_parts(frames, producer)
+            except self.ERRORS as err:
                 self.refusals.refuse(type(err).__name__, str(err))
+            except Exception as err:
+                # a bug must cost one message, not the source and the batch with it
+                log.exception("source %s: message could not be translated; refused", self.name)
+                self.refusals.refuse("internal", f"{type(err).__name__}: {err}")
+            else:
+                self.refusals.accept()
         return spool_items(producer, items, stop, self.refusals, self._checkpoint())
+
+    def translate_parts(self, frames: list[zmq.Frame], producer: Producer) -> list[Item]:
+        """Items for one ZeroMQ message."""
+        if len(frames) != 1:
+            raise StreamV2Error(f"message has {len(frames)} parts; Stream V2 sends one")
+        return self.translate(decode_message(frames[0].buffer), producer)
 
     def translate(self, msg: dict[str, Any], producer: Producer) -> list[Item]:
         """Items for one decoded message; updates the series state."""
@@ -348,31 +411,38 @@ class DectrisSource:
         ids = {k: jsonable(msg.get(k)) for k in ("series_id", "series_unique_id")}
         if kind == "start":
             channels = msg.get("channels") or []
-            if not isinstance(channels, (list, tuple)) or not all(
-                isinstance(c, str) for c in channels
-            ):
+            if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
                 raise StreamV2Error(f"start channels {channels!r} are not a list of names")
-            meta = {"type": "start"}
-            meta.update({k: jsonable(v) for k, v in msg.items() if k not in TABLES and k != "type"})
+            meta, tables = self.split_fields(msg, "start", ids, limit)
             self.state = SeriesState(
                 ids["series_unique_id"], ids["series_id"], list(channels), None, True
             )
-            items: list[Item] = [
-                (s, None, fit_meta(meta, meta_limit)) for s in self._series_streams()
-            ]
-            if self.tables:
-                items += self._tables(msg, ids, limit)
-            return items
+            return self.series_meta(meta, meta_limit) + tables
         if kind == "end":
-            meta = {"type": "end", **ids}
-            items = [(s, None, meta) for s in self._series_streams()]
+            meta, tables = self.split_fields(msg, "end", ids, limit)
+            items = self.series_meta(meta, meta_limit) + tables
             self.state.open = False
             return items
+        if kind == "image":
+            return self.image(msg, ids, limit, meta_limit)
+        # another producer's extra message type (Jungfraujoch: calibration, metadata)
+        meta, tables = self.split_fields(msg, kind, ids, limit)
+        return self.series_meta(meta, meta_limit) + tables
+
+    def series_meta(self, meta: dict[str, Any], meta_limit: int) -> list[Item]:
+        """A metadata-only message in every channel stream of the series."""
+        meta = fit_meta(meta, meta_limit)
+        return [(s, None, meta) for s in self._series_streams()]
+
+    def image(
+        self, msg: dict[str, Any], ids: dict[str, Any], limit: int, meta_limit: int
+    ) -> list[Item]:
         data = msg.get("data")
         if not isinstance(data, dict) or not data:
             raise StreamV2Error("image message has no data map of channel -> array")
-        meta = {"type": "image", **{k: jsonable(msg.get(k)) for k in IMAGE_FIELDS if k in msg}}
-        items = []
+        image_id = msg.get("image_id")
+        meta, tables = self.split_fields(msg, "image", ids, limit, image_id=image_id)
+        items: list[Item] = []
         for channel, array in data.items():
             if not isinstance(channel, str) or not isinstance(array, MultiDimArray):
                 raise StreamV2Error(
@@ -382,26 +452,97 @@ class DectrisSource:
             frame = array_data(array, limit)
             frame_meta = fit_meta({**meta, "channel": channel}, meta_limit)
             items.append((self.channel_stream(channel), frame, frame_meta))
+        for channel in data:
             if channel not in self.state.channels:
                 self.state.channels.append(channel)
         if self.state.series_unique_id != ids["series_unique_id"]:
             self.state.series_unique_id = ids["series_unique_id"]
             self.state.series_id = ids["series_id"]
             self.state.open = True
-        image_id = msg.get("image_id")
         self.state.last_image_id = image_id if isinstance(image_id, int) else None
         self.images += 1
-        return items
+        return items + tables
 
-    def _tables(self, msg: dict[str, Any], ids: dict[str, Any], limit: int) -> list[Item]:
-        stream = proto.check_stream_name(f"{self.stream}/tables")
+    def split_fields(
+        self,
+        msg: dict[str, Any],
+        kind: str,
+        ids: dict[str, Any],
+        limit: int,
+        image_id: Any = None,
+    ) -> tuple[dict[str, Any], list[Item]]:
+        """A message's fields as meta, its arrays as table messages.
+
+        A field holding an array, or a map of arrays (per channel), becomes one
+        array message per array in ``STREAM/tables``; in an image message arrays
+        of at most 4 KiB stay in the meta. Arrays deeper inside go into the meta
+        when small, else as ``{"dtype", "shape", "omitted"}``.
+        """
+        meta: dict[str, Any] = {"type": kind}
+        listed: list[dict[str, Any]] = []
+        dropped: list[str] = []
         items: list[Item] = []
-        for name in TABLES:
-            value = msg.get(name)
-            if value is None:
+        for key, value in msg.items():
+            if key in ("type", "data") and (key == "type" or kind == "image"):
                 continue
-            per_channel = value.items() if isinstance(value, dict) else [(None, value)]
-            for channel, table in per_channel:
-                meta = {"type": "table", "table": name, "channel": channel, **ids}
-                items.append((stream, _table_data(table, limit), meta))
-        return items
+            arrays = _arrays_of(value)
+            if arrays is None:
+                meta[key] = plain(value, limit)
+                continue
+            if kind == "image" and all(
+                array_nbytes(a) <= INLINE_ARRAY_BYTES for a in arrays.values()
+            ):
+                meta[key] = plain(value, limit)
+                continue
+            for channel, array in arrays.items():
+                what = key if channel is None else f"{key}/{channel}"
+                if not self.tables:
+                    dropped.append(what)
+                    continue
+                entry = {"table": key, "channel": channel}
+                table_meta = {"type": "table", "message": kind, **entry, **ids}
+                if kind == "image":
+                    table_meta["image_id"] = jsonable(image_id)
+                data = array_data(array, limit)
+                items.append((self.tables_stream, data, table_meta))
+                dtype = data.dtype if isinstance(data, Encoded) else data.dtype.str
+                listed.append({**entry, "dtype": dtype, "shape": list(array.shape)})
+        if listed:
+            meta["tables"] = listed
+            meta["tables_stream"] = self.tables_stream
+        if dropped:
+            meta["dropped_tables"] = dropped
+        return meta, items
+
+
+def _arrays_of(value: Any) -> dict[str | None, MultiDimArray] | None:
+    """``{None: array}`` for an array, ``{key: array}`` for a map of arrays; else None."""
+    array = as_multidim(value)
+    if array is not None:
+        return {None: array}
+    if isinstance(value, dict) and value:
+        arrays = {k: as_multidim(v) for k, v in value.items()}
+        if all(isinstance(k, str) and a is not None for k, a in arrays.items()):
+            return arrays  # type: ignore[return-value]
+    return None
+
+
+def plain(value: Any, limit: int) -> Any:
+    """A decoded CBOR value as JSON-able meta; small arrays as values, large ones described."""
+    if isinstance(value, dict):
+        return {str(k): plain(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v, limit) for v in value]
+    if isinstance(value, (MultiDimArray, TypedArray)):
+        array = as_multidim(value)
+        assert array is not None
+        if array_nbytes(array) <= INLINE_ARRAY_BYTES:
+            return inline_array(array, limit)
+        return {
+            "dtype": array.array.dtype.str,
+            "shape": list(array.shape),
+            "omitted": f"larger than {INLINE_ARRAY_BYTES} bytes",
+        }
+    if isinstance(value, Compressed):
+        return {"compressed": value.algorithm, "bytes": len(value.data)}
+    return jsonable(value)

@@ -370,6 +370,7 @@ class WatchSource:
         self._waiting.pop(rel, None)
         self._sent[rel] = ident
         self.sent_files += 1
+        self.refusals.accept()
         log.debug("source %s: sent %s as seq %d", self.name, rel, seqs[0])
         if self._old_boundary is None:
             self._old_boundary = seqs[0] - 1

@@ -252,6 +252,7 @@ class ZmqSource:
                 log.exception("pushed message could not be parsed; refused")
                 self.refusals.refuse("internal", f"{type(err).__name__}: {err}")
                 continue
+            self.refusals.accept()
             if isinstance(parsed, Finish):
                 if not spool_items(producer, items, stop, self.refusals):
                     return

@@ -90,16 +90,18 @@ def test_dectris_plain_bslz4_and_lz4_images_pixel_for_pixel(make_producer, consu
         det.send({"type": "calibration", "series_id": 7})
         det.end(7, "series-7")
         for channel in channels:
-            wait_for(lambda c=channel: count(consumer, f"p11/eiger/{c}") == len(codecs) + 2)
+            wait_for(lambda c=channel: count(consumer, f"p11/eiger/{c}") == len(codecs) + 3)
         wait_for(lambda: count(consumer, "p11/eiger/tables") == 5)
         running.close()
-    assert source.refusals.counts == {"StreamV2Error": 2}
+    assert source.refusals.counts == {"StreamV2Error": 1}  # the bytes that are not CBOR
 
     for channel in channels:
         stream = f"p11/eiger/{channel}"
         frames = read_all(consumer, stream)
         stored = read_all(consumer, stream, decode=False)
-        start, images, end = frames[0], frames[1:-1], frames[-1]
+        start, images, extra, end = frames[0], frames[1:-2], frames[-2], frames[-1]
+        # a message type of another producer (Jungfraujoch) is kept as metadata
+        assert extra.data is None and extra.meta == {"type": "calibration", "series_id": 7}
         assert start.data is None and start.meta["type"] == "start"
         assert start.meta["channels"] == channels and start.meta["series_unique_id"] == "series-7"
         assert start.meta["user_data"] == {"sample": "lysozyme"}
@@ -110,13 +112,13 @@ def test_dectris_plain_bslz4_and_lz4_images_pixel_for_pixel(make_producer, consu
             "series_id": 7,
             "series_unique_id": "series-7",
         }
-        for image_id, (frame, raw) in enumerate(zip(images, stored[1:-1], strict=True)):
+        for image_id, (frame, raw) in enumerate(zip(images, stored[1:-2], strict=True)):
             expected = sent[image_id][channel]
             assert frame.data.dtype == np.dtype("<u2") and frame.data.shape == (64, 48)
             np.testing.assert_array_equal(frame.data, expected)
             assert frame.meta["image_id"] == image_id and frame.meta["channel"] == channel
-            assert frame.meta["real_time"] == [1000, 1_000_000]
-            assert frame.meta["start_time"] == [image_id * 1000, 1_000_000]
+            assert frame.meta["real_time"] == [999_995, 50_000_000]
+            assert frame.meta["start_time"] == [image_id * 1_000_000, 50_000_000]
             assert frame.meta["user_data"] == {"n": image_id}
             codec = {"none": "none", "bslz4": "bslz4", "lz4": "lz4-hdf5"}[codecs[image_id]]
             assert raw.compression == codec
@@ -409,6 +411,10 @@ def test_source_uri_errors_name_the_parameter(tmp_path):
         "hdf5:?dataset=/x": "names no file",
         "dectris:detector:31001": "endpoint 'detector:31001'",
         "dectris:tcp://d:31001?tables=maybe": "tables='maybe'",
+        "dectris1:detector:9999": "endpoint 'detector:9999'",
+        "dectris1:tcp://d:9999?channel=": "channel='' is not valid",
+        "dectris1:tcp://d:9999?stream=p11//x": "dectris1:tcp://d:9999",
+        "dectris1:tcp://d:9999?series=1": "unknown parameter 'series'",
         "zmq:tcp://127.0.0.1:1?stream=a b": "has a space",
     }
     for uri, message in cases.items():
