@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,14 +17,6 @@ from hidra_ng.producer import Producer
 from hidra_ng.receiver import Receiver
 from scripts.rabbitmq_node import RabbitNode
 from tests.rabbitmq import started_node
-
-# HIDRA_NG_DECTRIS_TEST_DATA names a local copy of DECTRIS's recorded Stream V2 data
-# (tests/integration/test_dectris_recorded.py). The daemons the tests start refuse
-# HIDRA_NG_ variables that are not settings, so it moves to a name they ignore (this
-# module may be imported twice: the moved name is read, not the popped one).
-if "HIDRA_NG_DECTRIS_TEST_DATA" in os.environ:
-    os.environ["TEST_DECTRIS_DATA"] = os.environ.pop("HIDRA_NG_DECTRIS_TEST_DATA")
-DECTRIS_TEST_DATA = os.environ.get("TEST_DECTRIS_DATA")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):

@@ -5,7 +5,7 @@ The recorded series are the public DECTRIS documentation repository's
 ``stream2-test_data``): an EIGER2 R 500K, three channels, 514x1030 pixels,
 bslz4 and lz4, 8/16/32 bit. That repository states no licence, so its files are
 not in ours: the tests that read them run when the environment variable
-``HIDRA_NG_DECTRIS_TEST_DATA`` names a local copy of ``stream_v2/test_data``
+``DECTRIS_TEST_DATA`` names a local copy of ``stream_v2/test_data``
 (one directory per set, ``000001.cbor`` ... one message each; a set's start
 message ``000000.cbor`` may be absent: each set gets a start message of our
 own, self-described like the real ones). Our emitter (tests/stream_v2_emitter.py)
@@ -18,6 +18,7 @@ bytes as sent, never from our own decoders.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ import cbor2
 import numpy as np
 import pytest
 from cbor_framing import framing
-from conftest import DECTRIS_TEST_DATA, wait_for
+from conftest import wait_for
 from dectris.compression import decompress
 from source_helpers import Running, count
 from stream_v2_emitter import (
@@ -42,8 +43,9 @@ from stream_v2_emitter import (
 from hidra_ng import Consumer
 from hidra_ng.sources import parse
 
-ENV = "HIDRA_NG_DECTRIS_TEST_DATA"  # read (and taken out of the environment) by conftest
-ROOT = Path(DECTRIS_TEST_DATA) if DECTRIS_TEST_DATA else None
+# Not HIDRA_NG_...: the daemons the tests start refuse HIDRA_NG_ names that are not settings.
+ENV = "DECTRIS_TEST_DATA"
+ROOT = Path(os.environ[ENV]) if os.environ.get(ENV) else None
 SETS = sorted(p.name for p in ROOT.iterdir() if p.is_dir()) if ROOT and ROOT.is_dir() else []
 NO_DATA = (
     f"recorded DECTRIS Stream V2 data not given: set {ENV} to a local copy of"
