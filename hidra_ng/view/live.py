@@ -127,6 +127,7 @@ class Session:
             return
         self.stream, self.live, self.sent_index, self.awaiting_ack = stream, True, -1, False
         self.feed.listen(self._wake_soon)
+        self._wake.set()  # another browser may have made the feed already: its newest now
         self._start_fetch(self._newest_stored(stream, self.feed))
 
     async def _op_ack(self, req: dict) -> None:
@@ -196,6 +197,7 @@ class Session:
             await self._send_json({"op": "waiting", "message": f"no frame of {stream!r} yet"})
             return
         feed.offer(frame)
+        self._wake.set()
 
     async def _stored(self, stream: str, index: int) -> None:
         frame = await self.link.call("get", stream, index, timeout=0.0)
@@ -222,10 +224,10 @@ class Session:
             None,
             lambda: images.browser_message(frame, live=live, max_pixels=self.max_pixels),
         )
-        async with self._send_lock:
-            await self.ws.send_bytes(message)  # waits while the socket's buffer is full
         self.shown = frame
         self.sent += 1
+        async with self._send_lock:
+            await self.ws.send_bytes(message)  # waits while the socket's buffer is full
 
     async def _send_json(self, message: dict) -> None:
         if self.ws.closed:

@@ -271,11 +271,17 @@ def test_slow_websocket_client_holds_one_frame_and_skips(make_producer, view):
             (s,) = stats["sessions"]
             assert (s["in_flight"], s["queued"], s["sent"]) == (1, 0, 1), s
             assert stats["feeds"][STREAM]["users"] == 1
+            # a second browser on the same stream shares the feed and gets its newest at once
+            async with session.ws_connect(view.url + "ws") as other:
+                await other.send_str(json.dumps({"op": "watch", "stream": STREAM}))
+                header, _ = await _next_message(other)
+                assert header["index"] == 40
+                assert view.stats()["feeds"][STREAM]["users"] == 2
             # the browser acks: it gets the newest frame at once, and the skip is counted
             await ws.send_str(json.dumps({"op": "ack", "index": 0}))
             header, values = await _next_message(ws)
             assert header["index"] == 40 and header["live"] is True
-            (s,) = view.stats()["sessions"]
+            (s,) = wait_for(lambda: len(ss := view.stats()["sessions"]) == 1 and ss)
             assert (s["sent"], s["skipped"]) == (2, 39)
             # a stored frame on request, its true pixel value, then bad requests
             await ws.send_str(json.dumps({"op": "show", "index": 7}))
