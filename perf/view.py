@@ -4,7 +4,9 @@
     .venv/bin/python perf/view.py --quick    # ~40 s
 
 One run, one machine: a receiver process (free loopback ports, temp dir), a
-``hidra-ng view`` process, and this process as the detector (a Producer).
+``hidra-ng view`` process, and this process as the detector (a Producer with
+``spool_sync="batch"``, so the figures are the receiver's and the view's, not
+the detector PC's fsync of every 8 MiB frame).
 
 1. **One browser at 100 Hz**: 2048x2048 uint16 frames sent at 100 Hz; the page's
    own log (index, commit time ``stored``, time drawn) gives the frames drawn per
@@ -148,7 +150,9 @@ def main() -> None:
         with ReceiverProcess(root / "store") as rx:
             view = ViewProcess(rx.api, rx.publish, root / "view.log")
             try:
-                with Producer(rx.ingest, rx.api, root / "spool", "perf-view") as producer:
+                with Producer(
+                    rx.ingest, rx.api, root / "spool", "perf-view", spool_sync="batch"
+                ) as producer:
                     producer.send(STREAM, pool[0])
                     producer.flush(60)
                     result["one_browser_100hz"] = one_browser(producer, pool, view.url, seconds)

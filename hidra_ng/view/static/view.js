@@ -200,13 +200,50 @@
 
   // ------------------------------------------------------------ the frame
 
+  // Min, max, percentiles and histogram of a frame. 8- and 16-bit integers: exact, from
+  // one counting pass; wider types: min and max exact, percentiles from a sample.
   function stats(values) {
+    const small = values instanceof Uint8Array || values instanceof Int8Array ||
+      values instanceof Uint16Array || values instanceof Int16Array;
+    return small ? countStats(values) : sampleStats(values);
+  }
+
+  function countStats(values) {
+    const signed = values instanceof Int8Array || values instanceof Int16Array;
+    const size = values.BYTES_PER_ELEMENT === 1 ? 256 : 65536;
+    const offset = signed ? size / 2 : 0;
+    const counts = new Uint32Array(size);
+    for (let i = 0; i < values.length; i++) counts[values[i] + offset]++;
+    let lo = 0; while (lo < size - 1 && !counts[lo]) lo++;
+    let hi = size - 1; while (hi > 0 && !counts[hi]) hi--;
+    return {
+      min: lo - offset, max: hi - offset, integer: true,
+      percentile(p) {
+        const rank = Math.round(p / 100 * (values.length - 1));
+        let seen = 0;
+        for (let k = lo; k <= hi; k++) { seen += counts[k]; if (seen > rank) return k - offset; }
+        return hi - offset;
+      },
+      histogram(bins) {
+        const out = new Float64Array(bins.length);
+        const span = hi - lo;
+        for (let k = lo; k <= hi; k++) {
+          if (!counts[k]) continue;
+          out[span > 0 ? Math.min(bins.length - 1, Math.floor((k - lo) / span * bins.length)) : 0] += counts[k];
+        }
+        return out;
+      },
+    };
+  }
+
+  function sampleStats(values) {
     let min = Infinity; let max = -Infinity;
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
       if (v < min) min = v;
       if (v > max) max = v;
     }
+    if (!Number.isFinite(min)) { min = 0; max = 0; }
     const step = Math.max(1, Math.floor(values.length / 200000));
     const sample = [];
     for (let i = 0; i < values.length; i += step) {
@@ -214,14 +251,24 @@
       if (Number.isFinite(v)) sample.push(v);
     }
     const sorted = Float64Array.from(sample).sort();
-    if (!Number.isFinite(min)) { min = 0; max = 0; }
-    return { min, max, sorted };
-  }
-
-  function percentile(sorted, p) {
-    if (!sorted.length) return 0;
-    const i = Math.min(sorted.length - 1, Math.max(0, Math.round(p / 100 * (sorted.length - 1))));
-    return sorted[i];
+    return {
+      min, max, integer: false,
+      percentile(p) {
+        if (!sorted.length) return 0;
+        return sorted[Math.min(sorted.length - 1, Math.max(0, Math.round(p / 100 * (sorted.length - 1))))];
+      },
+      histogram(bins) {
+        const out = new Float64Array(bins.length);
+        const span = max - min;
+        const every = Math.max(1, Math.floor(values.length / 1000000));
+        for (let i = 0; i < values.length; i += every) {
+          const v = values[i];
+          if (!Number.isFinite(v)) continue;
+          out[span > 0 ? Math.min(bins.length - 1, Math.floor((v - min) / span * bins.length)) : 0] += 1;
+        }
+        return out;
+      },
+    };
   }
 
   function chooseRange() {
@@ -234,7 +281,7 @@
     } else {
       if (mode === 'minmax') { st.lo = s.min; st.hi = s.max; } else {
         const p = parseFloat(mode);
-        st.lo = percentile(s.sorted, p); st.hi = percentile(s.sorted, 100 - p);
+        st.lo = s.percentile(p); st.hi = s.percentile(100 - p);
       }
       if (st.hi <= st.lo) { st.lo = s.min; st.hi = Math.max(s.max, s.min + 1); }
       $('min').value = round(st.lo); $('max').value = round(st.hi);
@@ -270,13 +317,19 @@
     const span = hi - lo;
     const scale = span > 0 ? 255 / span : 0;
     const logScale = span > 0 ? 255 / Math.log1p(span) : 0;
-    for (let i = 0; i < px.length; i++) {
-      const v = values[i];
-      if (v !== v) { px[i] = nan; continue; }
+    const colour = (v) => {
+      if (v !== v) return nan;
       let t = v - lo;
       if (t < 0) t = 0; else if (t > span) t = span;
-      const k = useLog ? Math.round(Math.log1p(t) * logScale) : Math.round(t * scale);
-      px[i] = table[k];
+      return table[useLog ? Math.round(Math.log1p(t) * logScale) : Math.round(t * scale)];
+    };
+    if (st.stats.integer) {  // one colour per value present: a lookup per pixel
+      const base = st.stats.min;
+      const colours = new Uint32Array(st.stats.max - base + 1);
+      for (let k = 0; k < colours.length; k++) colours[k] = colour(base + k);
+      for (let i = 0; i < px.length; i++) px[i] = colours[values[i] - base];
+    } else {
+      for (let i = 0; i < px.length; i++) px[i] = colour(values[i]);
     }
     octx.putImageData(img, 0, 0);
     draw();
@@ -318,15 +371,8 @@
     g.clearRect(0, 0, hc.width, hc.height);
     if (!st.values) { $('hist-range').textContent = '\u00a0'; return; }
     const { min, max } = st.stats;
-    const bins = new Float64Array(140);
+    const bins = st.stats.histogram(new Float64Array(140));
     const span = max - min;
-    const step = Math.max(1, Math.floor(st.values.length / 1000000));
-    for (let i = 0; i < st.values.length; i += step) {
-      const v = st.values[i];
-      if (!Number.isFinite(v)) continue;
-      const b = span > 0 ? Math.min(bins.length - 1, Math.floor((v - min) / span * bins.length)) : 0;
-      bins[b] += 1;
-    }
     let top = 0;
     for (const c of bins) top = Math.max(top, Math.log1p(c));
     const bw = hc.width / bins.length;
