@@ -284,6 +284,9 @@ def to_toml(section: str, config: _Config) -> str:
     for name in config.__struct_fields__:
         if name == "sources":
             continue
+        if name == "token" and getattr(config, name):  # a secret: said, not shown
+            lines.append(f"# token = (set, {_origin_note(name, origins.get(name)) or 'file'})")
+            continue
         line = f"{name} = {_toml_value(getattr(config, name))}"
         note = _origin_note(name, origins.get(name))
         lines.append(f"{line}  # {note}" if note else line)

@@ -52,6 +52,7 @@ class ReceiverLink:
         self._consumers: set[Consumer] = set()
         self._lock = threading.Lock()
         self._feeds: dict[str, LiveFeed] = {}
+        self.in_flight = 0  # Consumer calls running now
 
     def check_keys(self) -> None:
         """Load the keys once, so a wrong key directory fails before the server starts."""
@@ -72,6 +73,8 @@ class ReceiverLink:
             self._local.consumer = consumer
             with self._lock:
                 self._consumers.add(consumer)
+        with self._lock:
+            self.in_flight += 1
         try:
             return getattr(consumer, method)(*args, **kwargs)
         except ReceiverUnavailable:
@@ -81,6 +84,9 @@ class ReceiverLink:
                 self._consumers.discard(consumer)
             consumer.close()
             raise
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     # -------------------------------------------------------------- feeds
 

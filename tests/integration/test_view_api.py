@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import re
@@ -135,8 +136,13 @@ def test_bad_requests_get_clear_errors_and_the_server_goes_on(make_producer, vie
     status, _, _ = http(view, "/no/such/page")
     assert status == 404
     # a frame written while a request waits for it is answered, not refused
-    status, _, body = http(view, "/api/streams/p11/scan_0001/latest.json")
-    assert status == 200 and json.loads(body)["index"] == 0
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(http, view, f"/api/streams/{STREAM}/1.npy?wait=20")
+        wait_for(lambda: view.link.in_flight == 1, what="the request to wait at the receiver")
+        _send(p, STREAM, [block_frame(1)])
+        status, _, body = waiting.result(timeout=30)
+    assert status == 200
+    np.testing.assert_array_equal(np.load(io.BytesIO(body)), block_frame(1))
     status, _, body = http(view, "/api/streams")
     assert status == 200 and [r["name"] for r in json.loads(body)] == [STREAM]
 
