@@ -119,15 +119,22 @@ def one_browser(producer, pool, view_url: str, seconds: float) -> dict:
         t1 = time.time()
         time.sleep(0.5)  # the last frames reach the page
         log = driver.execute_script("return window.hidraView.state.log")
-    drawn = [(i, stored, at) for i, stored, at in log if t0 <= stored <= t1]
-    latency = sorted(at - stored for _, stored, at in drawn)
+    drawn = [row for row in log if t0 <= row[1] <= t1]  # index, stored, received, drawn, ms
+    latency = sorted(at - stored for _, stored, _, at, _ in drawn)
+
+    def p50(values) -> float | None:
+        return round(1000 * statistics.median(values), 1) if values else None
+
     return {
         "sent": sent,
         "ingest_hz": sent / (t1 - t0),
         "drawn": len(drawn),
         "drawn_per_second": len(drawn) / (t1 - t0),
-        "latency_p50_ms": 1000 * statistics.median(latency) if latency else None,
+        "latency_p50_ms": p50(latency),
         "latency_p90_ms": 1000 * latency[int(0.9 * (len(latency) - 1))] if latency else None,
+        "commit_to_received_p50_ms": p50([recv - stored for _, stored, recv, _, _ in drawn]),
+        "received_to_drawn_p50_ms": p50([at - recv for _, _, recv, at, _ in drawn]),
+        "render_p50_ms": p50([ms / 1000 for *_, ms in drawn]),
     }
 
 
@@ -180,6 +187,9 @@ def main() -> None:
           f" {one['drawn_per_second']:.1f} frames drawn/s,"
           f" commit -> drawn p50 {one['latency_p50_ms']:.0f} ms,"
           f" p90 {one['latency_p90_ms']:.0f} ms")  # fmt: skip
+    print(f"    of which commit -> received by the page p50 {one['commit_to_received_p50_ms']} ms,"
+          f" received -> drawn p50 {one['received_to_drawn_p50_ms']} ms"
+          f" (decode + statistics + colouring p50 {one['render_p50_ms']} ms)")  # fmt: skip
     print(
         f"  ingest, no browser:    median {statistics.median(none):.0f} frames/s"
         f"  (rounds {', '.join(f'{x:.0f}' for x in none)})"

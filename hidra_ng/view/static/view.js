@@ -33,7 +33,7 @@
     stats: null,       // {min, max, sorted sample}
     ws: null, wsUp: false,
     drawn: 0,          // frames drawn
-    log: [],           // [index, stored, drawn_at] of the last live frames drawn (perf)
+    log: [],           // the last live frames drawn, with times (perf)
     cursor: null,      // last true pixel under the cursor
     pixelAsked: false,
   };
@@ -156,6 +156,8 @@
   }
 
   function onFrame(buf) {
+    const receivedAt = Date.now() / 1000;
+    const started = performance.now();
     const dv = new DataView(buf);
     const magic = String.fromCharCode(...new Uint8Array(buf, 0, 4));
     if (magic !== 'HNV1') { notice('unknown message from the server'); return; }
@@ -184,10 +186,11 @@
     }
     showInfo(header);
     render();
+    const renderMs = performance.now() - started;
     requestAnimationFrame(() => {
       st.drawn += 1;
-      if (header.live) {
-        st.log.push([header.index, header.stored, Date.now() / 1000]);
+      if (header.live) {  // [index, committed, received, drawn, render ms]: perf/view.py
+        st.log.push([header.index, header.stored, receivedAt, Date.now() / 1000, renderMs]);
         if (st.log.length > 2000) st.log.splice(0, st.log.length - 2000);
       }
       ack(header);
