@@ -310,3 +310,57 @@ def test_slow_websocket_client_holds_one_frame_and_skips(make_producer, view):
         wait_for(lambda: not view.stats()["feeds"], what="the feed to stop with its last user")
 
     asyncio.run(scenario())
+
+
+def test_view_reads_a_receiver_with_keys(receiver_config, tmp_path):
+    """With CurveZMQ keys (SPEC §9) the view lists, reads and follows like every client."""
+    import aiohttp
+
+    from hidra_ng.security import keygen
+
+    for name in ("server", "view", "det"):
+        keygen(tmp_path / "keys" / name)
+    allowed = tmp_path / "keys" / "allowed"
+    allowed.mkdir()
+    for name in ("view", "det"):
+        (allowed / f"{name}.key").write_bytes(
+            (tmp_path / "keys" / name / "hidra-ng.key").read_bytes()
+        )
+    config = msgspec.structs.replace(
+        receiver_config,
+        keys_dir=str(tmp_path / "keys" / "server"),
+        authorized_keys_dir=str(allowed),
+    )
+    server_key = str(tmp_path / "keys" / "server")
+    with Receiver(config) as rx:
+        ep = rx.endpoints
+        keys = {"keys_dir": str(tmp_path / "keys" / "det"), "server_key_dir": server_key}
+        with Producer(ep["ingest"], ep["api"], tmp_path / "spool", "det", **keys) as p:
+            _send(p, STREAM, [block_frame(0)])
+            with view_server(
+                ep["api"],
+                ep["publish"],
+                keys_dir=str(tmp_path / "keys" / "view"),
+                server_key_dir=server_key,
+            ) as view:
+                status, _, body = http(view, f"/api/streams/{STREAM}/0.npy")
+                assert status == 200
+                np.testing.assert_array_equal(np.load(io.BytesIO(body)), block_frame(0))
+
+                async def follow():
+                    async with aiohttp.ClientSession() as s, s.ws_connect(view.url + "ws") as ws:
+                        await ws.send_str(json.dumps({"op": "watch", "stream": STREAM}))
+                        header, _ = await _next_message(ws)
+                        assert header["index"] == 0
+                        await ws.send_str(json.dumps({"op": "ack", "index": 0}))
+                        await asyncio.to_thread(_send, p, STREAM, [block_frame(1)])
+                        header, values = await _next_message(ws)
+                        assert (header["index"], header["live"]) == (1, True)
+                        shown = np.frombuffer(values, "<u2").reshape(48, 64)
+                        np.testing.assert_array_equal(shown, block_frame(1))
+
+                asyncio.run(follow())
+            # without keys the same view sees nothing: the receiver refuses it, 503
+            with view_server(ep["api"], ep["publish"], request_timeout_seconds=0.5) as view:
+                status, _, body = http(view, "/api/streams")
+                assert status == 503 and "did not answer" in error_of(body)

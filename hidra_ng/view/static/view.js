@@ -232,7 +232,7 @@
         const span = hi - lo;
         for (let k = lo; k <= hi; k++) {
           if (!counts[k]) continue;
-          out[span > 0 ? Math.min(bins.length - 1, Math.floor((k - lo) / span * bins.length)) : 0] += counts[k];
+          out[span > 0 ? Math.min(bins.length - 1, Math.floor((k - lo) / (span + 1) * bins.length)) : 0] += counts[k];
         }
         return out;
       },
@@ -374,7 +374,8 @@
     g.clearRect(0, 0, hc.width, hc.height);
     if (!st.values) { $('hist-range').textContent = '\u00a0'; return; }
     const { min, max } = st.stats;
-    const bins = st.stats.histogram(new Float64Array(140));
+    const distinct = st.stats.integer ? max - min + 1 : 140;  // no empty bins between integers
+    const bins = st.stats.histogram(new Float64Array(Math.min(140, distinct)));
     const span = max - min;
     let top = 0;
     for (const c of bins) top = Math.max(top, Math.log1p(c));
