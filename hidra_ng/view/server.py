@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import signal
 import threading
 import weakref
@@ -149,8 +150,9 @@ class ViewServer:
             await site.start()
         except OSError as err:
             await runner.cleanup()
+            reason = os.strerror(err.errno).lower() if err.errno else str(err)
             raise HidraError(
-                f"cannot listen on {self.settings.bind}:{self.settings.port}: {err.strerror or err}"
+                f"cannot listen on {self.settings.bind}:{self.settings.port}: {reason}"
             ) from None
         self._runner = runner
         server = site._server

@@ -8,6 +8,7 @@ import io
 import json
 import re
 import struct
+import urllib.request
 
 import msgspec
 import numpy as np
@@ -364,3 +365,39 @@ def test_view_reads_a_receiver_with_keys(receiver_config, tmp_path):
             with view_server(ep["api"], ep["publish"], request_timeout_seconds=0.5) as view:
                 status, _, body = http(view, "/api/streams")
                 assert status == 503 and "did not answer" in error_of(body)
+
+
+def test_view_command_serves_until_sigterm_and_says_why_it_cannot_start(receiver, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    ep = receiver.endpoints
+    cmd = [sys.executable, "-m", "hidra_ng", "view", "--api", ep["api"], "--publish", ep["publish"]]
+    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("hidra-ng view: open http://127.0.0.1:"), line
+        url = line.split("open ", 1)[1].split(";", 1)[0]
+        with urllib.request.urlopen(url + "api/streams", timeout=30) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*cmd, "--port", str(port)], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"hidra-ng: cannot listen on 127.0.0.1:{port}: address already in use"
+    ), done.stderr

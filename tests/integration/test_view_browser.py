@@ -189,3 +189,21 @@ def test_page_says_when_the_receiver_is_down_and_recovers(driver, receiver_proce
             p.send(STREAM, block_frame(1))
             p.flush(30)
             _wait_index(driver, 1, "a live frame after the restart")
+
+
+def test_binned_large_frame_reads_the_true_value_under_the_cursor(driver, make_producer, receiver):
+    """A frame over max_pixels reaches the page binned (maximum); the readout asks the server."""
+    frame = (np.arange(512 * 512, dtype=np.uint32).reshape(512, 512) % 60000).astype(np.uint16)
+    p = make_producer()
+    p.send("p11/big", frame)
+    p.flush(10)
+    ep = receiver.endpoints
+    with view_server(ep["api"], ep["publish"], max_pixels=65536) as view:
+        _open(driver, view, "p11/big")
+        _wait_index(driver, 0, "the binned frame")
+        assert "binned 2x2 (maximum) for display" in _text(driver, "frame-desc")
+        driver.execute_script("window.hidraView.setView(4, 0, 0)")
+        _hover(driver, 101, 50)
+        wait_js(driver, "return document.getElementById('pixel').textContent"
+                ".includes('true value')", what="the true value")  # fmt: skip
+        assert _text(driver, "pixel") == f"x 101  y 50  value {frame[50, 101]}  (true value)"
