@@ -51,7 +51,7 @@
       if (!r.ok) { setStatus(false, body.error || `receiver error ${r.status}`); return; }
       rows = body;
     } catch (e) {
-      setStatus(false, 'the view server does not answer (is hidra-ng view still running?)');
+      setStatus(false, 'the view server does not answer (is hidra-ng view still running?)', true);
       return;
     }
     setStatus(true, `${rows.length} stream${rows.length === 1 ? '' : 's'}`);
@@ -79,7 +79,7 @@
 
   let receiverUp = null;
   let receiverName = '';
-  function setStatus(up, text) {
+  function setStatus(up, text, viewDown = false) {
     const el = $('status');
     if (up) {
       el.className = 'status ok';
@@ -87,7 +87,8 @@
       if (receiverUp === false && st.stream && !st.header) send({ op: 'watch', stream: st.stream });
     } else {
       el.className = 'status bad';
-      el.textContent = `receiver unreachable: ${text} \u2014 retrying every second`;
+      el.textContent = viewDown ? `${text} \u2014 retrying every second`
+        : `receiver unreachable: ${text} \u2014 retrying every second`;
     }
     receiverUp = up;
   }
@@ -130,7 +131,8 @@
     };
     ws.onclose = () => {
       st.wsUp = false;
-      setStatus(false, 'the view server does not answer (is hidra-ng view still running?)');
+      st.pixelAsked = false;
+      setStatus(false, 'the view server does not answer (is hidra-ng view still running?)', true);
       setTimeout(connect, 1000);
     };
     ws.onmessage = (ev) => {
