@@ -182,7 +182,7 @@ class ViewConfig(_Config):
                 " wider bind shows every frame to the network, so give --token (or"
                 " HIDRA_NG_VIEW_TOKEN) of at least 16 characters",
             )
-        c.number("wait_seconds", low=0, high=30)
+        c.number("wait_seconds", low=0, high=10)
         c.number("request_timeout_seconds", above=0)
         c.number("max_pixels", low=65_536)
 

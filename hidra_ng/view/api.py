@@ -54,7 +54,7 @@ _ACCEPT = {
     "image/*": "png",
     "*/*": "png",
 }
-MAX_WAIT_SECONDS = 30.0
+MAX_WAIT_SECONDS = 10.0  # also bounds how long a stop waits for requests in flight
 
 
 def error(status: int, message: str) -> web.Response:

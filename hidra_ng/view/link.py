@@ -48,6 +48,9 @@ class ReceiverLink:
         self.request_timeout = request_timeout
         self._keys = {"keys_dir": keys_dir or None, "server_key_dir": server_key_dir or None}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hidra-ng-view-api")
+        # requests that wait for a future index have threads of their own, so a few of
+        # them never hold up the stream list or the live view's other requests
+        self._waits = ThreadPoolExecutor(threads, thread_name_prefix="hidra-ng-view-wait")
         self._local = threading.local()
         self._consumers: set[Consumer] = set()
         self._lock = threading.Lock()
@@ -64,7 +67,8 @@ class ReceiverLink:
         """``Consumer.<method>(*args, **kwargs)`` in a pool thread."""
         loop = asyncio.get_running_loop()
         job = functools.partial(self._call, method, args, kwargs)
-        return await loop.run_in_executor(self._pool, job)
+        pool = self._waits if kwargs.get("timeout", 0) > 0 else self._pool
+        return await loop.run_in_executor(pool, job)
 
     def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
         consumer = getattr(self._local, "consumer", None)
@@ -120,7 +124,8 @@ class ReceiverLink:
             self._feeds.clear()
         for feed in feeds:
             feed.stop()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._pool, self._waits):
+            pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             consumers = list(self._consumers)
             self._consumers.clear()

@@ -119,4 +119,4 @@ def test_view_config():
     with pytest.raises(ConfigError, match=r"view\.api"):
         ViewConfig(api="tcp://*:50101")
     with pytest.raises(ConfigError, match=r"view\.wait_seconds"):
-        ViewConfig(wait_seconds=60)
+        ViewConfig(wait_seconds=11)
