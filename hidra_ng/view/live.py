@@ -66,7 +66,6 @@ class Session:
             "stream": self.stream,
             "live": self.live,
             "in_flight": int(self.awaiting_ack),
-            "queued": 0,  # there is no queue: the feed's newest frame is all there is
             "sent": self.sent,
             "skipped": self.skipped,
             "write_buffer_bytes": transport.get_write_buffer_size() if transport else 0,
