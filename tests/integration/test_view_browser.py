@@ -207,3 +207,47 @@ def test_binned_large_frame_reads_the_true_value_under_the_cursor(driver, make_p
         wait_js(driver, "return document.getElementById('pixel').textContent"
                 ".includes('true value')", what="the true value")  # fmt: skip
         assert _text(driver, "pixel") == f"x 101  y 50  value {frame[50, 101]}  (true value)"
+
+
+def test_wheel_zooms_around_the_cursor_and_drag_pans(driver, make_producer, receiver):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    p = make_producer()
+    p.send(STREAM, block_frame(0))
+    p.flush(10)
+    ep = receiver.endpoints
+    with view_server(ep["api"], ep["publish"]) as view:
+        _open(driver, view, STREAM)
+        _wait_index(driver, 0, "frame 0")
+        driver.execute_script("window.hidraView.setView(4, 10, 10)")
+        assert _hover(driver, 37, 21).startswith("x 37  y 21  value 1000")
+        canvas = driver.find_element("id", "image")
+        zoom = driver.execute_script("return window.hidraView.state.zoom")
+        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_viewport(
+            *_viewport_point(driver, 37, 21)), 0, -300).perform()  # fmt: skip
+        wait_for(lambda: driver.execute_script("return window.hidraView.state.zoom") > zoom,
+                 what="the wheel to zoom in")  # fmt: skip
+        # the pixel under the cursor stays under it
+        x, y = _viewport_point(driver, 37, 21)
+        assert driver.execute_script(
+            "const p = window.hidraView.clientPoint(37, 21); return [p.x, p.y]"
+        ) == pytest.approx([x, y], abs=driver.execute_script("return window.hidraView.state.zoom"))
+        before = driver.execute_script(
+            "return [window.hidraView.state.ox, window.hidraView.state.oy]"
+        )
+        ActionChains(driver).click_and_hold(canvas).move_by_offset(50, 30).release().perform()
+        after = driver.execute_script(
+            "return [window.hidraView.state.ox, window.hidraView.state.oy]"
+        )
+        assert after == pytest.approx([before[0] + 50, before[1] + 30], abs=1)
+        driver.find_element("id", "fit").click()
+        zoom = driver.execute_script("return window.hidraView.state.zoom")
+        width = driver.execute_script("return document.getElementById('image').clientWidth")
+        height = driver.execute_script("return document.getElementById('image').clientHeight")
+        assert zoom == pytest.approx(min(width / 64, height / 48))
+
+
+def _viewport_point(driver, x: int, y: int) -> tuple[int, int]:
+    point = driver.execute_script(f"return window.hidraView.clientPoint({x}, {y})")
+    return int(point["x"]), int(point["y"])
