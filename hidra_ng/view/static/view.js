@@ -158,14 +158,23 @@
   }
 
   function onFrame(buf) {
+    try {
+      showFrame(buf);
+    } catch (e) {  // one frame that cannot be shown must not stop the next ones
+      notice(`frame not shown: ${e}`);
+      send({ op: 'ack' });
+    }
+  }
+
+  function showFrame(buf) {
     const receivedAt = Date.now() / 1000;
     const started = performance.now();
     const dv = new DataView(buf);
     const magic = String.fromCharCode(...new Uint8Array(buf, 0, 4));
-    if (magic !== 'HNV1') { notice('unknown message from the server'); return; }
+    if (magic !== 'HNV1') throw new Error('unknown message from the server');
     const n = dv.getUint32(4, true);
     const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 8, n)));
-    if (header.stream !== st.stream) { ack(header); return; }
+    if (header.stream !== st.stream) { ack(header); return header; }
     const view = header.view;
     const shapeChanged = !view || !st.header || !st.header.view ||
       view.shape.join() !== st.header.view.shape.join() || view.binning !== st.header.view.binning;
@@ -197,6 +206,7 @@
       }
       ack(header);
     });
+    return header;
   }
 
   function ack(header) {
