@@ -55,26 +55,38 @@
       return;
     }
     setStatus(true, `${rows.length} stream${rows.length === 1 ? '' : 's'}`);
+    // rows are updated in place (kept while their stream is listed): no flicker, no lost clicks
     const tbody = $('streams').tBodies[0];
-    tbody.textContent = '';
+    const names = rows.map((s) => s.name);
+    for (const tr of [...tbody.rows]) {
+      if (!tr.dataset.stream || !names.includes(tr.dataset.stream)) tr.remove();
+    }
     if (!rows.length) {
       tbody.innerHTML = '<tr class="empty"><td colspan="4">no streams yet</td></tr>';
+      return;
     }
-    for (const s of rows) {
-      const tr = document.createElement('tr');
-      tr.dataset.stream = s.name;
-      if (s.name === st.stream) tr.className = 'chosen';
-      const cells = [s.name, s.count, s.rate_hz.toFixed(1), s.finished ? 'yes' : ''];
+    const existing = new Map([...tbody.rows].map((tr) => [tr.dataset.stream, tr]));
+    rows.forEach((s, position) => {
+      let tr = existing.get(s.name);
+      if (!tr) {
+        tr = document.createElement('tr');
+        tr.dataset.stream = s.name;
+        for (let i = 0; i < 4; i++) {
+          const td = document.createElement('td');
+          td.className = i === 0 ? 'name' : (i < 3 ? 'num' : '');
+          tr.appendChild(td);
+        }
+        tr.cells[0].textContent = s.name;
+        tr.cells[0].title = s.name;
+        tr.addEventListener('click', () => choose(s.name));
+      }
+      if (tbody.rows[position] !== tr) tbody.insertBefore(tr, tbody.rows[position] || null);
+      const cells = [s.count, s.rate_hz.toFixed(1), s.finished ? 'yes' : ''];
       cells.forEach((text, i) => {
-        const td = document.createElement('td');
-        td.textContent = text;
-        td.className = i === 0 ? 'name' : (i < 3 ? 'num' : '');
-        if (i === 0) td.title = s.name;
-        tr.appendChild(td);
+        if (tr.cells[i + 1].textContent !== String(text)) tr.cells[i + 1].textContent = text;
       });
-      tr.addEventListener('click', () => choose(s.name));
-      tbody.appendChild(tr);
-    }
+      tr.classList.toggle('chosen', s.name === st.stream);
+    });
   }
 
   let receiverUp = null;
