@@ -265,5 +265,5 @@ class StreamTable:
             if up:
                 log.info("receiver at %s answers", self.link.api)
             else:
-                log.warning("receiver at %s unreachable: %s", self.link.api, error)
+                log.warning("%s; asking again while browsers look", error)
         self.up, self.error = up, error
