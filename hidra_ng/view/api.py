@@ -148,8 +148,7 @@ class Api:
         accept = request.headers.get("Accept", "")
         if not accept.strip():
             return "png"
-        for item in accept.split(","):
-            media = item.split(";")[0].strip().lower()
+        for media in _by_preference(accept):
             if media in _ACCEPT:
                 return _ACCEPT[media]
         raise _NotAcceptable(
@@ -185,6 +184,24 @@ class Api:
             return error(404, str(err))
         log.warning("request for stream %r failed: %s", stream, err)
         return error(500, f"{type(err).__name__}: {err}")
+
+
+def _by_preference(accept: str) -> list[str]:
+    """The media types of an Accept header, highest q first (ties in the order given)."""
+    ranked = []
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            ranked.append((-q, position, media.lower()))
+    return [media for _, _, media in sorted(ranked)]
 
 
 class _UnknownStream(HidraError):

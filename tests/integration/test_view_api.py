@@ -68,6 +68,9 @@ def test_frames_as_npy_tiff_and_png_equal_the_frame(make_producer, view):
     np.testing.assert_array_equal(tifffile.imread(io.BytesIO(body)), frames[2])
     status, _, body = http(view, f"/api/streams/{STREAM}/1", {"Accept": "application/x-npy"})
     np.testing.assert_array_equal(np.load(io.BytesIO(body)), frames[1])
+    preference = {"Accept": "image/png;q=0.5, application/x-npy;q=0.9, image/tiff;q=0"}
+    _, headers, _ = http(view, f"/api/streams/{STREAM}/1", preference)
+    assert headers["Content-Type"] == "application/x-npy"
     status, headers, body = http(view, f"/api/streams/{STREAM}/0")
     assert status == 200 and headers["Content-Type"] == "image/png"  # the default
     status, _, body = http(view, f"/api/streams/{STREAM}/1.json")
