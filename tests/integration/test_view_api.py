@@ -406,3 +406,25 @@ def test_view_command_serves_until_sigterm_and_says_why_it_cannot_start(receiver
     assert done.stderr.strip() == (
         f"hidra-ng: cannot listen on 127.0.0.1:{port}: address already in use"
     ), done.stderr
+
+
+def test_garbage_on_the_http_port_costs_only_itself(make_producer, view):
+    import socket
+
+    p = make_producer()
+    _send(p, STREAM, [block_frame(0)])
+    garbage = [
+        b"\x00\xff\xfe garbage\r\n\r\n",
+        b"GET /api/streams HTTP/9.9\r\n\r\n",
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: not-base64\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        b"POST /api/streams HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+    ]
+    for raw in garbage:
+        with socket.create_connection(("127.0.0.1", view.port), timeout=30) as s:
+            s.sendall(raw)
+            answer = s.recv(200)
+        assert answer.startswith(b"HTTP/1.") and int(answer.split()[1]) >= 400, (raw[:40], answer)
+    status, _, body = http(view, "/api/streams")
+    assert status == 200 and json.loads(body)[0]["name"] == STREAM
