@@ -251,3 +251,22 @@ def test_wheel_zooms_around_the_cursor_and_drag_pans(driver, make_producer, rece
 def _viewport_point(driver, x: int, y: int) -> tuple[int, int]:
     point = driver.execute_script(f"return window.hidraView.clientPoint({x}, {y})")
     return int(point["x"]), int(point["y"])
+
+
+def test_frames_without_an_image_and_finished_streams(driver, make_producer, receiver):
+    p = make_producer()
+    p.send("p11/log", b"opaque bytes", meta={"note": "not an image"})
+    p.finish("p11/log")
+    p.flush(10)
+    ep = receiver.endpoints
+    with view_server(ep["api"], ep["publish"]) as view:
+        _open(driver, view, "p11/log")
+        _wait_index(driver, 0, "the bytes frame")
+        wait_js(driver, "return document.getElementById('overlay').textContent.includes('bytes')")
+        assert _text(driver, "overlay") == "frame #0: 12 bytes of opaque data, no image"
+        assert '"note": "not an image"' in _text(driver, "meta")
+        done = driver.execute_script(
+            "return document.querySelector('#streams tr[data-stream=\"p11/log\"]').cells[3]"
+            ".textContent"
+        )
+        assert done == "yes"
