@@ -286,6 +286,52 @@ def export(
 
 
 @app.command()
+def view(
+    config: ConfigOpt = None,
+    api: Annotated[str | None, typer.Option(help="receiver api endpoint")] = None,
+    publish: Annotated[str | None, typer.Option(help="receiver publish endpoint")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8080), 0: any")] = None,
+    bind: Annotated[
+        str | None, typer.Option(help="address to listen on (default 127.0.0.1)")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="access token, required beyond loopback (or HIDRA_NG_VIEW_TOKEN)"),
+    ] = None,
+    keys_dir: KeysOpt = None,
+    server_key_dir: ServerKeyOpt = None,
+) -> None:
+    """Serve the live view: streams and their newest frames in a browser, until Ctrl-C."""
+    from hidra_ng.view import ViewServer
+
+    settings = cfg.load(
+        "view",
+        config,
+        {
+            "api": api,
+            "publish": publish,
+            "port": port,
+            "bind": bind,
+            "token": token,
+            "keys_dir": keys_dir,
+            "server_key_dir": server_key_dir,
+        },
+    )
+    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
+    server = ViewServer(settings)
+    server.link.check_keys()
+
+    def ready(srv: ViewServer) -> None:
+        hint = " (add ?token=YOUR_TOKEN)" if settings.token else ""
+        typer.echo(
+            f"hidra-ng view: open {srv.url}{hint}; receiver api {settings.api},"
+            f" publish {settings.publish}; Ctrl-C to stop"
+        )
+
+    server.run(ready)
+
+
+@app.command()
 def keygen(
     directory: Annotated[Path, typer.Argument(help="where to write the key pair")],
 ) -> None:

@@ -147,7 +147,61 @@ class SenderConfig(_Config):
                 )
 
 
-_SECTIONS: dict[str, type[_Config]] = {"receiver": ReceiverConfig, "sender": SenderConfig}
+class ViewConfig(_Config):
+    """``hidra-ng view`` (SPEC §16): the live view in a browser; env ``HIDRA_NG_VIEW_*``."""
+
+    section: ClassVar[str] = "view"
+    state_dir_key: ClassVar[str] = ""  # the view keeps no state
+
+    api: str = "tcp://localhost:50101"  # the receiver's api, for streams and stored frames
+    publish: str = "tcp://localhost:50102"  # the receiver's publish socket, for live frames
+    port: int = 8080  # HTTP port; 0 picks a free one (printed at start)
+    bind: str = "127.0.0.1"  # address to listen on; beyond loopback a token is required
+    token: str = ""  # access token for the page and the API (required beyond loopback)
+    keys_dir: str = ""  # this client's CurveZMQ key pair, when the receiver uses keys
+    server_key_dir: str = ""  # the receiver's public key
+    wait_seconds: float = 2.0  # how long a request for a future index waits before 404
+    request_timeout_seconds: float = 2.0  # a receiver silent this long is reported down (503)
+    max_pixels: int = 8_388_608  # larger frames reach the browser binned (true values on hover)
+
+    def __post_init__(self) -> None:
+        c = _Checker(self)
+        c.endpoint("api", bind=False)
+        c.endpoint("publish", bind=False)
+        c.port("port")
+        if not self.bind.strip() or any(ch.isspace() for ch in self.bind):
+            c.fail("bind", "an address to listen on, such as '127.0.0.1' or '0.0.0.0'")
+        if self.token and (len(self.token) < 16 or any(ch.isspace() for ch in self.token)):
+            c.fail("token", "at least 16 characters without spaces")
+        if not self.token and not is_loopback(self.bind):
+            raise FieldError(
+                self.section,
+                "bind",
+                self.bind,
+                "a loopback address (127.0.0.1, ::1, localhost) unless a token is set: a"
+                " wider bind shows every frame to the network, so give --token (or"
+                " HIDRA_NG_VIEW_TOKEN) of at least 16 characters",
+            )
+        c.number("wait_seconds", low=0, high=10)
+        c.number("request_timeout_seconds", above=0)
+        c.number("max_pixels", low=65_536)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: addresses only this machine reaches."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+_SECTIONS: dict[str, type[_Config]] = {
+    "receiver": ReceiverConfig,
+    "sender": SenderConfig,
+    "view": ViewConfig,
+}
 
 
 class FieldError(ConfigError):
@@ -181,7 +235,7 @@ def load(
     origins: dict[str, str] = {}  # key -> "file", "env:VAR", "flag", "state"
 
     state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if state_dir:
+    if state_dir and cls.state_dir_key:
         values[cls.state_dir_key] = state_dir
         origins[cls.state_dir_key] = "state"
     if path is not None:
@@ -229,6 +283,9 @@ def to_toml(section: str, config: _Config) -> str:
     lines = [f"[{section}]"]
     for name in config.__struct_fields__:
         if name == "sources":
+            continue
+        if name == "token" and getattr(config, name):  # a secret: said, not shown
+            lines.append(f"# token = (set, {_origin_note(name, origins.get(name)) or 'file'})")
             continue
         line = f"{name} = {_toml_value(getattr(config, name))}"
         note = _origin_note(name, origins.get(name))

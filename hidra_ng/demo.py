@@ -86,6 +86,10 @@ def run_demo(frames: int = 100, keep: bool = False, shape: tuple[int, int] = (20
             code = rx.terminate()
             echo(f"receiver stopped with exit code {code}")
         echo(f"the data lay in {root / 'store'} (LMDB), the sender's spool in {root / 'spool'}")
+        echo(
+            "to watch frames live in a browser: start a receiver and a sender as in the"
+            " README's quick start, then run `hidra-ng view` and open http://127.0.0.1:8080/"
+        )
         if mismatches or replayed != frames or info.count != frames or code != 0:
             raise typer.Exit(1)
     finally:
