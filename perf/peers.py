@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         require_debian([RABBITMQ_PACKAGE, NATS_PACKAGE], [str(RABBITMQ_SERVER), args.nats_server])
         with contextlib.ExitStack() as stack:
             systems, not_run = _start(stack, args.nats_server)
-            results = _measure(scale, systems, not_run)
+            results = _measure(scale, systems, not_run, args.rstream_read_chunk)
     except SetupError as err:
         print(f"perf-peers: {err}", file=sys.stderr)
         return 1
@@ -139,6 +139,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--nats-server", default="nats-server", metavar="PATH",
         help="the nats-server binary (default: Debian's on PATH); from 2.10 on, JetStream"
         " is also measured with sync_interval: always",
+    )  # fmt: skip
+    ap.add_argument(
+        "--rstream-read-chunk", type=int, default=0, metavar="BYTES",
+        help="bytes rstream reads from its socket per call (default: rstream's own, 256"
+        " in rstream 1.1.1); for a look at what a faster client would get",
     )  # fmt: skip
     return ap.parse_args(argv)
 
@@ -184,7 +189,14 @@ def _start(stack: contextlib.ExitStack, nats_binary: str) -> tuple[list[Any], di
 # ---------------------------------------------------------------- measuring
 
 
-def _measure(scale: PeerScale, systems: list[Any], not_run: dict[str, str]) -> dict[str, Any]:
+def _measure(
+    scale: PeerScale, systems: list[Any], not_run: dict[str, str], rstream_read_chunk: int
+) -> dict[str, Any]:
+    import rstream.connection
+
+    if rstream_read_chunk:
+        # rstream 1.1.1 reads 256 bytes per call, which bounds its consumers (README)
+        rstream.connection.CHUNK_SIZE = rstream_read_chunk
     started = time.perf_counter()
     load_before = os.getloadavg()
     machine_line, machine_info = machine()
@@ -204,7 +216,10 @@ def _measure(scale: PeerScale, systems: list[Any], not_run: dict[str, str]) -> d
         "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
         "systems": {s.name: {"durability": s.durability} for s in systems},
         "not_run": not_run,
-        "versions": _versions(systems),
+        "versions": {
+            **_versions(systems),
+            "rstream read chunk": f"{rstream.connection.CHUNK_SIZE} bytes",
+        },
         "workloads": _results(systems, samples),
         "errors": errors,
         "machine_detail": machine_info,
