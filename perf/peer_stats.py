@@ -78,6 +78,7 @@ class Sample:
     client_cpu_seconds: float  # the measuring process: the system's client library
     server_cpu_seconds: float  # the server process(es) and their children
     latencies_ms: list[float] = field(default_factory=list)  # latency runs only
+    detail: dict[str, float] = field(default_factory=dict)  # kept per run in peers.json
 
     @property
     def mb_per_s(self) -> float:
@@ -100,6 +101,9 @@ class Workload:
 def summarize(workload: Workload, samples: Sequence[Sample]) -> dict[str, Any]:
     """One system's figures for one workload over all rounds (shape of peers.json)."""
     out: dict[str, Any] = {"runs": len(samples)}
+    for s in samples:
+        for key, value in s.detail.items():
+            out.setdefault("detail", {}).setdefault(key, []).append(value)
     if workload.unit == "ms":
         pooled = [ms for s in samples for ms in s.latencies_ms]
         out.update(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -102,6 +103,8 @@ BATCH_1KIB = 1000
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    # the clients' own warnings (a reconnect, a re-subscription) belong in the report
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     scale = QUICK if args.quick else FULL
     if args.rounds:
         scale = PeerScale(**{**scale.__dict__, "rounds": args.rounds})

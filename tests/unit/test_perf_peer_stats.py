@@ -72,6 +72,13 @@ def test_throughput_summary_takes_medians_over_rounds():
     assert s["stat"] == "median of 3 runs"
 
 
+def test_details_are_kept_per_run():
+    runs = [_sample(1.0, 0.0, 0.0), _sample(1.0, 0.0, 0.0)]
+    runs[0].detail["offsets_skipped"] = 0
+    runs[1].detail["offsets_skipped"] = 3
+    assert summarize(INGEST, runs)["detail"] == {"offsets_skipped": [0, 3]}
+
+
 def test_message_rate_summary():
     s = summarize(SMALL, [Sample(2.0, 1_024_000, 1000, 0.5, 0.5)])
     assert s["value"] == 500.0  # 1,000 messages in 2 s
