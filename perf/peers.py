@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -66,7 +67,7 @@ from peer_stats import Sample, Workload, headline, ratio, summarize
 
 from scripts.rabbitmq_node import PACKAGE as RABBITMQ_PACKAGE
 from scripts.rabbitmq_node import SERVER as RABBITMQ_SERVER
-from scripts.rabbitmq_node import RabbitNode
+from scripts.rabbitmq_node import RabbitNode, RabbitNodeError
 
 PEERS_JSON = PERF_DIR / "peers.json"
 
@@ -108,13 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     scale = QUICK if args.quick else FULL
     if args.rounds:
         scale = PeerScale(**{**scale.__dict__, "rounds": args.rounds})
+    if shutil.which(args.nats_server) is None and args.nats_server != NATS_PACKAGE:
+        print(f"perf-peers: --nats-server {args.nats_server} is no program", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)  # stop the servers as on Ctrl-C
     try:
-        require_debian([RABBITMQ_PACKAGE, NATS_PACKAGE], [str(RABBITMQ_SERVER), args.nats_server])
+        require_debian([RABBITMQ_PACKAGE, NATS_PACKAGE], [str(RABBITMQ_SERVER), NATS_PACKAGE])
         with contextlib.ExitStack() as stack:
             systems, not_run = _start(stack, args.nats_server)
             results = _measure(scale, systems, not_run, args.rstream_read_chunk)
-    except SetupError as err:
+    except (SetupError, RabbitNodeError) as err:
         print(f"perf-peers: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
