@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 
 import nats
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 from payloads import FRAME_BYTES, frame_buffers
-from peer_services import CpuMeter, NatsServer
+from peer_services import CpuMeter, NatsServer, nats_version, supports_sync_always
 from peer_stats import Sample
 
 TIMEOUT = 600.0
@@ -25,24 +26,28 @@ WINDOW_BYTES = 64 << 20  # unacknowledged bytes in flight, as for RabbitMQ
 WINDOW_MESSAGES = 4000  # and messages (nats-py's default for publish_async)
 FETCH_BATCH = 16
 
-DURABILITY = (
-    "PubAck after the message is written to the stream's block file (page cache);"
-    " nats-server 2.9.10 fsyncs stream files every 2 minutes (hard-coded in 2.9;"
-    " the 'sync_interval' setting exists from 2.10.0 on)"
-)
-DURABILITY_SYNC_ALWAYS = (
-    "sync_interval: always: fsync of the block file after every write, before the PubAck"
-)
+WRITTEN = "PubAck after the message is written to the stream's block file (page cache)"
+
+
+def durability(version: tuple[int, ...], sync_always: bool) -> str:
+    """What a PubAck means with this nats-server version and setting."""
+    shown = ".".join(map(str, version))
+    if sync_always:
+        return f"nats-server {shown}, sync_interval: always: fsync of every write before the PubAck"
+    if supports_sync_always(version):
+        return f"{WRITTEN}; nats-server {shown} fsyncs every 2 minutes (default sync_interval)"
+    return (
+        f"{WRITTEN}; nats-server {shown} fsyncs stream files every 2 minutes (hard-coded"
+        " in 2.9; the 'sync_interval' setting exists from 2.10.0 on)"
+    )
 
 
 class NatsSystem:
-    durability = DURABILITY
-
     def __init__(self, server: NatsServer, name: str = "nats_jetstream") -> None:
         self.name = name
         self.server = server
-        if server.sync_always:
-            self.durability = DURABILITY_SYNC_ALWAYS
+        self.version = nats_version(server.binary)
+        self.durability = durability(self.version, server.sync_always)
         self._loop = asyncio.Runner()
         self._nc = self._run(nats.connect(server.url, pending_size=WINDOW_BYTES))
         self._payloads = [bytes(b) for b in frame_buffers()]
@@ -125,9 +130,18 @@ class NatsSystem:
         config = ConsumerConfig(ack_policy=AckPolicy.NONE)
         sub = await js.pull_subscribe(subject, stream=name, config=config)
         received, nbytes = 0, 0
+        deadline = time.monotonic() + 30
         try:
             while received < count:
-                for msg in await sub.fetch(min(FETCH_BATCH, count - received), timeout=30):
+                try:
+                    msgs = await sub.fetch(min(FETCH_BATCH, count - received), timeout=30)
+                except nats.js.errors.ServiceUnavailableError:
+                    # nats-server 2.10+ may answer 503 while a new consumer is not ready yet
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+                    continue
+                for msg in msgs:
                     received += 1
                     nbytes += len(msg.data)
         finally:

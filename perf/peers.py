@@ -326,10 +326,10 @@ def _rounded(x: float | None) -> float | None:
 
 
 def _versions(systems: list[Any]) -> dict[str, str]:
-    nats_binary = next(s.server.binary for s in systems if s.name == "nats_jetstream")
+    nats = next(s for s in systems if s.name == "nats_jetstream")
     return {
         "rabbitmq-server": debian_version(RABBITMQ_PACKAGE),
-        "nats-server": ".".join(map(str, nats_version(nats_binary))),
+        "nats-server": f"{'.'.join(map(str, nats.version))} ({shutil.which(nats.server.binary)})",
         "rstream": version("rstream"),
         "nats-py": version("nats-py"),
     }
