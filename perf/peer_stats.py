@@ -89,6 +89,20 @@ class Sample:
         return self.messages / self.seconds
 
 
+class System(Protocol):
+    """One system measured (perf/peer_hidra.py, peer_rabbitmq.py, peer_nats.py)."""
+
+    name: str
+    durability: str  # what an acknowledgement means at the settings measured
+
+    def ingest_4mib(self, stream: str, count: int) -> Sample: ...
+    def ingest_small(self, stream: str, batch: list[bytes], calls: int) -> Sample: ...
+    def readback_4mib(self, stream: str, count: int) -> Sample: ...
+    def latency_4mib(self, stream: str, warmup: int, samples: int) -> Sample: ...
+    def drop(self, stream: str) -> None: ...
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str

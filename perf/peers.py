@@ -1,6 +1,6 @@
 """hidra_ng beside RabbitMQ streams and NATS JetStream on this machine (SPEC §17).
 
-    .venv/bin/python perf/peers.py            # make perf-peers: 3 rounds, ~10 minutes
+    .venv/bin/python perf/peers.py            # make perf-peers: 3 rounds, 6-8 minutes
     .venv/bin/python perf/peers.py --quick    # make perf-peers-quick: 1 short round
 
 Installs Debian's rabbitmq-server and nats-server when missing (as root; otherwise
@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -63,7 +63,7 @@ from peer_services import (
     require_debian,
     supports_sync_always,
 )
-from peer_stats import Sample, Workload, headline, ratio, summarize
+from peer_stats import Sample, System, Workload, headline, ratio, summarize
 
 from scripts.rabbitmq_node import PACKAGE as RABBITMQ_PACKAGE
 from scripts.rabbitmq_node import SERVER as RABBITMQ_SERVER
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     scale = QUICK if args.quick else FULL
     if args.rounds:
-        scale = PeerScale(**{**scale.__dict__, "rounds": args.rounds})
+        scale = replace(scale, rounds=args.rounds)
     if shutil.which(args.nats_server) is None and args.nats_server != NATS_PACKAGE:
         print(f"perf-peers: --nats-server {args.nats_server} is no program", file=sys.stderr)
         return 2
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         require_debian([RABBITMQ_PACKAGE, NATS_PACKAGE], [str(RABBITMQ_SERVER), NATS_PACKAGE])
         with contextlib.ExitStack() as stack:
-            systems, not_run = _start(stack, args.nats_server)
-            results = _measure(scale, systems, not_run, args.rstream_read_chunk)
+            systems, not_run, versions = _start(stack, args.nats_server)
+            results = _measure(scale, systems, not_run, versions, args.rstream_read_chunk)
     except (SetupError, RabbitNodeError) as err:
         print(f"perf-peers: {err}", file=sys.stderr)
         return 1
@@ -158,17 +158,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 # ------------------------------------------------------------------- servers
 
 
-def _start(stack: contextlib.ExitStack, nats_binary: str) -> tuple[list[Any], dict[str, str]]:
-    """Start every server and client, each stopped by ``stack``; (systems, not run)."""
+def _start(
+    stack: contextlib.ExitStack, nats_binary: str
+) -> tuple[list[System], dict[str, str], dict[str, str]]:
+    """Start every server and client, each stopped by ``stack``; (systems, not run, versions)."""
     from peer_hidra import HidraSystem
     from peer_nats import NatsSystem
     from peer_rabbitmq import MOST_DURABLE, RabbitStreamsSystem
 
     base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hidra-peers-")))
     progress(f"starting hidra_ng's receiver, RabbitMQ and nats-server under {base}")
-    systems: list[Any] = []
+    systems: list[System] = []
 
-    def add(system: Any) -> None:
+    def add(system: System) -> None:
         stack.callback(system.close)
         systems.append(system)
 
@@ -190,14 +192,24 @@ def _start(stack: contextlib.ExitStack, nats_binary: str) -> tuple[list[Any], di
             " 'sync_interval' (unknown field); 'sync_interval: always' exists from 2.10.0"
             " on (pass one with --nats-server PATH)"
         )
-    return systems, not_run
+    versions = {
+        "rabbitmq-server": debian_version(RABBITMQ_PACKAGE),
+        "nats-server": f"{'.'.join(map(str, found))} ({shutil.which(nats_binary)})",
+        "rstream": version("rstream"),
+        "nats-py": version("nats-py"),
+    }
+    return systems, not_run, versions
 
 
 # ---------------------------------------------------------------- measuring
 
 
 def _measure(
-    scale: PeerScale, systems: list[Any], not_run: dict[str, str], rstream_read_chunk: int
+    scale: PeerScale,
+    systems: list[System],
+    not_run: dict[str, str],
+    versions: dict[str, str],
+    rstream_read_chunk: int,
 ) -> dict[str, Any]:
     import rstream.connection
 
@@ -223,10 +235,7 @@ def _measure(
         "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
         "systems": {s.name: {"durability": s.durability} for s in systems},
         "not_run": not_run,
-        "versions": {
-            **_versions(systems),
-            "rstream read chunk": f"{rstream.connection.CHUNK_SIZE} bytes",
-        },
+        "versions": {**versions, "rstream read chunk": f"{rstream.connection.CHUNK_SIZE} bytes"},
         "workloads": _results(systems, samples),
         "errors": errors,
         "machine_detail": machine_info,
@@ -236,7 +245,7 @@ def _measure(
 def _round(
     r: int,
     scale: PeerScale,
-    systems: list[Any],
+    systems: list[System],
     samples: dict[tuple[str, str], list[Sample]],
     errors: dict[str, str],
 ) -> None:
@@ -273,7 +282,7 @@ def _round(
                 _drop(system, drop_after, errors)
 
 
-def _drop(system: Any, stream: str, errors: dict[str, str]) -> None:
+def _drop(system: System, stream: str, errors: dict[str, str]) -> None:
     try:
         system.drop(stream)
     except Exception as err:
@@ -290,7 +299,7 @@ def _shown(workload: str, s: Sample) -> str:
 
 
 def _results(
-    systems: list[Any], samples: dict[tuple[str, str], list[Sample]]
+    systems: list[System], samples: dict[tuple[str, str], list[Sample]]
 ) -> dict[str, dict[str, Any]]:
     """Per workload: each system's summary, and hidra_ng / peer for the headline and CPU."""
     out: dict[str, dict[str, Any]] = {}
@@ -323,16 +332,6 @@ def _results(
 
 def _rounded(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
-
-
-def _versions(systems: list[Any]) -> dict[str, str]:
-    nats = next(s for s in systems if s.name == "nats_jetstream")
-    return {
-        "rabbitmq-server": debian_version(RABBITMQ_PACKAGE),
-        "nats-server": f"{'.'.join(map(str, nats.version))} ({shutil.which(nats.server.binary)})",
-        "rstream": version("rstream"),
-        "nats-py": version("nats-py"),
-    }
 
 
 def _write_json(path: Path, results: dict[str, Any]) -> None:
