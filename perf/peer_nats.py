@@ -2,8 +2,8 @@
 
 Publishing: ``js.publish_async`` with a ``Nats-Msg-Id`` header (JetStream's
 deduplication), at most :data:`WINDOW_BYTES` unacknowledged; a run ends when
-every PubAck is in and the stream holds every message. Reading: a pull consumer
-without acks, ``fetch`` in batches of 16. Latency: ``publish_async`` of one
+every PubAck is in and the stream holds every message. Reading: a durable pull
+consumer without acks, ``fetch`` in batches of 16. Latency: ``publish_async`` of one
 message returning -> an ordered push consumer's ``next_msg`` (delivery from the
 stream, as the other systems' consumers read from theirs).
 """
@@ -128,7 +128,9 @@ class NatsSystem:
         name, subject = self._names(stream)
         js = self._nc.jetstream()
         config = ConsumerConfig(ack_policy=AckPolicy.NONE)
-        sub = await js.pull_subscribe(subject, stream=name, config=config)
+        # durable (removed with its stream): with an ephemeral one, nats-server 2.15.1
+        # answered every fetch of one run with 503 "no responders" for 30 s
+        sub = await js.pull_subscribe(subject, durable="readback", stream=name, config=config)
         received, nbytes = 0, 0
         deadline = time.monotonic() + 30
         try:
