@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import nats
+import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 from payloads import FRAME_BYTES, frame_buffers
@@ -117,7 +118,12 @@ class NatsSystem:
     def readback_4mib(self, stream: str, count: int) -> Sample:
         meter = CpuMeter(self.server_pids())
         t0 = time.perf_counter()
-        nbytes = self._run(self._read(stream, count))
+        try:
+            nbytes = self._run(self._read(stream, count))
+        except nats.errors.TimeoutError as err:
+            raise RuntimeError(
+                f"{stream}: read-back stalled; server log: {self.server.log()}"
+            ) from err
         seconds = time.perf_counter() - t0
         client, server = meter.read()
         if nbytes != count * FRAME_BYTES:

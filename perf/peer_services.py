@@ -34,6 +34,7 @@ DEBIAN_SCRIPT = REPO_DIR / "scripts" / "debian-packages"
 NATS_PACKAGE = "nats-server"
 START_TIMEOUT_SECONDS = 60.0
 NATS_MAX_PAYLOAD = 8 << 20  # 4 MiB frames plus headers; the default is 1 MiB
+NATS_MAX_PENDING = 512 << 20  # bytes queued for one client; the default is 64 MiB
 
 
 class SetupError(RuntimeError):
@@ -111,6 +112,11 @@ class NatsServer:
             "port: -1\n"  # the server picks a free port and writes it to the ports file
             f"ports_file_dir: {json.dumps(str(self.base_dir))}\n"
             f"max_payload: {NATS_MAX_PAYLOAD}\n"
+            # a client that reads slowly on a loaded machine is otherwise cut off as a
+            # "slow consumer" (64 MiB pending, 2-10 s write deadline) and its pull
+            # consumer's messages are dropped: the read-back waits for them forever
+            f"max_pending: {NATS_MAX_PENDING}\n"
+            'write_deadline: "60s"\n'
             f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n{sync}}}\n"
         )
 
