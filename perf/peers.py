@@ -162,6 +162,8 @@ def _start(
     stack: contextlib.ExitStack, nats_binary: str
 ) -> tuple[list[System], dict[str, str], dict[str, str]]:
     """Start every server and client, each stopped by ``stack``; (systems, not run, versions)."""
+    # the clients are imported once the packages are checked, so --help and a missing
+    # package answer at once
     from peer_hidra import HidraSystem
     from peer_nats import NatsSystem
     from peer_rabbitmq import MOST_DURABLE, RabbitStreamsSystem
