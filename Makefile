@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test check fmt perf perf-quick clean
+.PHONY: demo test check fmt perf perf-quick perf-peers perf-peers-quick clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ perf: $(VENV)/.test
 
 perf-quick: $(VENV)/.test
 	$(PY) perf/run.py --quick
+
+# hidra_ng beside RabbitMQ streams and NATS JetStream (SPEC §17); installs the Debian
+# packages of both brokers as root (without root it says how and exits 2)
+$(VENV)/.perf: $(VENV)/.base
+	$(PY) -m pip install --quiet -e '.[perf]'
+	touch $@
+
+perf-peers: $(VENV)/.perf
+	$(PY) perf/peers.py
+
+perf-peers-quick: $(VENV)/.perf
+	$(PY) perf/peers.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
