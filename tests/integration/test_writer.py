@@ -12,6 +12,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 from conftest import wait_for
+from nxdl_check import check, depends_on_chains
 from writer_helpers import (
     detector,
     image,
@@ -75,6 +76,11 @@ def test_a_dectris_series_opens_in_fabio_and_h5py(make_producer, api, tmp_path, 
         assert h5["/entry/instrument/detector/distance"][()] == pytest.approx(0.12)
         omega = h5["/entry/sample/transformations/omega"][()]
         np.testing.assert_allclose(omega, 0.1 * np.arange(10))
+    report = check(master)  # every element NXmx requires, from the real start message
+    assert report.missing == [] and report.wrong == []
+    assert depends_on_chains(master)["/entry/sample/depends_on"] == [
+        "/entry/sample/transformations/omega"
+    ]
     assert writer.metrics.series.labels(stream)._value.get() == 1
 
 
@@ -107,7 +113,11 @@ def test_hdf5_format_writes_the_export_layout_a_file_per_n_frames(
         wait_for(lambda: w.writers.get("sim/run1") and w.writers["sim/run1"].finished,
                  timeout=30, what="the stream written")  # fmt: skip
     files = sorted((out / "sim" / "run1").glob("*.h5"))
-    assert [f.name for f in files] == ["run1_000000000.h5", "run1_000000003.h5", "run1_000000006.h5"]
+    assert [f.name for f in files] == [
+        "run1_000000000.h5",
+        "run1_000000003.h5",
+        "run1_000000006.h5",
+    ]
     got = []
     for path in files:
         with h5py.File(path, "r") as h5:
