@@ -182,8 +182,10 @@ class WriterConfig(_Config):
         c.number("frames_per_file", low=1, high=1_000_000)
         if "/" in self.name_pattern or not self.name_pattern.strip():
             c.fail("name_pattern", "a file name prefix without '/', e.g. 'series_$id'")
-        if bool(self.amqp) != bool(self.queue):
-            c.fail("queue" if self.amqp else "amqp", "amqp and queue given together, or neither")
+        if self.amqp and not self.queue:
+            c.fail("amqp", "a queue given with it (queue, --queue), or no amqp")
+        if self.queue and not self.amqp:
+            c.fail("queue", "an amqp broker URI given with it (amqp, --amqp), or no queue")
         if self.amqp and not self.amqp.startswith(("amqp://", "amqps://")):
             c.fail("amqp", "an AMQP URI such as 'amqp://user:password@broker:5672/%2F'")
         c.port("metrics_port")
