@@ -96,7 +96,7 @@ def test_an_output_directory_that_is_not_writable_is_a_clear_error(tmp_path, rec
                 ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)],
                 capture_output=True,
             ).returncode
-            == 0  # fmt: skip
+            == 0
         )
         if not mounted:
             pytest.skip("cannot mount a read-only tmpfs here")

@@ -73,4 +73,3 @@ def test_each_complete_series_is_announced_once_in_zocalos_shape(
     again = drain(rabbitmq.amqp_uri, queue)
     assert [pr.message_id for pr, _ in again] == [pr.message_id for pr, _ in messages]
     assert [m for _, m in again] == [m for _, m in messages]
-
