@@ -164,3 +164,27 @@ def test_streams_created_later_are_picked_up(make_producer, api, tmp_path):
     assert not (out / "other").exists()
     with Consumer(api) as c:
         assert stored_count(c, "other/x") == 1
+
+
+def test_h5ls_lists_the_master_with_its_external_links(make_producer, api, tmp_path):
+    """HDF5's own h5ls (Debian hdf5-tools) lists the master and follows nothing it should not."""
+    import subprocess
+
+    from tests.debian import require_debian
+
+    require_debian(["hdf5-tools"], ["h5ls"])
+    out = tmp_path / "out"
+    with detector(make_producer) as det, running_writer(api, out, frames_per_file=2):
+        send_series(det, 8, 3)
+        master = wait_master(out, "p11/eiger/threshold_1", 8)
+    listing = subprocess.run(["h5ls", "-r", str(master)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout  # fmt: skip
+    assert "/entry/data/data_000001  External Link {series_8_data_000001.h5//entry/data/data}" in (
+        listing
+    )
+    assert "/entry/data/data_000002  External Link {series_8_data_000002.h5//entry/data/data}" in (
+        listing
+    )
+    for path in ("/entry/definition", "/entry/instrument/detector/module/fast_pixel_direction",
+                 "/entry/sample/transformations/omega", "/entry/source/name"):  # fmt: skip
+        assert path in listing
