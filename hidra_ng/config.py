@@ -407,7 +407,8 @@ def _from_environ(cls: type[_Config], environ: dict[str, str]) -> dict[str, tupl
         if not var.startswith(prefixes):
             raise ConfigError(
                 f"environment variable {var} is not a hidra-ng setting; expected"
-                f" {ENV_PREFIX}RECEIVER_<SETTING> or {ENV_PREFIX}SENDER_<SETTING>"
+                f" {ENV_PREFIX}RECEIVER_<SETTING>, {ENV_PREFIX}SENDER_<SETTING> or"
+                f" {ENV_PREFIX}WRITER_<SETTING>"
             )
         if not var.startswith(own):
             continue
