@@ -188,3 +188,23 @@ def test_h5ls_lists_the_master_with_its_external_links(make_producer, api, tmp_p
     for path in ("/entry/definition", "/entry/instrument/detector/module/fast_pixel_direction",
                  "/entry/sample/transformations/omega", "/entry/source/name"):  # fmt: skip
         assert path in listing
+
+
+def test_pixel_mask_and_flatfield_of_the_series_go_into_the_master(make_producer, api, tmp_path):
+    """With ``tables=1`` the source stores the start message's tables in STREAM/tables; the
+    master of each channel gets that channel's pixel mask and flatfield (and works without)."""
+    out = tmp_path / "out"
+    channels = ("threshold_1", "threshold_2")
+    with (
+        detector(make_producer, tables=True) as det,
+        running_writer(api, out, streams=["p11/eiger/threshold_*"]),
+    ):
+        send_series(det, 6, 2, channels=channels, tables=True)
+        masters = [wait_master(out, f"p11/eiger/{c}", 6) for c in channels]
+    for k, master in enumerate(masters):
+        with h5py.File(master, "r") as h5:
+            det_group = h5["/entry/instrument/detector"]
+            assert det_group["pixel_mask"].dtype == np.dtype("<u4")
+            assert det_group["pixel_mask"].shape == (64, 48)
+            np.testing.assert_array_equal(det_group["flatfield"][()], np.full((64, 48), 1.0 + k))
+    assert not (out / "p11" / "eiger" / "tables").exists()  # not matched: not written
