@@ -106,6 +106,14 @@ def run_writer(api: str, out: Path, stream: str, sid: int) -> float:
     return took
 
 
+def replay_only(api: str, stream: str) -> float:
+    began = time.perf_counter()
+    with Consumer(api) as c:
+        for _ in c.replay(stream, decode=False):
+            pass
+    return time.perf_counter() - began
+
+
 def baseline(api: str, stream: str, out: Path, n: int) -> float:
     """Raw h5py: the same stored bytes as direct chunks, files of PER_FILE, fsynced."""
     with Consumer(api) as c:
@@ -206,8 +214,9 @@ def main() -> int:
                 )
                 store_series(rx, work / f"spool-{codec}", stream, sid, frames)
                 del frames
-                bases, writers, cpu_b, cpu_w = [], [], [], []
+                bases, writers, cpu_b, cpu_w, replays = [], [], [], [], []
                 for r in range(rounds):  # interleaved, medians: the disk's speed drifts
+                    replays.append(replay_only(rx.api, stream))
                     c0 = cpu()
                     bases.append(baseline(rx.api, stream, work / f"base-{codec}-{r}", n))
                     c1 = cpu()
@@ -225,6 +234,10 @@ def main() -> int:
                     "ratio": round(t_base / t_writer, 2),
                     "images": n, "stored_bytes": stored_bytes, "rounds": rounds,
                     "writer_seconds": [round(t, 3) for t in writers],
+                    # reading the series from the receiver alone, nothing written: the
+                    # writer cannot be faster than this
+                    "replay_only_seconds": [round(t, 3) for t in replays],
+                    "ratio_to_replay": round(statistics.median(replays) / t_writer, 2),
                     # CPU seconds of this process (all threads; the baseline's includes its
                     # replay of the stored bytes before the timed part)
                     "writer_cpu_seconds": round(statistics.median(cpu_w), 3),
