@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -255,96 +254,35 @@ class StreamWriter:
             self.save()
 
     def _loop(self, consumer: Consumer, fmt: Any) -> None:
-        """Frames from a reader thread (its own Consumer) into the format, in index order.
-
-        Reading (the receiver's replay) and writing (HDF5, fsync) overlap on two
-        threads; the queue between them holds at most PREFETCH frames.
-        """
-        reader = _Reader(self, self.next_index, fmt.decode)
-        reader.thread.start()
-        try:
-            while not self.stop.is_set():
-                try:
-                    item = reader.queue.get(timeout=WAIT_SECONDS)
-                except queue.Empty:
-                    self.hooks.beat(self.stream)
-                    if self._dirty and time.monotonic() - self._saved_at >= STATE_SAVE_SECONDS:
-                        self.save()
-                    continue
-                if isinstance(item, Frame):
-                    self._add(fmt, item)
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                # the stream is finished and read to its end
-                index = int(item)
+        index = self.next_index
+        decode = fmt.decode
+        while not self.stop.is_set():
+            for frame in consumer.replay(self.stream, start=index, decode=decode):
+                self._add(fmt, frame)
+                index = frame.index + 1
+                if self.stop.is_set():
+                    break
+            else:
+                self.hooks.beat(self.stream)
+            if self.stop.is_set():
+                break
+            try:
+                frame = consumer.get(self.stream, index, timeout=WAIT_SECONDS, decode=decode)
+            except NotYetAvailable:
+                self.hooks.beat(self.stream)
+                if self._dirty and time.monotonic() - self._saved_at >= STATE_SAVE_SECONDS:
+                    self.save()
+                continue
+            except StreamFinished:
                 fmt.finish(index)
                 self.next_index = max(self.next_index, index)
                 self.save()
                 self.finished = True
                 return
-            fmt.abort()
-        finally:
-            reader.close()
+            self._add(fmt, frame)
+            index = frame.index + 1
+        fmt.abort()
 
     def _add(self, fmt: Any, frame: Frame) -> None:
         fmt.add(frame)
         self.read_index = frame.index
-
-
-PREFETCH = 8  # frames read ahead of the writing thread
-
-
-class _Reader:
-    """Reads a stream's durable frames from ``start`` on and queues them.
-
-    ``Consumer.replay`` while frames are stored, then ``Consumer.get(next,
-    timeout)``, which waits in the receiver for the next index. Puts Frames, then
-    an int (the end index) once the stream is finished, or the exception that
-    stopped it.
-    """
-
-    def __init__(self, owner: StreamWriter, start: int, decode: bool) -> None:
-        self.owner = owner
-        self.next = start
-        self.decode = decode
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH)
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"read {owner.stream}", daemon=True)
-
-    def _put(self, item: Any) -> bool:
-        while not (self.done.is_set() or self.owner.stop.is_set()):
-            try:
-                self.queue.put(item, timeout=WAIT_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        stream = self.owner.stream
-        try:
-            with self.owner._consumer_factory() as consumer:
-                while not (self.done.is_set() or self.owner.stop.is_set()):
-                    for frame in consumer.replay(stream, start=self.next, decode=self.decode):
-                        if not self._put(frame):
-                            return
-                        self.next = frame.index + 1
-                    try:
-                        frame = consumer.get(
-                            stream, self.next, timeout=WAIT_SECONDS, decode=self.decode
-                        )
-                    except NotYetAvailable:
-                        continue
-                    except StreamFinished:
-                        self._put(self.next)
-                        return
-                    if not self._put(frame):
-                        return
-                    self.next = frame.index + 1
-        except BaseException as err:  # handed to the writing thread, which decides
-            self._put(err)
-
-    def close(self) -> None:
-        self.done.set()
-        self.thread.join(timeout=3 * WAIT_SECONDS + 10)
