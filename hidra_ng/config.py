@@ -158,6 +158,7 @@ class WriterConfig(_Config):
     dir: str = "/var/lib/hidra-ng-writer"  # output root; files of STREAM go to DIR/STREAM/
     format: str = "nxmx"  # "nxmx" (DECTRIS series), "hdf5" (§10 layout) or "tiff"
     frames_per_file: int = 1000  # images per data file (nxmx) or frames per file (hdf5)
+    file_idle_seconds: float = 10.0  # hdf5: complete a file after this long without frames
     name_pattern: str = "series_$id"  # nxmx file prefix; $id is the series id
     instrument_name: str = ""  # NXmx /entry/instrument/name; "" = the stream's first segment
     source_name: str = ""  # NXmx /entry/source/name; "" = "unknown"
@@ -180,6 +181,7 @@ class WriterConfig(_Config):
             c.fail("streams", "one or more glob patterns such as 'p11/**'")
         c.choice("format", ("nxmx", "hdf5", "tiff"))
         c.number("frames_per_file", low=1, high=1_000_000)
+        c.number("file_idle_seconds", low=0, note="0 (never) or more seconds")
         if "/" in self.name_pattern or not self.name_pattern.strip():
             c.fail("name_pattern", "a file name prefix without '/', e.g. 'series_$id'")
         if self.amqp and not self.queue:

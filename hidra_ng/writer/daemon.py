@@ -67,6 +67,7 @@ class WriterDaemon:
             name_pattern=settings.name_pattern,
             instrument_name=settings.instrument_name,
             source_name=settings.source_name,
+            file_idle_seconds=settings.file_idle_seconds,
         )
         self.announcer = (
             Announcer(settings.amqp, settings.queue, settings.recipes) if settings.amqp else None

@@ -48,6 +48,7 @@ class Options:
     name_pattern: str = "series_$id"
     instrument_name: str = ""
     source_name: str = ""
+    file_idle_seconds: float = 10.0  # hdf5: complete a file no frame came for this long
 
 
 @dataclass
@@ -94,6 +95,9 @@ class Format:
 
     def finish(self, next_index: int) -> None:
         """The stream is finished: complete what is open."""
+
+    def idle(self, next_index: int, seconds: float) -> None:
+        """No new frame for ``seconds``; ``next_index`` is the index awaited."""
 
     def abort(self) -> None:
         """Drop the file in progress (its ``.part``); the checkpoint stays."""
@@ -505,6 +509,13 @@ class Hdf5Format(Format):
 
     def finish(self, next_index: int) -> None:
         if self.file is not None:
+            self._complete(next_index)
+
+    def idle(self, next_index: int, seconds: float) -> None:
+        # a stream that pauses (or is never finished) still gets its last frames into a
+        # complete file; the next frames start a file named by their own first index
+        limit = self.ctx.options.file_idle_seconds
+        if self.file is not None and limit > 0 and seconds >= limit:
             self._complete(next_index)
 
     def abort(self) -> None:

@@ -256,10 +256,12 @@ class StreamWriter:
     def _loop(self, consumer: Consumer, fmt: Any) -> None:
         index = self.next_index
         decode = fmt.decode
+        last_frame = time.monotonic()
         while not self.stop.is_set():
             for frame in consumer.replay(self.stream, start=index, decode=decode):
                 self._add(fmt, frame)
                 index = frame.index + 1
+                last_frame = time.monotonic()
                 if self.stop.is_set():
                     break
             else:
@@ -270,6 +272,7 @@ class StreamWriter:
                 frame = consumer.get(self.stream, index, timeout=WAIT_SECONDS, decode=decode)
             except NotYetAvailable:
                 self.hooks.beat(self.stream)
+                fmt.idle(index, time.monotonic() - last_frame)
                 if self._dirty and time.monotonic() - self._saved_at >= STATE_SAVE_SECONDS:
                     self.save()
                 continue
@@ -281,6 +284,7 @@ class StreamWriter:
                 return
             self._add(fmt, frame)
             index = frame.index + 1
+            last_frame = time.monotonic()
         fmt.abort()
 
     def _add(self, fmt: Any, frame: Frame) -> None:

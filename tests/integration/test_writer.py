@@ -208,3 +208,23 @@ def test_pixel_mask_and_flatfield_of_the_series_go_into_the_master(make_producer
             assert det_group["pixel_mask"].shape == (64, 48)
             np.testing.assert_array_equal(det_group["flatfield"][()], np.full((64, 48), 1.0 + k))
     assert not (out / "p11" / "eiger" / "tables").exists()  # not matched: not written
+
+
+def test_hdf5_completes_a_file_when_the_stream_pauses(make_producer, api, tmp_path):
+    out = tmp_path / "out"
+    p = make_producer("pausing")
+    for i in range(3):
+        p.send("cont/a", image(i), {"i": i})
+    p.flush(30)
+    options = dict(streams=["cont/a"], format="hdf5", frames_per_file=100, file_idle_seconds=0.5)
+    with running_writer(api, out, **options):
+        first = out / "cont" / "a" / "a_000000000.h5"
+        wait_for(first.exists, timeout=30, what="the file completed after the pause")
+        p.send("cont/a", image(3), {"i": 3})
+        p.flush(30)
+        second = out / "cont" / "a" / "a_000000003.h5"
+        wait_for(second.exists, timeout=30, what="a new file for the frames after the pause")
+    with h5py.File(first, "r") as h5:
+        assert list(h5["/entry/data/index"][()]) == [0, 1, 2]
+    with h5py.File(second, "r") as h5:
+        assert list(h5["/entry/data/index"][()]) == [3]
