@@ -145,6 +145,48 @@ def sender(
 
 
 @app.command()
+def write(
+    config: ConfigOpt = None,
+    api: Annotated[str | None, typer.Option(help="receiver api endpoint")] = None,
+    streams: Annotated[
+        list[str] | None,
+        typer.Option("--streams", help="glob pattern of streams to write; may be repeated"),
+    ] = None,
+    dir: Annotated[str | None, typer.Option("--dir", help="output directory")] = None,
+    format: Annotated[str | None, typer.Option(help="nxmx, hdf5 or tiff")] = None,
+    frames_per_file: Annotated[int | None, typer.Option(help="images per data file")] = None,
+    amqp: Annotated[str | None, typer.Option(help="AMQP URI for announcements")] = None,
+    queue: Annotated[str | None, typer.Option(help="AMQP queue for announcements")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="HTTP /metrics port, 0: off")] = None,
+    keys_dir: Annotated[str | None, typer.Option(help="this client's CurveZMQ key pair")] = None,
+    server_key_dir: Annotated[str | None, typer.Option(help="the receiver's public key")] = None,
+) -> None:
+    """Write streams as files for legacy tools (NXmx, HDF5, TIFF) as frames arrive."""
+    from hidra_ng import service
+    from hidra_ng.writer.daemon import WriterDaemon
+
+    settings = cfg.load(
+        "writer",
+        config,
+        {
+            "api": api,
+            "streams": streams or None,
+            "dir": dir,
+            "format": format,
+            "frames_per_file": frames_per_file,
+            "amqp": amqp,
+            "queue": queue,
+            "metrics_port": metrics_port,
+            "keys_dir": keys_dir,
+            "server_key_dir": server_key_dir,
+        },
+    )
+    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
+    daemon = WriterDaemon(settings)
+    raise typer.Exit(service.run(daemon))
+
+
+@app.command()
 def demo(
     frames: Annotated[int, typer.Option(help="frames to send")] = 100,
     keep: Annotated[bool, typer.Option(help="keep the data directory")] = False,

@@ -197,10 +197,57 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class WriterConfig(_Config):
+    """``hidra-ng write`` (SPEC §15): streams as files for legacy tools."""
+
+    section: ClassVar[str] = "writer"
+    state_dir_key: ClassVar[str] = "dir"
+
+    api: str = "tcp://localhost:50101"  # the receiver's api endpoint
+    streams: list[str] = msgspec.field(default_factory=lambda: ["**"])  # glob patterns
+    dir: str = "/var/lib/hidra-ng-writer"  # output root; files of STREAM go to DIR/STREAM/
+    format: str = "nxmx"  # "nxmx" (DECTRIS series), "hdf5" (§10 layout) or "tiff"
+    frames_per_file: int = 1000  # images per data file (nxmx) or frames per file (hdf5)
+    file_idle_seconds: float = 10.0  # hdf5: complete a file after this long without frames
+    name_pattern: str = "series_$id"  # nxmx file prefix; $id is the series id
+    instrument_name: str = ""  # NXmx /entry/instrument/name; "" = the stream's first segment
+    source_name: str = ""  # NXmx /entry/source/name; "" = "unknown"
+    amqp: str = ""  # amqp://user:password@host:5672/vhost; "" = no announcements
+    queue: str = ""  # the queue announcements go to
+    recipes: list[str] = msgspec.field(default_factory=lambda: ["hidra-ng-files"])
+    metrics_port: int = 9612
+    keys_dir: str = ""
+    server_key_dir: str = ""
+
+    def __post_init__(self) -> None:
+        c = _Checker(self)
+        for key in ("streams", "recipes"):
+            value = getattr(self, key)
+            if isinstance(value, str):  # from the environment: comma-separated
+                setattr(self, key, [v.strip() for v in value.split(",") if v.strip()])
+        c.endpoint("api", bind=False)
+        c.path("dir")
+        if not self.streams or not all(isinstance(p, str) and p.strip() for p in self.streams):
+            c.fail("streams", "one or more glob patterns such as 'p11/**'")
+        c.choice("format", ("nxmx", "hdf5", "tiff"))
+        c.number("frames_per_file", low=1, high=1_000_000)
+        c.number("file_idle_seconds", low=0, note="0 (never) or more seconds")
+        if "/" in self.name_pattern or not self.name_pattern.strip():
+            c.fail("name_pattern", "a file name prefix without '/', e.g. 'series_$id'")
+        if self.amqp and not self.queue:
+            c.fail("amqp", "a queue given with it (queue, --queue), or no amqp")
+        if self.queue and not self.amqp:
+            c.fail("queue", "an amqp broker URI given with it (amqp, --amqp), or no queue")
+        if self.amqp and not self.amqp.startswith(("amqp://", "amqps://")):
+            c.fail("amqp", "an AMQP URI such as 'amqp://user:password@broker:5672/%2F'")
+        c.port("metrics_port")
+
+
 _SECTIONS: dict[str, type[_Config]] = {
     "receiver": ReceiverConfig,
     "sender": SenderConfig,
     "view": ViewConfig,
+    "writer": WriterConfig,
 }
 
 
@@ -416,7 +463,8 @@ def _from_environ(cls: type[_Config], environ: dict[str, str]) -> dict[str, tupl
         if not var.startswith(prefixes):
             raise ConfigError(
                 f"environment variable {var} is not a hidra-ng setting; expected"
-                f" {ENV_PREFIX}RECEIVER_<SETTING> or {ENV_PREFIX}SENDER_<SETTING>"
+                f" {ENV_PREFIX}RECEIVER_<SETTING>, {ENV_PREFIX}SENDER_<SETTING> or"
+                f" {ENV_PREFIX}WRITER_<SETTING>"
             )
         if not var.startswith(own):
             continue
@@ -485,7 +533,7 @@ def _describe_type(key: str, kind: Any) -> str:
         return "a number of seconds" if key.endswith("_seconds") else "a number"
     if kind is str:
         return "a directory path (a string)" if key.endswith("_dir") else "a string"
-    return "a list of source URIs"
+    return "a list of source URIs" if key == "sources" else "a list of strings"
 
 
 class _Checker:
@@ -641,6 +689,8 @@ def _show(value: Any) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -149,6 +149,59 @@ class _SourceRefusals(Collector):
         yield family
 
 
+class WriterMetrics:
+    """``hidra-ng write`` (SPEC §15); docs/operations.md lists them."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        _build_info(r)
+        self.files = Counter(
+            "hidra_ng_writer_files", "Files published complete under their final name",
+            ["stream"], registry=r,
+        )  # fmt: skip
+        self.frames = Counter(
+            "hidra_ng_writer_frames", "Frames in files published complete", ["stream"], registry=r
+        )
+        self.bytes = Counter(
+            "hidra_ng_writer_bytes", "Bytes of files published complete", ["stream"], registry=r
+        )
+        self.series = Counter(
+            "hidra_ng_writer_series", "NXmx series completed (master written)", ["stream"],
+            registry=r,
+        )  # fmt: skip
+        self.lag_frames = Gauge(
+            "hidra_ng_writer_lag_frames",
+            "Frames stored in the receiver but not yet read by the writer",
+            ["stream"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "hidra_ng_writer_errors", "Write errors, by stream and reason", ["stream", "reason"],
+            registry=r,
+        )  # fmt: skip
+        self.failed = Gauge(
+            "hidra_ng_writer_stream_failed",
+            "1 while a stream's writing is stopped by input it cannot write",
+            ["stream"],
+            registry=r,
+        )
+        self.disk_full = Gauge(
+            "hidra_ng_writer_disk_full", "1 while the output disk is full", registry=r
+        )
+        self.gone = Counter(
+            "hidra_ng_writer_gone",
+            "Frames removed by retention before they were written",
+            ["stream"],
+            registry=r,
+        )
+        self.announced = Counter(
+            "hidra_ng_writer_announced", "Announcements the broker confirmed", registry=r
+        )
+        self.receiver_up = Gauge(
+            "hidra_ng_writer_receiver_up", "1 while the receiver answers", registry=r
+        )
+
+
 def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):
     """Serve ``/metrics`` on ``port``; 0 disables. Returns the server (or None)."""
     if not port:

@@ -24,6 +24,9 @@ ROOT = Path(__file__).parents[2]
 UNITS = ROOT / "systemd"
 RECEIVER = "hidra-ng-receiver.service"
 SENDER = "hidra-ng-sender@.service"
+WRITER = "hidra-ng-writer.service"
+COMMANDS = {RECEIVER: "receiver", SENDER: "sender", WRITER: "write"}
+SECTIONS = {RECEIVER: "receiver", SENDER: "sender", WRITER: "writer"}
 INSTALLED = "/opt/hidra-ng/bin/hidra-ng"
 
 
@@ -49,7 +52,7 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
-@pytest.fixture(scope="module", params=[RECEIVER, SENDER])
+@pytest.fixture(scope="module", params=[RECEIVER, SENDER, WRITER])
 def unit(request) -> tuple[str, dict[str, list[str]]]:
     sections = parse_unit(UNITS / request.param)
     assert set(sections) == {"Unit", "Service", "Install"}
@@ -119,16 +122,16 @@ def test_exec_start_is_a_real_command_line(unit) -> None:
     assert argv[0] == INSTALLED
     command = typer.main.get_command(app)
     sub = command.commands[argv[1]]
-    assert sub.name == ("receiver" if name == RECEIVER else "sender")
+    assert sub.name == COMMANDS[name]
     options = {opt for param in sub.params for opt in getattr(param, "opts", [])}
     for arg in argv[2:]:
         if arg.startswith("--"):
             assert arg in options, f"{arg} is no option of hidra-ng {sub.name}"
     config = argv[argv.index("--config") + 1]
-    if name == RECEIVER:
-        assert config == "/etc/hidra-ng/receiver.toml"
-    else:
+    if name == SENDER:
         assert config == "/etc/hidra-ng/sender-%i.toml"
+    else:
+        assert config == f"/etc/hidra-ng/{SECTIONS[name]}.toml"
 
 
 def test_state_directory_is_writable_and_the_config_default(unit) -> None:
@@ -136,7 +139,7 @@ def test_state_directory_is_writable_and_the_config_default(unit) -> None:
     state = one(svc, "StateDirectory")
     path = f"/var/lib/{state}"
     assert one(svc, "ReadWritePaths") == path
-    section = "receiver" if name == RECEIVER else "sender"
+    section = SECTIONS[name]
     if name == SENDER:
         assert state == "hidra-ng-sender/%i", "one spool per instance"
         path = path.replace("%i", "eiger")
@@ -164,11 +167,11 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     executable = Path(sys.executable).parent / "hidra-ng"
     if not executable.exists():
         pytest.skip(f"{executable} is not installed (pip install -e .)")
-    for name in (RECEIVER, SENDER):
+    for name in (RECEIVER, SENDER, WRITER):
         text = (UNITS / name).read_text().replace(INSTALLED, str(executable))
         (tmp_path / name).write_text(text)
     result = subprocess.run(
-        [analyze, "verify", "--man=no", RECEIVER, "./hidra-ng-sender@eiger.service"],
+        [analyze, "verify", "--man=no", RECEIVER, "./hidra-ng-sender@eiger.service", WRITER],
         cwd=tmp_path,
         capture_output=True,
         text=True,
