@@ -46,6 +46,7 @@ _FLAG_NAMES = {
     "ack_timeout_seconds": "--ack-timeout",
     "max_age_seconds": "--max-age",
     "sources": "--source",
+    "streams": "--streams",
 }
 
 
@@ -147,7 +148,69 @@ class SenderConfig(_Config):
                 )
 
 
-_SECTIONS: dict[str, type[_Config]] = {"receiver": ReceiverConfig, "sender": SenderConfig}
+class BridgeConfig(_Config):
+    """``hidra-ng bridge`` (SPEC §13): durable frames into RabbitMQ streams."""
+
+    section: ClassVar[str] = "bridge"
+    state_dir_key: ClassVar[str] = "state_dir"
+
+    api: str = "tcp://localhost:50101"  # the receiver's api endpoint
+    rabbitmq: str = "rabbitmq-stream://guest:guest@localhost:5552/%2F"
+    streams: list[str] = msgspec.field(default_factory=lambda: ["**"])  # glob patterns
+    payload: str = "full"  # "full": body = stored payload; "record": empty body
+    prefix: str = "hidra"  # broker stream = prefix + "." + the coded hidra name
+    state_dir: str = "/var/lib/hidra-ng-bridge"  # the lock file lives here
+    metrics_port: int = 9612
+    keys_dir: str = ""
+    server_key_dir: str = ""
+    poll_seconds: float = 2.0  # how often the receiver's stream list is read
+    max_inflight_bytes: int = 256 * MiB  # payload read but not yet confirmed, all streams
+    max_inflight_frames: int = 4096  # per stream
+
+    def __post_init__(self) -> None:
+        from hidra_ng.bridge.names import check_prefix
+        from hidra_ng.bridge.uri import EXAMPLE, problem
+        from hidra_ng.patterns import compile_pattern
+
+        c = _Checker(self)
+        c.endpoint("api", bind=False)
+        why = problem(self.rabbitmq)
+        if why:
+            c.fail("rabbitmq", f"a RabbitMQ stream URI such as {EXAMPLE!r}; this one {why}")
+        if not self.streams:
+            c.fail("streams", "one or more glob patterns such as 'p11/*' or '**'")
+        for i, pattern in enumerate(self.streams):
+            try:
+                compile_pattern(pattern)
+            except InvalidInput:
+                raise FieldError(
+                    self.section,
+                    "streams",
+                    pattern,
+                    "a glob of stream names: segments of letters, digits, '.', '_', '-',"
+                    " '*' (within a segment) and '**' (across segments) joined by '/'",
+                ) from None
+        c.choice("payload", ("full", "record"))
+        try:
+            check_prefix(self.prefix)
+        except ConfigError:
+            c.fail(
+                "prefix",
+                "1 to 40 letters, digits, '_' and '-' in dot-separated parts, not starting"
+                " with 'amq', e.g. 'hidra'",
+            )
+        c.path("state_dir")
+        c.port("metrics_port")
+        c.number("poll_seconds", above=0, high=3600)
+        c.number("max_inflight_bytes", low=MiB)
+        c.number("max_inflight_frames", low=1, high=1 << 20)
+
+
+_SECTIONS: dict[str, type[_Config]] = {
+    "receiver": ReceiverConfig,
+    "sender": SenderConfig,
+    "bridge": BridgeConfig,
+}
 
 
 class FieldError(ConfigError):
@@ -388,6 +451,8 @@ def _parse_env(cls: type[_Config], key: str, var: str, text: str) -> Any:
             if math.isnan(value):
                 raise ValueError(text)
             return value
+        if kind is not str:  # a list: the bridge's stream patterns, comma-separated
+            return [item.strip() for item in text.split(",") if item.strip()]
     except ValueError:
         raise ConfigError(
             f"environment variable {var}={text!r}: expected {_describe_type(key, kind)}"
@@ -428,7 +493,7 @@ def _describe_type(key: str, kind: Any) -> str:
         return "a number of seconds" if key.endswith("_seconds") else "a number"
     if kind is str:
         return "a directory path (a string)" if key.endswith("_dir") else "a string"
-    return "a list of source URIs"
+    return "a list of glob patterns" if key == "streams" else "a list of source URIs"
 
 
 class _Checker:
@@ -584,6 +649,8 @@ def _show(value: Any) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list):  # the bridge's stream patterns
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
