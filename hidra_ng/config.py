@@ -179,7 +179,7 @@ class BridgeConfig(_Config):
             c.fail("rabbitmq", f"a RabbitMQ stream URI such as {EXAMPLE!r}; this one {why}")
         if not self.streams:
             c.fail("streams", "one or more glob patterns such as 'p11/*' or '**'")
-        for i, pattern in enumerate(self.streams):
+        for pattern in self.streams:
             try:
                 compile_pattern(pattern)
             except InvalidInput:
