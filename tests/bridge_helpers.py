@@ -153,11 +153,17 @@ class BridgeProcess:
     """``hidra-ng bridge`` as a child process (for kill -9 and exit codes)."""
 
     def __init__(
-        self, api: str, uri: str, state_dir: Path, *extra: str, metrics: bool = True
+        self,
+        api: str,
+        uri: str,
+        state_dir: Path,
+        *extra: str,
+        metrics: bool = True,
+        name: str = "bridge",
     ) -> None:
         self.metrics_port = free_port() if metrics else 0
         self.state_dir = Path(state_dir)
-        self.log_path = self.state_dir.parent / f"{self.state_dir.name}-bridge.log"
+        self.log_path = self.state_dir.parent / f"{self.state_dir.name}-{name}.log"
         self.argv = [
             sys.executable,
             "-m",
@@ -207,5 +213,3 @@ class BridgeProcess:
 
 def lock_holder(state_dir: Path) -> dict:
     return json.loads((Path(state_dir) / "bridge.lock").read_text())
-
-

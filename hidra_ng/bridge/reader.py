@@ -87,7 +87,7 @@ class Reader(threading.Thread):
         self._budget = budget
         self._frames = frames
         self._full = full
-        self._stop = stop
+        self._halt = stop
         self._on_gone = on_gone
         self._on_receiver = on_receiver
         self.stale = threading.Event()  # set when the broker side restarts this stream
@@ -107,19 +107,19 @@ class Reader(threading.Thread):
                         self._on_receiver(False)
                         if failures == 0:
                             log.warning("bridge: %s; retrying", err)
-                        self._stop.wait(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                        self._halt.wait(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
                         failures += 1
                     except HidraError as err:
                         log.warning(
                             "bridge: reading %r at %d: %s", self.stream, self.next_index, err
                         )
-                        self._stop.wait(RETRY_SECONDS[-1])
+                        self._halt.wait(RETRY_SECONDS[-1])
         except Exception:
             log.exception("bridge: the reader of %r failed", self.stream)
             raise
 
     def _done(self) -> bool:
-        return self._stop.is_set() or self.stale.is_set()
+        return self._halt.is_set() or self.stale.is_set()
 
     def _replay(self, consumer: Consumer) -> bool:
         """Deliver frames until the stream ends (True) or the bridge stops (True)."""
@@ -142,7 +142,7 @@ class Reader(threading.Thread):
         while not self._frames.acquire(timeout=0.2):
             if self._done():
                 return False
-        if not self._budget.take(item.cost, self._stop, self.stale.is_set):
+        if not self._budget.take(item.cost, self._halt, self.stale.is_set):
             self._frames.release()
             return False
         if self._done():
@@ -168,4 +168,4 @@ class Reader(threading.Thread):
             self._on_gone(lost)
             self.next_index = info.first
         else:
-            self._stop.wait(RETRY_SECONDS[0])
+            self._halt.wait(RETRY_SECONDS[0])
