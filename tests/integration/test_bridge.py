@@ -82,3 +82,111 @@ def test_record_mode_sends_properties_and_no_payload(
             assert m.props["compression"] == "lz4"
             stored = c.get(stream, m.index, decode=False)
             assert m.props["nbytes"] == stored.nbytes == len(stored.data)
+
+
+def _published(bridge, stream: str) -> float:
+    return bridge.metrics.published.labels(stream)._value.get()
+
+
+def test_streams_created_later_and_patterns(rabbitmq, receiver, make_producer, tmp_path, caplog):
+    """'*' within a segment, '**' across; a pattern matching nothing is told once and waited for."""
+    config = bridge_config(
+        receiver.endpoints["api"],
+        rabbitmq.stream_uri,
+        tmp_path / "b",
+        streams=["later/*", "deep/**"],
+        prefix="t-later",
+    )
+    producer = make_producer()
+    with caplog.at_level("INFO", logger="hidra_ng.bridge"), InProcessBridge(config) as bridge:
+        wait_for(
+            lambda: "matches no stream" in caplog.text, timeout=30, what="the waiting pattern told"
+        )
+        for stream in ("later/a", "later/a/b", "deep/x/y", "other"):
+            producer.send(stream, b"x")
+            producer.finish(stream)
+        producer.flush(timeout=60)
+        wait_for(
+            lambda: {"later/a", "deep/x/y"} <= bridge._finished, timeout=60, what="both bridged"
+        )
+        assert "later/a/b" not in bridge._links and "other" not in bridge._links
+        assert "later/a/b" not in bridge._finished
+    told = [r for r in caplog.records if "matches no stream" in r.getMessage()]
+    assert len({r.getMessage() for r in told}) == 2 and len(told) == 2  # once per pattern
+    assert [m.index for m in read_rstream(rabbitmq.stream_uri, "t-later.later.a")] == [0, 1]
+
+
+def test_broker_down_at_start_then_up(private_rabbitmq, receiver, make_producer, tmp_path, caplog):
+    private_rabbitmq.kill()
+    stream = "down/then-up"
+    producer = make_producer()
+    _send(producer, stream, 10)
+    producer.finish(stream)
+    producer.flush(timeout=60)
+    config = bridge_config(receiver.endpoints["api"], private_rabbitmq.stream_uri, tmp_path / "b")
+    with caplog.at_level("INFO", logger="hidra_ng.bridge"), InProcessBridge(config) as bridge:
+        wait_for(lambda: "cannot be reached" in caplog.text, timeout=30, what="the retry logged")
+        assert f"127.0.0.1:{private_rabbitmq.stream_port}" in caplog.text
+        assert bridge.metrics.broker_up._value.get() == 0
+        private_rabbitmq.start()
+        wait_for(lambda: stream in bridge._finished, timeout=120, what="bridged once up")
+        assert bridge.metrics.broker_up._value.get() == 1
+    got = read_rstream(private_rabbitmq.stream_uri, broker_name(stream))
+    assert [m.index for m in got] == list(range(11)) and got[-1].finished
+
+
+def test_receiver_restarted_under_the_bridge(rabbitmq, receiver_process, tmp_path) -> None:
+    from hidra_ng import Producer
+
+    stream = "restart/receiver"
+    rx = receiver_process
+    config = bridge_config(rx.api, rabbitmq.stream_uri, tmp_path / "b", prefix="t-restart")
+    with (
+        Producer(rx.ingest, rx.api, tmp_path / "spool", "det-r") as producer,
+        InProcessBridge(config) as bridge,
+    ):
+        _send(producer, stream, 30)
+        producer.flush(timeout=60)
+        wait_for(lambda: _published(bridge, stream) >= 30, timeout=60, what="30 published")
+        rx.kill()
+        rx.start()
+        _send(producer, stream, 30)
+        producer.finish(stream)
+        producer.flush(timeout=60)
+        wait_for(lambda: stream in bridge._finished, timeout=120, what="all bridged")
+    got = read_rstream(rabbitmq.stream_uri, broker_name(stream, "t-restart"))
+    assert [m.index for m in got] == list(range(61)) and got[-1].finished
+    assert [m.props["seq"] for m in got[:60]] == list(range(60))
+
+
+def test_frames_removed_by_retention_are_counted_and_logged(
+    rabbitmq, receiver_config, tmp_path, caplog
+) -> None:
+    from hidra_ng import Producer
+    from hidra_ng.receiver import Receiver
+
+    receiver_config.max_store_bytes = 1 << 20
+    stream = "retention/gone"
+    rx = Receiver(receiver_config)
+    rx.start()
+    try:
+        with Producer(
+            rx.endpoints["ingest"], rx.endpoints["api"], tmp_path / "spool", "det-g"
+        ) as producer:
+            for i in range(40):
+                producer.send(stream, bytes([i]) * (64 << 10))
+            producer.finish(stream)
+            producer.flush(timeout=60)
+        with Consumer(rx.endpoints["api"]) as c:
+            first = wait_for(lambda: c.info(stream).first, timeout=30, what="retention")
+        config = bridge_config(rx.endpoints["api"], rabbitmq.stream_uri, tmp_path / "b")
+        with caplog.at_level("INFO", logger="hidra_ng.bridge"), InProcessBridge(config) as bridge:
+            wait_for(lambda: stream in bridge._finished, timeout=60, what="bridged")
+            gone = bridge.metrics.gone.labels(stream)._value.get()
+    finally:
+        rx.stop()
+    assert gone == first > 0
+    assert f"{first} frames of {stream!r} (0 to {first - 1}) were removed" in caplog.text
+    got = read_rstream(rabbitmq.stream_uri, broker_name(stream))
+    assert [m.index for m in got] == list(range(first, 41))
+    assert all(m.body == bytes([m.index]) * (64 << 10) for m in got[:-1])

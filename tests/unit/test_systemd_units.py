@@ -24,6 +24,7 @@ ROOT = Path(__file__).parents[2]
 UNITS = ROOT / "systemd"
 RECEIVER = "hidra-ng-receiver.service"
 SENDER = "hidra-ng-sender@.service"
+BRIDGE = "hidra-ng-bridge.service"
 INSTALLED = "/opt/hidra-ng/bin/hidra-ng"
 
 
@@ -49,7 +50,7 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
-@pytest.fixture(scope="module", params=[RECEIVER, SENDER])
+@pytest.fixture(scope="module", params=[RECEIVER, SENDER, BRIDGE])
 def unit(request) -> tuple[str, dict[str, list[str]]]:
     sections = parse_unit(UNITS / request.param)
     assert set(sections) == {"Unit", "Service", "Install"}
@@ -119,7 +120,7 @@ def test_exec_start_is_a_real_command_line(unit) -> None:
     assert argv[0] == INSTALLED
     command = typer.main.get_command(app)
     sub = command.commands[argv[1]]
-    assert sub.name == ("receiver" if name == RECEIVER else "sender")
+    assert sub.name == {RECEIVER: "receiver", SENDER: "sender", BRIDGE: "bridge"}[name]
     options = {opt for param in sub.params for opt in getattr(param, "opts", [])}
     for arg in argv[2:]:
         if arg.startswith("--"):
@@ -127,6 +128,8 @@ def test_exec_start_is_a_real_command_line(unit) -> None:
     config = argv[argv.index("--config") + 1]
     if name == RECEIVER:
         assert config == "/etc/hidra-ng/receiver.toml"
+    elif name == BRIDGE:
+        assert config == "/etc/hidra-ng/bridge.toml"
     else:
         assert config == "/etc/hidra-ng/sender-%i.toml"
 
@@ -136,7 +139,7 @@ def test_state_directory_is_writable_and_the_config_default(unit) -> None:
     state = one(svc, "StateDirectory")
     path = f"/var/lib/{state}"
     assert one(svc, "ReadWritePaths") == path
-    section = "receiver" if name == RECEIVER else "sender"
+    section = {RECEIVER: "receiver", SENDER: "sender", BRIDGE: "bridge"}[name]
     if name == SENDER:
         assert state == "hidra-ng-sender/%i", "one spool per instance"
         path = path.replace("%i", "eiger")
@@ -164,11 +167,11 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     executable = Path(sys.executable).parent / "hidra-ng"
     if not executable.exists():
         pytest.skip(f"{executable} is not installed (pip install -e .)")
-    for name in (RECEIVER, SENDER):
+    for name in (RECEIVER, SENDER, BRIDGE):
         text = (UNITS / name).read_text().replace(INSTALLED, str(executable))
         (tmp_path / name).write_text(text)
     result = subprocess.run(
-        [analyze, "verify", "--man=no", RECEIVER, "./hidra-ng-sender@eiger.service"],
+        [analyze, "verify", "--man=no", RECEIVER, "./hidra-ng-sender@eiger.service", BRIDGE],
         cwd=tmp_path,
         capture_output=True,
         text=True,
