@@ -138,8 +138,9 @@ class Bridge:
     def stop(self) -> None:
         """Stop reading, wait for outstanding confirms (bounded), close."""
         self._stop.set()
+        # within service.STOP_TIMEOUT_SECONDS: the confirms, then closing the connection
         for thread in self._threads:
-            thread.join(STOP_CONFIRMS_SECONDS + 15)
+            thread.join(STOP_CONFIRMS_SECONDS + 5)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -254,6 +255,8 @@ class Bridge:
             if link is None:
                 link = self._links[info.name] = _Link(info, self.config.prefix)
                 log.info("bridge: %r -> broker stream %s", info.name, link.broker)
+                for counter in (self.metrics.published, self.metrics.gone):
+                    counter.labels(info.name)  # exposed at 0 from the start
             link.info = info
             stored = 0 if info.last is None else info.last + 1
             self.metrics.lag_frames.labels(info.name).set(max(0, stored - link.confirmed_next))

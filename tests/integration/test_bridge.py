@@ -190,3 +190,80 @@ def test_frames_removed_by_retention_are_counted_and_logged(
     got = read_rstream(rabbitmq.stream_uri, broker_name(stream))
     assert [m.index for m in got] == list(range(first, 41))
     assert all(m.body == bytes([m.index]) * (64 << 10) for m in got[:-1])
+
+
+def _cli(*args: str, timeout: float = 60):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "hidra_ng", "bridge", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--rabbitmq", "amqp://guest:guest@localhost:5672/"], "'amqp', not rabbitmq-stream://"),
+        (["--rabbitmq", "rabbitmq-stream://h:99999/"], "is not valid"),
+        (["--streams", "p11/a b"], '--streams "p11/a b"'),
+        (["--payload", "half"], "--payload \"half\": expected one of 'full' or 'record'"),
+        (["--prefix", "amq.x"], '--prefix "amq.x"'),
+        (["--api", "localhost:50101"], "--api"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(args, named, tmp_path) -> None:
+    result = _cli("--state-dir", str(tmp_path / "b"), "--metrics-port", "0", *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], lines
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_broker_waits_and_says_so_then_sigterm_exits_0(receiver, tmp_path) -> None:
+    from hidra_ng.localrun import free_port
+    from tests.bridge_helpers import BridgeProcess
+    from tests.ops_helpers import try_scrape
+
+    uri = f"rabbitmq-stream://guest:secret@127.0.0.1:{free_port()}/%2F"
+    bridge = BridgeProcess(receiver.endpoints["api"], uri, tmp_path / "b").start()
+    try:
+        wait_for(lambda: "cannot be reached" in bridge.read_log(), timeout=60, what="the log")
+        line = next(x for x in bridge.read_log().splitlines() if "cannot be reached" in x)
+        assert uri.replace(":secret", "").split("@")[1] in line and "secret" not in line
+        samples = wait_for(lambda: try_scrape(bridge.metrics_port), timeout=30, what="/metrics")
+        assert samples[("hidra_ng_bridge_broker_up", ())] == 0
+        assert bridge.proc.poll() is None, "waits for the broker, does not exit"
+        assert bridge.terminate() == 0
+    finally:
+        bridge.kill()
+
+
+def test_metrics_of_a_bridge_process(rabbitmq, receiver, make_producer, tmp_path) -> None:
+    from tests.bridge_helpers import BridgeProcess
+    from tests.ops_helpers import try_scrape
+
+    stream = "metrics/one"
+    producer = make_producer()
+    _send(producer, stream, 12)
+    producer.flush(timeout=60)
+    bridge = BridgeProcess(
+        receiver.endpoints["api"], rabbitmq.stream_uri, tmp_path / "b", "--prefix", "t-metrics"
+    ).start()
+    try:
+        labels = (("stream", stream),)
+
+        def settled():
+            s = try_scrape(bridge.metrics_port) or {}
+            done = s.get(("hidra_ng_bridge_published_total", labels)) == 12
+            return s if done and s.get(("hidra_ng_bridge_lag_frames", labels)) == 0 else None
+
+        samples = wait_for(settled, timeout=60, what="12 published, lag 0")
+        assert samples[("hidra_ng_bridge_broker_up", ())] == 1
+        assert samples[("hidra_ng_bridge_gone_total", labels)] == 0
+        assert bridge.terminate() == 0
+    finally:
+        bridge.kill()
