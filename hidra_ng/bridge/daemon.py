@@ -167,11 +167,29 @@ class Bridge:
         )
         assert self._loop is not None
         loop = self._loop
+        # items reach the loop in batches: one wake-up per batch, not per frame
+        pending: list[Item] = []
+        guard = threading.Lock()
+
+        def flush() -> None:
+            with guard:
+                items = pending[:]
+                pending.clear()
+            self._arrived(link, reader, items)
+
+        def deliver(item: Item) -> None:
+            with guard:
+                pending.append(item)
+                first = len(pending) == 1
+            if first:
+                with contextlib.suppress(RuntimeError):  # a closed loop: the bridge stops
+                    loop.call_soon_threadsafe(flush)
+
         reader = Reader(
             link.name,
             start,
             consumer=self._consumer,
-            deliver=lambda item: loop.call_soon_threadsafe(self._arrived, link, reader, item),
+            deliver=deliver,
             budget=self.budget,
             frames=slots,
             full=self.config.payload == "full",
@@ -189,19 +207,20 @@ class Bridge:
             if up:
                 log.info("bridge: receiver at %s answers", self.config.api)
 
-    def _arrived(self, link: _Link, reader: Reader, item: Item) -> None:
+    def _arrived(self, link: _Link, reader: Reader, items: list[Item]) -> None:
         if reader is not link.reader or reader.stale.is_set():
-            self._drop(link, [item])
+            self._drop(link, items)
             return
-        link.inbox.append(item)
+        link.inbox.extend(items)
         link.wake.set()
 
     def _drop(self, link: _Link, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        self.budget.give(sum(item.cost for item in items))
         slots = self._frame_slots.get(link.name)
-        for item in items:
-            self.budget.give(item.cost)
-            if slots is not None:
-                slots.release()
+        if slots is not None:
+            slots.release(len(items))
 
     # ------------------------------------------------------------- discovery
 
@@ -402,21 +421,18 @@ class Bridge:
         link = self._by_pid.get(pid)
         if link is None:
             return
-        slots = self._frame_slots.get(link.name)
-        for publishing_id in ids:
-            item = link.unconfirmed.pop(publishing_id, None)
-            if item is None:
-                continue
-            self.budget.give(item.cost)
-            if slots is not None:
-                slots.release()
-            link.confirmed_next = max(link.confirmed_next, item.index + 1)
-            self.metrics.published.labels(link.name).inc()
-            if item.end:
-                link.done = True
-                log.info("bridge: %r finished; all %d frames in the broker", link.name, item.index)
-            else:
-                self.metrics.published_bytes.labels(link.name).inc(len(item.data))
+        done = [item for item in map(link.unconfirmed.pop, ids, [None] * len(ids)) if item]
+        if not done:
+            return
+        self._drop(link, done)  # gives back their room
+        link.confirmed_next = max(link.confirmed_next, max(item.index for item in done) + 1)
+        self.metrics.published.labels(link.name).inc(len(done))
+        body_bytes = sum(len(item.data) for item in done if not item.end)
+        self.metrics.published_bytes.labels(link.name).inc(body_bytes)
+        end = next((item for item in done if item.end), None)
+        if end is not None:
+            link.done = True
+            log.info("bridge: %r finished; all %d frames in the broker", link.name, end.index)
 
     def _on_error(self, pid: int, publishing_id: int, code: int) -> None:
         link = self._by_pid.get(pid)
