@@ -112,10 +112,12 @@ class BrokerLink:
             self.closed.set()
             raise BrokerError(f"broker {self.address} did not {what}: {err!r}") from err
 
-    async def ensure_stream(self, name: str) -> None:
+    async def ensure_stream(self, name: str, arguments: dict | None = None) -> None:
         assert self.client is not None
         try:
-            await asyncio.wait_for(self.client.create_stream(name), REQUEST_TIMEOUT_SECONDS)
+            await asyncio.wait_for(
+                self.client.create_stream(name, arguments), REQUEST_TIMEOUT_SECONDS
+            )
         except exceptions.StreamAlreadyExists:
             return
         except exceptions.ServerError as err:
@@ -126,26 +128,26 @@ class BrokerLink:
             self.closed.set()
             raise BrokerError(f"broker {self.address} did not create {name}: {err!r}") from err
 
-    async def last_publishing_id(self, name: str) -> int:
+    async def last_publishing_id(self, name: str, reference: str = PUBLISHER_REFERENCE) -> int:
         """The highest publishing id the broker stored for our publisher on ``name`` (0: none)."""
         assert self.client is not None
         return int(
             await self._request(  # type: ignore[arg-type]
                 f"tell the sequence of {name}",
-                self.client.query_publisher_sequence(name, PUBLISHER_REFERENCE),
+                self.client.query_publisher_sequence(name, reference),
             )
         )
 
     def has_free_publisher(self) -> bool:
         return bool(self._free_ids)
 
-    async def declare_publisher(self, name: str) -> int:
+    async def declare_publisher(self, name: str, reference: str = PUBLISHER_REFERENCE) -> int:
         assert self.client is not None
         pid = self._free_ids.pop()
         try:
             await self._request(
                 f"declare a publisher on {name}",
-                self.client.declare_publisher(name, PUBLISHER_REFERENCE, pid),
+                self.client.declare_publisher(name, reference, pid),
             )
         except BrokerError:
             self._free_ids.append(pid)

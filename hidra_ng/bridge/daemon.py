@@ -30,11 +30,13 @@ from collections.abc import Sequence
 
 from hidra_ng import Consumer, HidraError, StreamInfo
 from hidra_ng.bridge.broker import BrokerError, BrokerLink
+from hidra_ng.bridge.lease import Lease, LeaseHeld
 from hidra_ng.bridge.lock import StateLock
 from hidra_ng.bridge.names import broker_name
 from hidra_ng.bridge.reader import Budget, Item, Reader
 from hidra_ng.bridge.uri import parse
 from hidra_ng.config import BridgeConfig
+from hidra_ng.errors import ConfigError
 from hidra_ng.metrics import BridgeMetrics, serve
 from hidra_ng.patterns import Patterns
 from hidra_ng.service import Heartbeats
@@ -97,7 +99,9 @@ class Bridge:
         self._lock.acquire()
         self._threads: list[threading.Thread] = []
         self._failed: BaseException | None = None
+        self._lease = Lease(self.address, config.prefix, config.state_dir, config.api)
         try:
+            asyncio.run(self._first_lease())
             self._metrics_server = serve(self.metrics.registry, config.metrics_port)
         except BaseException:
             self._lock.release()
@@ -125,6 +129,8 @@ class Bridge:
         )
 
     def alive(self) -> bool:
+        if self._failed is not None:
+            return False
         return all(t.is_alive() for t in self._threads) and self.beats.fresh(ALIVE_SECONDS)
 
     def status(self) -> str:
@@ -283,6 +289,30 @@ class Bridge:
 
     # ----------------------------------------------------------------- broker
 
+    async def _first_lease(self) -> None:
+        """Before READY: refuse to start (exit 2) if another bridge holds the broker lease.
+
+        A broker that cannot be reached now is no reason not to start: the lease
+        is then taken when it can be, before anything is published."""
+        link = BrokerLink(self.address, lambda _pid, ids: self._lease.on_confirm(ids), _ignore)
+        try:
+            await link.open()
+        except BrokerError as err:
+            log.info("bridge: %s; the broker lease is taken once it answers", err)
+            return
+        try:
+            await self._lease.acquire(link)
+        except LeaseHeld as held:
+            raise ConfigError(
+                f"another bridge, {held}, holds the broker lease {self._lease.stream} at"
+                f" {self.address}; one bridge per receiver and prefix: stop that one first"
+            ) from None
+        except BrokerError as err:
+            log.info("bridge: %s; the broker lease is taken once it answers", err)
+        finally:
+            self._lease.detach()
+            await link.close()
+
     def _run_loop(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -315,12 +345,22 @@ class Bridge:
             self._set_broker(True)
             self._link = link
             try:
+                await self._lease.acquire(link)
                 await self._session(link)
+            except LeaseHeld as held:
+                log.error(
+                    "bridge: another bridge, %s, holds the broker lease %s; stopping",
+                    held,
+                    self._lease.stream,
+                )
+                self._failed = held
+                return
             except BrokerError as err:
                 log.warning("bridge: %s; reconnecting", err)
             finally:
                 self._set_broker(False)
                 self._detach_all()
+                self._lease.detach()
                 await link.close()
                 self._link = None
             if not self._stop.is_set():
@@ -348,7 +388,9 @@ class Bridge:
                     raise BrokerError(f"lost the connection to broker {self.address}")
                 if self._stop.is_set():
                     await self._drain(broker)
+                    await self._lease.release(broker)
                     return
+                await self._lease.renew(broker)
                 for name, link in list(self._links.items()):
                     if link.done:
                         await self._retire(broker, link, pumps.pop(name, None))
@@ -418,6 +460,9 @@ class Bridge:
             await broker.publish(link.pid, [(i.index + 1, i.data) for i in batch])
 
     def _on_confirm(self, pid: int, ids: Sequence[int]) -> None:
+        if pid == self._lease.pid:
+            self._lease.on_confirm(ids)
+            return
         link = self._by_pid.get(pid)
         if link is None:
             return
@@ -477,3 +522,7 @@ class Bridge:
         for link in self._links.values():
             link.pid = None
         self._by_pid.clear()
+
+
+def _ignore(*_args: object) -> None:
+    pass

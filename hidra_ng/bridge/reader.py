@@ -123,7 +123,9 @@ class Reader(threading.Thread):
 
     def _replay(self, consumer: Consumer) -> bool:
         """Deliver frames until the stream ends (True) or the bridge stops (True)."""
-        replay = consumer.replay(self.stream, start=self.next_index, follow=True, decode=False)
+        replay = consumer.replay(
+            self.stream, start=self.next_index, follow=True, decode=False, window_frames=1024
+        )
         try:
             for frame in replay:
                 self._on_receiver(True)

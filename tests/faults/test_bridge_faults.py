@@ -148,3 +148,36 @@ def test_a_second_bridge_exits_2_naming_the_first(rabbitmq, receiver, tmp_path: 
         assert first.proc.poll() is None, "the first bridge must go on"
     finally:
         first.kill()
+
+
+def test_a_second_bridge_elsewhere_exits_2_naming_the_first(
+    rabbitmq, receiver, tmp_path: Path
+) -> None:
+    """Another state directory (as on another machine): the broker lease stops it."""
+    api = receiver.endpoints["api"]
+    first = BridgeProcess(api, rabbitmq.stream_uri, tmp_path / "one", "--prefix", "t-lease")
+    first.start()
+    try:
+        wait_for(lambda: "holding the broker lease" in first.read_log(), timeout=60, what="lease")
+        second = BridgeProcess(
+            api, rabbitmq.stream_uri, tmp_path / "two", "--prefix", "t-lease", metrics=False
+        ).start()
+        assert second.proc.wait(90) == 2, second.read_log()
+        err = [line for line in second.read_log().splitlines() if "hidra-ng:" in line]
+        assert len(err) == 1, second.read_log()
+        assert f"pid {first.proc.pid} on host" in err[0] and "broker lease" in err[0], err
+        assert first.proc.poll() is None, "the first bridge must go on"
+        assert first.terminate() == 0
+        # stopped cleanly, it released the lease: the next one starts at once
+        third = BridgeProcess(
+            api, rabbitmq.stream_uri, tmp_path / "two", "--prefix", "t-lease", name="third"
+        ).start()
+        try:
+            wait_for(
+                lambda: "holding the broker lease" in third.read_log(), timeout=60, what="lease"
+            )
+            assert "waiting" not in third.read_log()
+        finally:
+            third.kill()
+    finally:
+        first.kill()
