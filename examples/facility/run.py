@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from rstream import AMQPMessage, Consumer, ConsumerOffsetSpecification, OffsetType, amqp_decoder
+from rstream.exceptions import StreamDoesNotExist
 
 import hidra_ng
 
@@ -74,12 +75,20 @@ def read_through_broker(uri: str, stream: str, timeout: float = 60.0) -> list[tu
         async with Consumer(
             host, int(port), username=user, password=password, frame_max=64 << 20
         ) as consumer:
-            await consumer.subscribe(
-                stream,
-                on_message,
-                decoder=amqp_decoder,
-                offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST),
-            )
+            deadline = time.monotonic() + timeout
+            while True:  # the bridge creates the stream when it sees the first frame
+                try:
+                    await consumer.subscribe(
+                        stream,
+                        on_message,
+                        decoder=amqp_decoder,
+                        offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST),
+                    )
+                    break
+                except StreamDoesNotExist:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
             await asyncio.wait_for(finished.wait(), timeout)
 
     asyncio.run(main())
