@@ -179,6 +179,6 @@ class BrokerLink:
         if client is None:
             return
         try:
-            await asyncio.wait_for(client.close(), 10)
+            await asyncio.wait_for(client.close(), 5)
         except Exception as err:  # closing a broken connection may fail in many ways
             log.debug("closing the broker connection: %r", err)

@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 TICK_SECONDS = 0.5
-STOP_CONFIRMS_SECONDS = 20.0  # SIGTERM: wait this long for outstanding confirms
+# SIGTERM: confirms, lease release and close, all within service.STOP_TIMEOUT_SECONDS (30)
+STOP_CONFIRMS_SECONDS = 15.0
+STOP_RELEASE_SECONDS = 5.0
 ALIVE_SECONDS = 60.0
 BATCH_FRAMES = 64
 BATCH_WAIT_SECONDS = 0.002
@@ -149,7 +151,7 @@ class Bridge:
         self._stop.set()
         # within service.STOP_TIMEOUT_SECONDS: the confirms, then closing the connection
         for thread in self._threads:
-            thread.join(STOP_CONFIRMS_SECONDS + 5)
+            thread.join(STOP_CONFIRMS_SECONDS + 2 * STOP_RELEASE_SECONDS + 2)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -395,7 +397,10 @@ class Bridge:
                     raise BrokerError(f"lost the connection to broker {self.address}")
                 if self._stop.is_set():
                     await self._drain(broker)
-                    await self._lease.release(broker)
+                    try:
+                        await asyncio.wait_for(self._lease.release(broker), STOP_RELEASE_SECONDS)
+                    except (TimeoutError, BrokerError) as err:
+                        log.info("bridge: the broker lease was not released (%r)", err)
                     return
                 await self._lease.renew(broker)
                 for name, link in list(self._links.items()):

@@ -84,16 +84,21 @@ def test_bridge_killed_three_times_publishes_each_frame_once(
                 what=f"{share:.0%} published",
             )
             done_before += published(bridge.metrics_port)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; bridge log:\n{bridge.read_log()[-4000:]}") from None
         finally:
             bridge.kill()  # kill -9, with publishes and confirms in flight
     sender.join(300)
     assert not errors, errors
     bridge = BridgeProcess(api, rabbitmq.stream_uri, tmp_path / "state").start()
     try:
-        wait_for(
-            lambda: "finished; all" in bridge.read_log(), timeout=300, what="the end confirmed"
-        )
-        assert bridge.terminate() == 0, bridge.read_log()
+        try:
+            wait_for(
+                lambda: "finished; all" in bridge.read_log(), timeout=300, what="the end confirmed"
+            )
+        except AssertionError as err:
+            raise AssertionError(f"{err}; bridge log:\n{bridge.read_log()[-4000:]}") from None
+        assert bridge.terminate() == 0, bridge.read_log()[-4000:]
     finally:
         bridge.kill()
     lost, duplicated, unexpected = verdict(rabbitmq.stream_uri, stream, count)
