@@ -96,8 +96,10 @@ class Lease:
         seq = await link.last_publishing_id(self.stream, REFERENCE)
         await self._publish(link, seq + 1, "claim", wait=True)
         holder = await self._last_holder()
-        if holder is None or holder.get("token") != self.me["token"]:
-            raise LeaseHeld(holder or {})
+        if holder is None:  # not read back in time (a busy broker): try again later
+            raise BrokerError(f"broker {self.address} did not let the lease claim be read back")
+        if holder.get("token") != self.me["token"]:
+            raise LeaseHeld(holder)
         log.info("bridge: holding the broker lease %s", self.stream)
 
     async def renew(self, link: BrokerLink) -> None:
@@ -107,8 +109,9 @@ class Lease:
         seq = await link.last_publishing_id(self.stream, REFERENCE)
         # read back every time: a claim that raced a renewal for one id may have won it
         holder = await self._last_holder()
-        if holder is None or holder.get("token") != self.me["token"]:
-            raise LeaseHeld(holder or {})
+        if holder is not None and holder.get("token") != self.me["token"]:
+            raise LeaseHeld(holder)
+        # None: not read in time (a busy broker); renew anyway, check again next time
         await self._publish(link, seq + 1, "renew", wait=False)
 
     async def release(self, link: BrokerLink) -> None:
@@ -189,7 +192,7 @@ class Lease:
                 offset_specification=ConsumerOffsetSpecification(OffsetType.LAST),
             )
             try:
-                await asyncio.wait_for(arrived.wait(), 3)
+                await asyncio.wait_for(arrived.wait(), 10)
                 await asyncio.sleep(0.2)  # the rest of the last chunk
             except TimeoutError:
                 return None
