@@ -431,8 +431,13 @@ class Bridge:
         if info.finished:
             end_id = (0 if info.last is None else info.last + 1) + 1
             if last_id >= end_id:
-                link.done = True  # bridged completely before
+                link.done = True  # bridged completely before (by an earlier run)
                 link.confirmed_next = end_id - 1
+                log.info(
+                    "bridge: %r finished; all %d frames in the broker already",
+                    link.name,
+                    end_id - 1,
+                )
                 return
         link.pid = await broker.declare_publisher(link.broker)
         self._by_pid[link.pid] = link
