@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test check fmt perf perf-quick perf-peers perf-peers-quick clean
+.PHONY: demo test check fmt perf perf-quick perf-peers perf-peers-quick perf-bridge perf-bridge-quick clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ perf-peers: $(VENV)/.perf
 
 perf-peers-quick: $(VENV)/.perf
 	$(PY) perf/peers.py --quick
+
+# the facility bridge against raw rstream publishing (starts its own RabbitMQ node)
+perf-bridge: $(VENV)/.test
+	$(PY) perf/bridge.py
+
+perf-bridge-quick: $(VENV)/.test
+	$(PY) perf/bridge.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -187,6 +187,53 @@ def write(
 
 
 @app.command()
+def bridge(
+    config: ConfigOpt = None,
+    api: Annotated[str | None, typer.Option(help="receiver api endpoint")] = None,
+    rabbitmq: Annotated[
+        str | None,
+        typer.Option(help="broker: rabbitmq-stream://user:password@host:5552/vhost"),
+    ] = None,
+    streams: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--streams", help="glob of stream names ('*' one segment, '**' any); may be repeated"
+        ),
+    ] = None,
+    payload: Annotated[
+        str | None, typer.Option(help="full: body = stored payload; record: empty body")
+    ] = None,
+    prefix: Annotated[str | None, typer.Option(help="broker stream names: PREFIX.name")] = None,
+    state_dir: Annotated[str | None, typer.Option(help="directory of the bridge's lock")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="HTTP /metrics port, 0: off")] = None,
+    keys_dir: KeysOpt = None,
+    server_key_dir: ServerKeyOpt = None,
+) -> None:
+    """Republish every durable frame of chosen streams into RabbitMQ streams (SPEC §13)."""
+    from hidra_ng import service
+    from hidra_ng.bridge import Bridge
+
+    settings = cfg.load(
+        "bridge",
+        config,
+        {
+            "api": api,
+            "rabbitmq": rabbitmq,
+            "streams": streams or None,
+            "payload": payload,
+            "prefix": prefix,
+            "state_dir": state_dir,
+            "metrics_port": metrics_port,
+            "keys_dir": keys_dir,
+            "server_key_dir": server_key_dir,
+        },
+    )
+    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
+    daemon = Bridge(settings)
+    raise typer.Exit(service.run(daemon))
+
+
+@app.command()
 def demo(
     frames: Annotated[int, typer.Option(help="frames to send")] = 100,
     keep: Annotated[bool, typer.Option(help="keep the data directory")] = False,

@@ -46,6 +46,7 @@ _FLAG_NAMES = {
     "ack_timeout_seconds": "--ack-timeout",
     "max_age_seconds": "--max-age",
     "sources": "--source",
+    "streams": "--streams",
 }
 
 
@@ -215,7 +216,7 @@ class WriterConfig(_Config):
     amqp: str = ""  # amqp://user:password@host:5672/vhost; "" = no announcements
     queue: str = ""  # the queue announcements go to
     recipes: list[str] = msgspec.field(default_factory=lambda: ["hidra-ng-files"])
-    metrics_port: int = 9612
+    metrics_port: int = 9613
     keys_dir: str = ""
     server_key_dir: str = ""
 
@@ -227,8 +228,7 @@ class WriterConfig(_Config):
                 setattr(self, key, [v.strip() for v in value.split(",") if v.strip()])
         c.endpoint("api", bind=False)
         c.path("dir")
-        if not self.streams or not all(isinstance(p, str) and p.strip() for p in self.streams):
-            c.fail("streams", "one or more glob patterns such as 'p11/**'")
+        c.patterns("streams")
         c.choice("format", ("nxmx", "hdf5", "tiff"))
         c.number("frames_per_file", low=1, high=1_000_000)
         c.number("file_idle_seconds", low=0, note="0 (never) or more seconds")
@@ -243,11 +243,57 @@ class WriterConfig(_Config):
         c.port("metrics_port")
 
 
+class BridgeConfig(_Config):
+    """``hidra-ng bridge`` (SPEC §13): durable frames into RabbitMQ streams."""
+
+    section: ClassVar[str] = "bridge"
+    state_dir_key: ClassVar[str] = "state_dir"
+
+    api: str = "tcp://localhost:50101"  # the receiver's api endpoint
+    rabbitmq: str = "rabbitmq-stream://guest:guest@localhost:5552/%2F"
+    streams: list[str] = msgspec.field(default_factory=lambda: ["**"])  # glob patterns
+    payload: str = "full"  # "full": body = stored payload; "record": empty body
+    prefix: str = "hidra"  # broker stream = prefix + "." + the coded hidra name
+    state_dir: str = "/var/lib/hidra-ng-bridge"  # the lock file lives here
+    metrics_port: int = 9612
+    keys_dir: str = ""
+    server_key_dir: str = ""
+    poll_seconds: float = 2.0  # how often the receiver's stream list is read
+    max_inflight_bytes: int = 256 * MiB  # payload read but not yet confirmed, all streams
+    max_inflight_frames: int = 4096  # per stream
+
+    def __post_init__(self) -> None:
+        from hidra_ng.bridge.names import check_prefix
+        from hidra_ng.bridge.uri import EXAMPLE, problem
+
+        c = _Checker(self)
+        c.endpoint("api", bind=False)
+        why = problem(self.rabbitmq)
+        if why:
+            c.fail("rabbitmq", f"a RabbitMQ stream URI such as {EXAMPLE!r}; this one {why}")
+        c.patterns("streams")
+        c.choice("payload", ("full", "record"))
+        try:
+            check_prefix(self.prefix)
+        except ConfigError:
+            c.fail(
+                "prefix",
+                "1 to 40 letters, digits, '_' and '-' in dot-separated parts, not starting"
+                " with 'amq', e.g. 'hidra'",
+            )
+        c.path("state_dir")
+        c.port("metrics_port")
+        c.number("poll_seconds", above=0, high=3600)
+        c.number("max_inflight_bytes", low=MiB)
+        c.number("max_inflight_frames", low=1, high=1 << 20)
+
+
 _SECTIONS: dict[str, type[_Config]] = {
     "receiver": ReceiverConfig,
     "sender": SenderConfig,
     "view": ViewConfig,
     "writer": WriterConfig,
+    "bridge": BridgeConfig,
 }
 
 
@@ -493,6 +539,8 @@ def _parse_env(cls: type[_Config], key: str, var: str, text: str) -> Any:
             if math.isnan(value):
                 raise ValueError(text)
             return value
+        if kind is not str:  # a list: the bridge's stream patterns, comma-separated
+            return [item.strip() for item in text.split(",") if item.strip()]
     except ValueError:
         raise ConfigError(
             f"environment variable {var}={text!r}: expected {_describe_type(key, kind)}"
@@ -533,7 +581,9 @@ def _describe_type(key: str, kind: Any) -> str:
         return "a number of seconds" if key.endswith("_seconds") else "a number"
     if kind is str:
         return "a directory path (a string)" if key.endswith("_dir") else "a string"
-    return "a list of source URIs" if key == "sources" else "a list of strings"
+    return {"sources": "a list of source URIs", "streams": "a list of glob patterns"}.get(
+        key, "a list of strings"
+    )
 
 
 class _Checker:
@@ -567,6 +617,25 @@ class _Checker:
             self.fail(key, note or f"{low} to {high}{unit}{_mib(high)}")
         if low is not None and high is None and value < low:
             self.fail(key, note or f"{low}{unit}{_mib(low)} or more")
+
+    def patterns(self, key: str) -> None:
+        """One or more glob patterns of stream names (SPEC §13's rule)."""
+        from hidra_ng.patterns import compile_pattern
+
+        patterns = getattr(self.config, key)
+        if not patterns:
+            self.fail(key, "one or more glob patterns such as 'p11/*' or '**'")
+        for pattern in patterns:
+            try:
+                compile_pattern(pattern)
+            except InvalidInput:
+                raise FieldError(
+                    self.section,
+                    key,
+                    pattern,
+                    "a glob of stream names: segments of letters, digits, '.', '_', '-',"
+                    " '*' (within a segment) and '**' (across segments) joined by '/'",
+                ) from None
 
     def port(self, key: str) -> None:
         value = getattr(self.config, key)
@@ -689,7 +758,7 @@ def _show(value: Any) -> str:
 
 
 def _toml_value(value: Any) -> str:
-    if isinstance(value, list):
+    if isinstance(value, list):  # stream patterns, recipes
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"

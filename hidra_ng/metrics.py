@@ -130,6 +130,49 @@ class SenderMetrics:
         self.registry.register(_SourceRefusals(sources))
 
 
+class BridgeMetrics:
+    """``hidra-ng bridge`` (SPEC §13)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        _build_info(r)
+        self.published = Counter(
+            "hidra_ng_bridge_published",
+            "Frames the broker confirmed (a finished stream's end message included)",
+            ["stream"],
+            registry=r,
+        )
+        self.published_bytes = Counter(
+            "hidra_ng_bridge_published_bytes",
+            "Message body bytes the broker confirmed",
+            ["stream"],
+            registry=r,
+        )
+        self.lag_frames = Gauge(
+            "hidra_ng_bridge_lag_frames",
+            "Frames stored by the receiver and not yet confirmed by the broker",
+            ["stream"],
+            registry=r,
+        )
+        self.gone = Counter(
+            "hidra_ng_bridge_gone",
+            "Frames removed by the receiver's retention before they were bridged",
+            ["stream"],
+            registry=r,
+        )
+        self.broker_up = Gauge(
+            "hidra_ng_bridge_broker_up", "1 while the bridge is connected to the broker", registry=r
+        )
+        self.receiver_up = Gauge(
+            "hidra_ng_bridge_receiver_up", "1 while the receiver answers the bridge", registry=r
+        )
+        self.streams = Gauge(
+            "hidra_ng_bridge_streams",
+            "hidra_ng streams being bridged (not yet finished)",
+            registry=r,
+        )
+
+
 class _SourceRefusals(Collector):
     def __init__(self, sources: Sequence[object]) -> None:
         self.sources = sources

@@ -20,9 +20,9 @@ from hidra_ng import Consumer
 from hidra_ng.config import WriterConfig
 from hidra_ng.errors import ConfigError, HidraError
 from hidra_ng.metrics import WriterMetrics, serve
+from hidra_ng.patterns import Patterns
 from hidra_ng.writer.announce import Announcer
 from hidra_ng.writer.formats import Options, Published
-from hidra_ng.writer.patterns import compile_pattern, matches_any
 from hidra_ng.writer.stream import Hooks, StreamWriter
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ class WriterDaemon:
 
     def __init__(self, settings: WriterConfig) -> None:
         self.settings = settings
-        for pattern in settings.streams:
-            compile_pattern(pattern)
+        self.patterns = Patterns(settings.streams)
         self.root = check_output_dir(Path(settings.dir))
         self._lock_fd = self._lock()
         self.metrics = WriterMetrics()
@@ -152,9 +151,7 @@ class WriterDaemon:
                     self.stop_event.wait(DISCOVER_SECONDS)
                     continue
                 for info in infos:
-                    if info.name not in self.writers and matches_any(
-                        self.settings.streams, info.name
-                    ):
+                    if info.name not in self.writers and self.patterns(info.name):
                         self._start_writer(info.name, hooks)
                     w = self.writers.get(info.name)
                     if w is not None and info.last is not None:

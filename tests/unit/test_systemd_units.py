@@ -25,8 +25,9 @@ UNITS = ROOT / "systemd"
 RECEIVER = "hidra-ng-receiver.service"
 SENDER = "hidra-ng-sender@.service"
 WRITER = "hidra-ng-writer.service"
-COMMANDS = {RECEIVER: "receiver", SENDER: "sender", WRITER: "write"}
-SECTIONS = {RECEIVER: "receiver", SENDER: "sender", WRITER: "writer"}
+BRIDGE = "hidra-ng-bridge.service"
+COMMANDS = {RECEIVER: "receiver", SENDER: "sender", WRITER: "write", BRIDGE: "bridge"}
+SECTIONS = {RECEIVER: "receiver", SENDER: "sender", WRITER: "writer", BRIDGE: "bridge"}
 INSTALLED = "/opt/hidra-ng/bin/hidra-ng"
 
 
@@ -52,7 +53,7 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
-@pytest.fixture(scope="module", params=[RECEIVER, SENDER, WRITER])
+@pytest.fixture(scope="module", params=[RECEIVER, SENDER, WRITER, BRIDGE])
 def unit(request) -> tuple[str, dict[str, list[str]]]:
     sections = parse_unit(UNITS / request.param)
     assert set(sections) == {"Unit", "Service", "Install"}
@@ -167,11 +168,19 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     executable = Path(sys.executable).parent / "hidra-ng"
     if not executable.exists():
         pytest.skip(f"{executable} is not installed (pip install -e .)")
-    for name in (RECEIVER, SENDER, WRITER):
+    for name in (RECEIVER, SENDER, WRITER, BRIDGE):
         text = (UNITS / name).read_text().replace(INSTALLED, str(executable))
         (tmp_path / name).write_text(text)
     result = subprocess.run(
-        [analyze, "verify", "--man=no", RECEIVER, "./hidra-ng-sender@eiger.service", WRITER],
+        [
+            analyze,
+            "verify",
+            "--man=no",
+            RECEIVER,
+            "./hidra-ng-sender@eiger.service",
+            WRITER,
+            BRIDGE,
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -42,7 +42,8 @@ def test_precedence_flag_env_file(tmp_path):
         ({"queue": "q"}, '--queue "q": expected an amqp broker URI given with it'),
         ({"amqp": "http://x", "queue": "q"}, '--amqp "http://x": expected an AMQP URI'),
         ({"api": "tcp://*:50101"}, '--api "tcp://\\*:50101"'),
-        ({"streams": [""]}, "--streams .*glob patterns"),
+        ({"streams": [""]}, '--streams "": expected a glob of stream names'),
+        ({"streams": ["a b"]}, '--streams "a b": expected a glob of stream names'),
         ({"metrics_port": 70000}, "--metrics-port 70000"),
     ],
 )

@@ -1,0 +1,247 @@
+"""The facility bridge (SPEC §13) against raw rstream publishing, on this machine.
+
+    .venv/bin/python perf/bridge.py            # make perf-bridge
+    .venv/bin/python perf/bridge.py --quick    # make perf-bridge-quick: about a minute
+
+Starts a private RabbitMQ node (scripts/rabbitmq_node.py) and a receiver
+process, then per frame size (4 MiB, 1 KiB):
+
+* ``raw``: rstream's ``Producer.send_batch`` of the same payload bytes into a
+  fresh stream, batches up to the frame size limit, at most 256 MiB unconfirmed
+  (the bridge's default bound), timed until the last confirm: the best a Python
+  client of the broker does here;
+* ``bridge``: a stored, finished hidra_ng stream of the same frames, bridged
+  (in this process, ``hidra_ng.bridge.Bridge``) from the first confirm to the
+  confirm of the end message;
+* ratio = bridge / raw (goal >= 0.7).
+
+Then the lag: a producer sends 4 MiB frames at 100 Hz while the bridge runs;
+the lag (frames the receiver stored and the broker has not confirmed) is
+sampled every 20 ms. Prints one table; nothing is asserted (no thresholds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from rstream import Producer  # noqa: E402
+
+from hidra_ng import Consumer  # noqa: E402
+from hidra_ng import Producer as HidraProducer  # noqa: E402
+from hidra_ng.bridge import Bridge, broker_name  # noqa: E402
+from hidra_ng.config import BridgeConfig  # noqa: E402
+from hidra_ng.localrun import ReceiverProcess  # noqa: E402
+from scripts.rabbitmq_node import RabbitNode  # noqa: E402
+
+KiB, MiB = 1 << 10, 1 << 20
+INFLIGHT = 256 * MiB
+
+
+def raw_rstream(node: RabbitNode, stream: str, size: int, count: int) -> float:
+    """Seconds to publish ``count`` payloads of ``size`` bytes with confirms."""
+    payload = np.random.default_rng(1).bytes(size)
+
+    async def main() -> float:
+        async with Producer(
+            "127.0.0.1", node.stream_port, username="guest", password="guest", frame_max=64 << 20
+        ) as producer:
+            await producer.create_stream(stream, exists_ok=True)
+            room = asyncio.Semaphore(max(1, INFLIGHT // size))
+            done = asyncio.Event()
+            confirmed = 0
+
+            def on_confirm(status) -> None:
+                nonlocal confirmed
+                confirmed += 1
+                room.release()
+                if confirmed == count:
+                    done.set()
+
+            per_batch = max(1, min(1000, (60 << 20) // (size + 64)))
+            t0 = time.perf_counter()
+            sent = 0
+            while sent < count:
+                n = min(per_batch, count - sent)
+                for _ in range(n):
+                    await room.acquire()
+                await producer.send_batch(
+                    stream, [payload] * n, publisher_name="raw", on_publish_confirm=on_confirm
+                )
+                sent += n
+            await done.wait()
+            return time.perf_counter() - t0
+
+    return asyncio.run(main())
+
+
+def fill(rx: ReceiverProcess, spool: Path, stream: str, size: int, count: int) -> None:
+    payload = np.random.default_rng(1).bytes(size)
+    batch = max(1, min(500, (32 << 20) // size))
+    with HidraProducer(rx.ingest, rx.api, spool, "perf-bridge") as p:
+        for first in range(0, count, batch):
+            p.send_many(
+                stream, [(payload, {"i": i}) for i in range(first, min(count, first + batch))]
+            )
+        p.finish(stream)
+        p.flush(timeout=600)
+
+
+def bridge_seconds(
+    node: RabbitNode, rx: ReceiverProcess, state: Path, stream: str, count: int
+) -> float:
+    """Seconds from the first confirm to the end message's confirm."""
+    config = BridgeConfig(
+        api=rx.api,
+        rabbitmq=node.stream_uri,
+        streams=[stream],
+        state_dir=str(state),
+        metrics_port=0,
+        poll_seconds=0.05,
+    )
+    bridge = Bridge(config)
+    counter = bridge.metrics.published.labels(stream)
+    bridge.start()
+    try:
+        while counter._value.get() < 1:
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+        while stream not in bridge._finished:
+            time.sleep(0.002)
+        return time.perf_counter() - t0
+    finally:
+        bridge.stop()
+
+
+def lag_run(node: RabbitNode, rx: ReceiverProcess, work: Path, seconds: float) -> dict:
+    stream = "perf/lag"
+    size, rate = 4 * MiB, 100.0
+    count = int(seconds * rate)
+    config = BridgeConfig(
+        api=rx.api,
+        rabbitmq=node.stream_uri,
+        streams=[stream],
+        state_dir=str(work / "lag-state"),
+        metrics_port=0,
+        poll_seconds=0.05,
+    )
+    payload = np.random.default_rng(2).bytes(size)
+    bridge = Bridge(config)
+    bridge.start()
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        with Consumer(rx.api) as c:
+            while not stop.is_set():
+                try:
+                    last = c.info(stream).last
+                except Exception:
+                    last = None
+                link = bridge._links.get(stream)
+                if last is not None:
+                    confirmed = link.confirmed_next if link else last + 1
+                    samples.append(max(0, last + 1 - confirmed))
+                stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    try:
+        with HidraProducer(rx.ingest, rx.api, work / "lag-spool", "perf-lag") as p:
+            p.send(stream, payload)  # the stream exists before sampling starts
+            p.flush(timeout=60)
+            sampler.start()
+            t0 = time.perf_counter()
+            for i in range(1, count):
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                p.send(stream, payload)
+            sent_s = time.perf_counter() - t0
+            p.finish(stream)
+            p.flush(timeout=600)
+            stored_s = time.perf_counter() - t0
+        while stream not in bridge._finished:
+            time.sleep(0.005)
+        caught_up_s = time.perf_counter() - t0
+    finally:
+        stop.set()
+        if sampler.is_alive():
+            sampler.join()
+        bridge.stop()
+    return {
+        "frames": count,
+        "send_hz": count / sent_s,
+        "stored_s": stored_s,
+        "bridged_s": caught_up_s,
+        "lag_p50": statistics.median(samples) if samples else float("nan"),
+        "lag_max": max(samples) if samples else float("nan"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer frames, about a minute")
+    args = ap.parse_args()
+    sizes = (
+        [(4 * MiB, 48), (1 * KiB, 10_000)] if args.quick else [(4 * MiB, 256), (1 * KiB, 50_000)]
+    )
+    lag_seconds = 1.0 if args.quick else 5.0
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hidra-perf-bridge-") as tmp:
+        work = Path(tmp)
+        node = RabbitNode(work / "rabbitmq", name="hidra-perf")
+        node.start()
+        rx = ReceiverProcess(work / "store")
+        rx.start()
+        try:
+            for size, count in sizes:
+                label = f"{size // MiB} MiB" if size >= MiB else f"{size // KiB} KiB"
+                stream = f"perf/{size}"
+                print(f"{label}: filling the receiver with {count} frames", file=sys.stderr)
+                fill(rx, work / f"spool-{size}", stream, size, count)
+                print(f"{label}: raw rstream", file=sys.stderr)
+                raw_s = raw_rstream(node, f"raw-{size}", size, count)
+                print(f"{label}: bridge", file=sys.stderr)
+                bridge_s = bridge_seconds(node, rx, work / f"state-{size}", stream, count)
+                raw_mb = size * count / raw_s / 1e6
+                bridge_mb = size * (count - 1) / bridge_s / 1e6
+                rows.append(
+                    (label, count, raw_mb, count / raw_s, bridge_mb, (count - 1) / bridge_s)
+                )
+                print(f"  -> {broker_name(stream)}", file=sys.stderr)
+            print("lag behind a 100 Hz ingest of 4 MiB frames", file=sys.stderr)
+            lag = lag_run(node, rx, work, lag_seconds)
+        finally:
+            rx.terminate()
+            node.stop()
+    print(f"\nfacility bridge vs raw rstream ({'quick' if args.quick else 'full'} mode)")
+    print(
+        f"{'frames':>8} {'count':>7} {'raw MB/s':>9} {'raw msg/s':>10} {'bridge MB/s':>12}"
+        f" {'bridge msg/s':>13} {'ratio':>6}"
+    )
+    for label, count, raw_mb, raw_rate, bridge_mb, bridge_rate in rows:
+        print(
+            f"{label:>8} {count:>7} {raw_mb:>9.1f} {raw_rate:>10.0f} {bridge_mb:>12.1f}"
+            f" {bridge_rate:>13.0f} {bridge_rate / raw_rate:>6.2f}"
+        )
+    print(
+        f"\nlag at 100 Hz x 4 MiB: {lag['frames']} frames sent at {lag['send_hz']:.0f} Hz,"
+        f" all stored after {lag['stored_s']:.2f} s, all in the broker after"
+        f" {lag['bridged_s']:.2f} s; lag median {lag['lag_p50']:.0f} frames,"
+        f" max {lag['lag_max']:.0f} frames"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
