@@ -9,7 +9,8 @@ The public API (SPEC §4)::
     HidraError and its subclasses every error a user can meet
 """
 
-from hidra_ng.client import Consumer
+from hidra_ng.client.consumer import Consumer
+from hidra_ng.client.subscriber import Subscriber
 from hidra_ng.errors import (
     AuthenticationError,
     ConfigError,
@@ -28,16 +29,15 @@ from hidra_ng.errors import (
     Unavailable,
     UnsupportedVersion,
 )
-from hidra_ng.frames import Frame
-from hidra_ng.producer import Producer
-from hidra_ng.protocol import StreamInfo
-from hidra_ng.subscriber import Subscriber
+from hidra_ng.sender.producer import Producer
+from hidra_ng.wire.frames import Frame
+from hidra_ng.wire.protocol import StreamInfo
 
 
 def __getattr__(name: str):
     # export_hdf5 imports h5py; load it only when asked for
     if name == "export_hdf5":
-        from hidra_ng.export import export_hdf5
+        from hidra_ng.client.export import export_hdf5
 
         return export_hdf5
     raise AttributeError(f"module 'hidra_ng' has no attribute {name!r}")

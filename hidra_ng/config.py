@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from hidra_ng.errors import ConfigError, InvalidInput
-from hidra_ng.protocol import MAX_DATA_BYTES, MAX_META_BYTES, check_sender_id
+from hidra_ng.wire.protocol import MAX_DATA_BYTES, MAX_META_BYTES, check_sender_id
 
 MiB = 1 << 20
 GiB = 1 << 30

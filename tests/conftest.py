@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from hidra_ng.config import ReceiverConfig
-from hidra_ng.localrun import ReceiverProcess
-from hidra_ng.producer import Producer
-from hidra_ng.receiver import Receiver
+from hidra_ng.receiver.daemon import Receiver
+from hidra_ng.sender.producer import Producer
+from hidra_ng.testing import ReceiverProcess
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from hidra_ng import Consumer, Producer
-from hidra_ng import protocol as proto
 from hidra_ng.errors import HidraError
-from hidra_ng.localrun import ReceiverProcess, free_port
+from hidra_ng.testing import ReceiverProcess, free_port
+from hidra_ng.wire import protocol as proto
 from tests.conftest import digest, wait_for
 
 pytestmark = pytest.mark.slow

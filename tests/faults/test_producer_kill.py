@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from hidra_ng import Consumer, NotYetAvailable
-from hidra_ng.localrun import ReceiverProcess
-from hidra_ng.spool import Spool
+from hidra_ng.sender.spool import Spool
+from hidra_ng.testing import ReceiverProcess
 from tests.conftest import wait_for
 from tests.faults.workload import (
     assert_each_exactly_once,

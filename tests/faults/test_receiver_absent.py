@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hidra_ng import Producer
-from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess
 from tests.conftest import finish_transfer, wait_for
 from tests.faults.workload import (
     MiB,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hidra_ng import Consumer, Producer
-from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess
 from tests.conftest import finish_transfer, wait_for
 from tests.faults.workload import (
     assert_each_exactly_once,

@@ -20,8 +20,8 @@ import pytest
 from hidra_ng import Producer
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.lmdbenv import DiskFull
-from hidra_ng.receiver import Receiver
-from hidra_ng.store import AppendResult, Incoming
+from hidra_ng.receiver.daemon import Receiver
+from hidra_ng.receiver.store import AppendResult, Incoming
 from tests.conftest import wait_for
 from tests.faults.workload import (
     MiB,
@@ -65,7 +65,7 @@ def payload(k: int) -> bytes:
 def test_stuck_receiver_gets_probes_not_copies_of_the_window(
     tmp_path: Path, receiver_config: ReceiverConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hidra_ng.producer")
+    caplog.set_level(logging.INFO, logger="hidra_ng.sender.producer")
 
     def stall_waits() -> list[float]:
         return [r.args[0] for r in caplog.records if r.msg.startswith("no ack for")]

@@ -16,8 +16,8 @@ import pytest
 import zmq
 
 from hidra_ng import Consumer, Gone, Producer, StreamFinished, Subscriber
-from hidra_ng import protocol as proto
-from hidra_ng.receiver import Receiver
+from hidra_ng.receiver.daemon import Receiver
+from hidra_ng.wire import protocol as proto
 from tests.conftest import digest, wait_for
 
 

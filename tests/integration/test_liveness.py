@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
-import hidra_ng.receiver as receiver_module
+import hidra_ng.receiver.daemon as receiver_module
 from hidra_ng import Consumer, ReceiverUnavailable
 from tests.conftest import wait_for
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hidra_ng.localrun import ReceiverProcess, free_port
+from hidra_ng.testing import ReceiverProcess, free_port
 from tests.conftest import wait_for
 from tests.ops_helpers import DaemonProcess, scrape, sender_args, try_scrape
 

@@ -22,9 +22,9 @@ from hidra_ng import (
     ReceiverUnavailable,
     Subscriber,
 )
-from hidra_ng import protocol as proto
-from hidra_ng.receiver import Receiver
+from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.security import ClientKeys, keygen
+from hidra_ng.wire import protocol as proto
 from tests.conftest import digest, wait_for
 
 

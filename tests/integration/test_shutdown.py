@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from hidra_ng import Consumer, Producer
-from hidra_ng.localrun import ReceiverProcess, free_port
-from hidra_ng.spool import Spool
-from hidra_ng.store import Store
+from hidra_ng.receiver.store import Store
+from hidra_ng.sender.spool import Spool
+from hidra_ng.testing import ReceiverProcess, free_port
 from tests.conftest import digest, wait_for
 from tests.ops_helpers import DaemonProcess, sender_args, try_scrape
 

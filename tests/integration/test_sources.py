@@ -19,7 +19,7 @@ from conftest import wait_for
 from stream_v2_emitter import Emitter, bslz4, lz4_hdf5
 
 from hidra_ng import Consumer, NotYetAvailable, Producer
-from hidra_ng.sources import parse
+from hidra_ng.sender.sources import parse
 
 
 @pytest.fixture

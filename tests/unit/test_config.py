@@ -419,7 +419,7 @@ def test_bad_endpoints(endpoint: str) -> None:
 
 def test_commented_source_examples_parse() -> None:
     """The sources shown commented out in config/sender.toml work once uncommented."""
-    from hidra_ng import sources
+    from hidra_ng.sender import sources
 
     text = (EXAMPLES / "sender.toml").read_text()
     uris = [

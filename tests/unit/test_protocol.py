@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hidra_ng import protocol as proto
 from hidra_ng.errors import (
     InvalidFrame,
     InvalidInput,
@@ -20,7 +19,8 @@ from hidra_ng.errors import (
     ProtocolError,
     UnsupportedVersion,
 )
-from hidra_ng.frames import describe, frame_from_record
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.frames import describe, frame_from_record
 
 segment = st.text(alphabet=st.sampled_from("abcXYZ019._-"), min_size=1, max_size=20)
 stream_names = (

@@ -33,7 +33,7 @@ import lz4.block
 import numpy as np
 
 from hidra_ng.errors import InvalidFrame
-from hidra_ng.protocol import COMPRESSIONS, Payload, Record, check_dtype
+from hidra_ng.wire.protocol import COMPRESSIONS, Payload, Record, check_dtype
 
 #: What a Producer can compress with (SPEC §11); the others arrive compressed.
 PRODUCER_COMPRESSIONS = ("none", "lz4", "zstd")

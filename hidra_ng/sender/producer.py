@@ -26,8 +26,6 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from hidra_ng import protocol as proto
-from hidra_ng.compression import Encoded, check_compression, compress
 from hidra_ng.errors import (
     ConfigError,
     MessageTooLarge,
@@ -37,10 +35,12 @@ from hidra_ng.errors import (
     StorageError,
     StreamFinished,
 )
-from hidra_ng.frames import Data, describe
 from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
-from hidra_ng.spool import Spool, entry_bytes
+from hidra_ng.sender.spool import Spool, entry_bytes
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.compression import Encoded, check_compression, compress
+from hidra_ng.wire.frames import Data, describe
 from hidra_ng.zmqio import ZERO_COPY_BYTES, send_parts
 
 log = logging.getLogger(__name__)

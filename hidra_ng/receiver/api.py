@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import msgspec
 import zmq
 
-from hidra_ng import protocol as proto
 from hidra_ng.errors import (
     REMOTE_ERRORS,
     HidraError,
@@ -33,10 +32,11 @@ from hidra_ng.errors import (
     StorageError,
     reason,
 )
-from hidra_ng.groups import Group, Groups
 from hidra_ng.metrics import ReceiverMetrics
-from hidra_ng.query import DEFAULT_LIMIT, MAX_LIMIT, compile_query
-from hidra_ng.store import Store
+from hidra_ng.receiver.groups import Group, Groups
+from hidra_ng.receiver.query import DEFAULT_LIMIT, MAX_LIMIT, compile_query
+from hidra_ng.receiver.store import Store
+from hidra_ng.wire import protocol as proto
 
 log = logging.getLogger(__name__)
 

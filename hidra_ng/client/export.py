@@ -54,11 +54,11 @@ import hdf5plugin
 import msgspec
 import numpy as np
 
-from hidra_ng.client import Consumer
-from hidra_ng.compression import decompress
+from hidra_ng.client.consumer import Consumer
 from hidra_ng.errors import Gone, InvalidFrame, InvalidInput
-from hidra_ng.frames import Frame
-from hidra_ng.protocol import Payload, Record, check_stream_name
+from hidra_ng.wire.compression import decompress
+from hidra_ng.wire.frames import Frame
+from hidra_ng.wire.protocol import Payload, Record, check_stream_name
 
 log = logging.getLogger(__name__)
 
@@ -327,45 +327,3 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def export_command(
-    api: str | Consumer,
-    stream: str,
-    out_path: str | os.PathLike[str],
-    start: int = 0,
-    stop: int | None = None,
-    *,
-    overwrite: bool = False,
-    console: Any = None,
-) -> ExportResult:
-    """``hidra-ng export``: export_hdf5 with a progress bar on stderr and a summary line.
-
-    Errors are HidraError subclasses with one-sentence messages, for the CLI to print.
-    """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    err_console = console or Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(f"export {stream}", total=None)
-
-        def step(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        result = export_hdf5(api, stream, out_path, start, stop, step, overwrite=overwrite)
-    shape = "x".join(str(n) for n in result.frame_shape) or "-"
-    print(
-        f"{result.path}: {result.frames} frames ({shape} {result.dtype or '-'},"
-        f" {result.compression}) and {result.metadata_messages} metadata messages from"
-        f" {stream} indices {result.start}..{result.stop - 1}, {result.bytes} bytes in"
-        f" {result.seconds:.1f} s"
-    )
-    return result

@@ -18,11 +18,11 @@ from collections.abc import Iterable, Iterator
 
 import zmq
 
-from hidra_ng import protocol as proto
-from hidra_ng.client import Consumer, decode_frame
+from hidra_ng.client.consumer import Consumer, decode_frame
 from hidra_ng.errors import HidraError, NotYetAvailable, ProtocolError, ReceiverUnavailable
-from hidra_ng.frames import Frame
 from hidra_ng.security import ClientKeys
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.frames import Frame
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from hidra_ng.compression import Encoded
 from hidra_ng.errors import ConfigError
-from hidra_ng.producer import Producer
-from hidra_ng.sources._common import Params, checkpoint_key, spool
+from hidra_ng.sender.producer import Producer
+from hidra_ng.sender.sources._common import Params, checkpoint_key, spool
+from hidra_ng.wire.compression import Encoded
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any
 import msgspec
 import zmq
 
-from hidra_ng import protocol as proto
 from hidra_ng.errors import REMOTE_ERRORS, HidraError, ProtocolError, ReceiverUnavailable
-from hidra_ng.frames import Frame, frame_from_record
 from hidra_ng.security import ClientKeys
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.frames import Frame, frame_from_record
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class Consumer:
     def query(self, stream: str, expr: str, *, limit: int = 0) -> list[Frame]:
         """Metadata-only frames (data None) of ``stream`` matching ``expr``, in index order.
 
-        The filter language is described in hidra_ng/query.py and the README; at
+        The filter language is described in hidra_ng/receiver/query.py and the README; at
         most ``limit`` results (default 10,000).
         """
         body, _ = self._call(
@@ -435,6 +435,6 @@ class _Replay:
 
 
 def api_idle_seconds() -> float:
-    from hidra_ng.api import IDLE_SECONDS
+    from hidra_ng.receiver.api import IDLE_SECONDS
 
     return 3 * IDLE_SECONDS

@@ -32,7 +32,7 @@ import msgspec
 
 from hidra_ng.errors import Gone, NotYetAvailable, StreamFinished
 from hidra_ng.lmdbenv import Env
-from hidra_ng.protocol import (
+from hidra_ng.wire.protocol import (
     Envelope,
     Header,
     Payload,

@@ -48,11 +48,9 @@ import msgspec
 import numpy as np
 import zmq
 
-from hidra_ng import protocol as proto
-from hidra_ng.compression import Encoded, decode_bslz4
 from hidra_ng.errors import ConfigError, HidraError
-from hidra_ng.producer import Producer
-from hidra_ng.sources._common import (
+from hidra_ng.sender.producer import Producer
+from hidra_ng.sender.sources._common import (
     Item,
     Params,
     Refusals,
@@ -63,6 +61,8 @@ from hidra_ng.sources._common import (
     safe_segment,
     spool_items,
 )
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.compression import Encoded, decode_bslz4
 
 log = logging.getLogger(__name__)
 

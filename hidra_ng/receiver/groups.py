@@ -36,8 +36,8 @@ import msgspec
 
 from hidra_ng.errors import InvalidInput, NotYetAvailable, StreamFinished
 from hidra_ng.lmdbenv import Env
-from hidra_ng.protocol import check_stream_name
-from hidra_ng.store import Store
+from hidra_ng.receiver.store import Store
+from hidra_ng.wire.protocol import check_stream_name
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import threading
 from hidra_ng.config import SenderConfig
 from hidra_ng.errors import HidraError
 from hidra_ng.metrics import SenderMetrics, serve
-from hidra_ng.producer import Producer
-from hidra_ng.sources import Source
+from hidra_ng.sender.producer import Producer
+from hidra_ng.sender.sources import Source
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from hidra_ng.errors import ConfigError
-from hidra_ng.producer import Producer
+from hidra_ng.sender.producer import Producer
 
 
 class Source(Protocol):
@@ -50,31 +50,31 @@ def parse(uri: str) -> Source:
 
 
 def _simulate(uri: str, target: str, params: dict[str, str]) -> Source:
-    from hidra_ng.sources.simulate import SimulateSource
+    from hidra_ng.sender.sources.simulate import SimulateSource
 
     return SimulateSource.from_params(uri, target, params)
 
 
 def _watch(uri: str, target: str, params: dict[str, str]) -> Source:
-    from hidra_ng.sources.watch import WatchSource
+    from hidra_ng.sender.sources.watch import WatchSource
 
     return WatchSource.from_params(uri, target, params)
 
 
 def _hdf5(uri: str, target: str, params: dict[str, str]) -> Source:
-    from hidra_ng.sources.hdf5 import Hdf5Source
+    from hidra_ng.sender.sources.hdf5 import Hdf5Source
 
     return Hdf5Source.from_params(uri, target, params)
 
 
 def _dectris(uri: str, target: str, params: dict[str, str]) -> Source:
-    from hidra_ng.sources.dectris import DectrisSource
+    from hidra_ng.sender.sources.dectris import DectrisSource
 
     return DectrisSource.from_params(uri, target, params)
 
 
 def _zmq(uri: str, target: str, params: dict[str, str]) -> Source:
-    from hidra_ng.sources.zmq_push import ZmqSource
+    from hidra_ng.sender.sources.zmq_push import ZmqSource
 
     return ZmqSource.from_params(uri, target, params)
 

@@ -6,7 +6,7 @@ Two threads, each owning its sockets:
   for everything that arrived while the previous commit ran) -> PUB of each
   committed frame (never blocks: PUB drops for a slow subscriber) -> a notice
   to the api thread.
-* api (hidra_ng/api.py): ROUTER. Senders say HELLO and get cumulative ACKs
+* api (hidra_ng/receiver/api.py): ROUTER. Senders say HELLO and get cumulative ACKs
   and GAP (resend) requests once their messages are durable; consumers get
   frames, wait for future ones and replay with flow control.
 """
@@ -22,8 +22,6 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from hidra_ng import protocol as proto
-from hidra_ng.api import ApiServer, Notice
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.errors import (
     ConfigError,
@@ -33,11 +31,13 @@ from hidra_ng.errors import (
     StorageError,
     reason,
 )
-from hidra_ng.groups import Groups
 from hidra_ng.metrics import ReceiverMetrics, serve
+from hidra_ng.receiver.api import ApiServer, Notice
+from hidra_ng.receiver.groups import Groups
+from hidra_ng.receiver.store import RETENTION_BATCH, AppendResult, Incoming, Store
 from hidra_ng.security import Authenticator, load_keypair, server_socket
 from hidra_ng.service import Heartbeats
-from hidra_ng.store import RETENTION_BATCH, AppendResult, Incoming, Store
+from hidra_ng.wire import protocol as proto
 from hidra_ng.zmqio import recv_parts
 
 log = logging.getLogger(__name__)

@@ -76,7 +76,7 @@ class Payload(enum.IntEnum):
 
 #: Payload codecs. "lz4" and "zstd" are blosc2 chunks (SPEC §11, made by a Producer);
 #: "bslz4" (bitshuffle + LZ4) and "lz4-hdf5" are the HDF5-filter framings DECTRIS
-#: detectors send, stored as received (see hidra_ng/compression.py).
+#: detectors send, stored as received (see hidra_ng/wire/compression.py).
 COMPRESSIONS = ("none", "lz4", "zstd", "bslz4", "lz4-hdf5")
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from hidra_ng.client import Consumer
+from hidra_ng.client.consumer import Consumer
 from hidra_ng.errors import ReceiverUnavailable
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from hidra_ng import protocol as proto
 from hidra_ng.errors import ConfigError, HidraError, InvalidInput, SpoolFull
-from hidra_ng.producer import Producer
+from hidra_ng.sender.producer import Producer
+from hidra_ng.wire import protocol as proto
 
 log = logging.getLogger(__name__)
 

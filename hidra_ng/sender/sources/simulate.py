@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hidra_ng.errors import ConfigError
-from hidra_ng.producer import Producer
-from hidra_ng.protocol import check_stream_name
+from hidra_ng.sender.producer import Producer
+from hidra_ng.wire.protocol import check_stream_name
 
 _COUNT = struct.Struct(">Q")
 POOL = 4

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from hidra_ng.errors import ConfigError
 from hidra_ng.lmdbenv import Env
-from hidra_ng.protocol import Header, encode_body
+from hidra_ng.wire.protocol import Header, encode_body
 
 log = logging.getLogger(__name__)
 

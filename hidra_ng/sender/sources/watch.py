@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 import msgspec
 
 from hidra_ng.errors import ConfigError, HidraError, ReceiverUnavailable
-from hidra_ng.producer import Producer
-from hidra_ng.sources._common import Params, Refusals, checkpoint_key, spool
+from hidra_ng.sender.producer import Producer
+from hidra_ng.sender.sources._common import Params, Refusals, checkpoint_key, spool
 
 log = logging.getLogger(__name__)
 

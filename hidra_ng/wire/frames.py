@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from hidra_ng.errors import InvalidFrame
-from hidra_ng.protocol import Payload, Record, StreamInfo, check_dtype, decode_meta
+from hidra_ng.wire.protocol import Payload, Record, StreamInfo, check_dtype, decode_meta
 
 __all__ = ["Frame", "StreamInfo", "describe", "frame_from_record"]
 
@@ -84,7 +84,7 @@ def frame_from_record(
 
     ``payload=None`` makes a metadata-only frame (``data`` is None), as queries return.
     """
-    from hidra_ng.compression import decompress
+    from hidra_ng.wire.compression import decompress
 
     if payload is None:
         data: np.ndarray | bytes | None = None

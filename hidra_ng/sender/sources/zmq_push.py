@@ -44,11 +44,11 @@ import msgspec
 import numpy as np
 import zmq
 
-from hidra_ng import protocol as proto
-from hidra_ng.compression import Encoded
 from hidra_ng.errors import ConfigError, HidraError, InvalidStreamName, MessageTooLarge
-from hidra_ng.producer import Producer
-from hidra_ng.sources._common import Item, Params, Refusals, receive_batch, spool_items
+from hidra_ng.sender.producer import Producer
+from hidra_ng.sender.sources._common import Item, Params, Refusals, receive_batch, spool_items
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.compression import Encoded
 
 log = logging.getLogger(__name__)
 
