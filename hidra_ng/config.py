@@ -176,7 +176,7 @@ def load(
     defaults to ``os.environ``.
     """
     cls = _SECTIONS[section]
-    environ = os.environ if environ is None else environ
+    environ = dict(os.environ) if environ is None else environ
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}  # key -> "file", "env:VAR", "flag", "state"
 
@@ -203,7 +203,7 @@ def load(
         config = cls(**values)
     except FieldError as err:
         raise ConfigError(_locate(err, origins, path)) from None
-    config.origins = origins
+    config.origins = origins  # type: ignore[attr-defined]  # every section struct has it
     return config
 
 

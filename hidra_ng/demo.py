@@ -37,15 +37,16 @@ def run_demo(
     try:
         echo(f"hidra-ng demo: data under {root}")
         with ReceiverProcess(root / "store") as rx:
-            echo(
-                f"receiver up (pid {rx.proc.pid}): ingest {rx.ingest}, api {rx.api},"
-                f" publish {rx.publish}"
-            )
+            pid = rx.proc.pid if rx.proc is not None else "?"  # started: never "?"
+            echo(f"receiver up (pid {pid}): ingest {rx.ingest}, api {rx.api}, publish {rx.publish}")
             live = _LiveCounter(rx.publish)
             live.start()
             source = SimulateSource(name="demo", stream=STREAM, shape=shape, count=frames, rate=0)
             pool = source.frames()
-            digests = [hashlib.sha256(pool[i % len(pool)]).hexdigest() for i in range(frames)]
+            digests = [
+                hashlib.sha256(pool[i % len(pool)]).hexdigest()  # type: ignore[arg-type]
+                for i in range(frames)
+            ]
             nbytes = pool[0].nbytes * frames
 
             with Producer(rx.ingest, rx.api, root / "spool", "demo-detector") as producer:
@@ -69,7 +70,8 @@ def run_demo(
                 mismatches = replayed = 0
                 for frame in consumer.replay(STREAM):
                     replayed += 1
-                    if hashlib.sha256(frame.data).hexdigest() != digests[frame.meta["frame"]]:
+                    digest = hashlib.sha256(frame.data).hexdigest()  # type: ignore[arg-type]
+                    if digest != digests[frame.meta["frame"]]:
                         mismatches += 1
                 read = time.perf_counter() - started
                 middle = consumer.get(STREAM, info.count // 2)

@@ -124,7 +124,7 @@ class Env:
         while True:
             try:
                 with self._gate.shared():
-                    txn = self._env.begin(write=True, buffers=buffers)
+                    txn = self._env.begin(write=True, buffers=buffers)  # type: ignore[call-overload]
                     try:
                         result = fill(txn)
                         txn.commit()

@@ -263,7 +263,7 @@ class Consumer:
         deadline = time.monotonic() + req.timeout + within
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(left * 1000):
+            if left <= 0 or not self._sock.poll(left * 1000):  # type: ignore[arg-type]
                 raise ReceiverUnavailable(
                     f"receiver at {self.api} did not answer {op!r} within"
                     f" {req.timeout + within:.1f} s"
@@ -435,6 +435,4 @@ class _Replay:
 
 
 def api_idle_seconds() -> float:
-    from hidra_ng.receiver.api import IDLE_SECONDS
-
-    return 3 * IDLE_SECONDS
+    return 3 * proto.REPLAY_IDLE_SECONDS

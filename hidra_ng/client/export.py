@@ -96,7 +96,13 @@ def _filter_options(codec: str) -> dict[str, Any]:
     if codec == "none":
         return {}
     if codec in ("lz4", "zstd"):
-        return dict(hdf5plugin.Blosc2(cname=codec, clevel=5, filters=hdf5plugin.Blosc2.BITSHUFFLE))
+        return dict(
+            hdf5plugin.Blosc2(
+                cname=codec,  # type: ignore[arg-type]  # lz4 or zstd here
+                clevel=5,
+                filters=hdf5plugin.Blosc2.BITSHUFFLE,
+            )
+        )
     if codec == "bslz4":
         return dict(hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
     if codec == "lz4-hdf5":
@@ -119,7 +125,7 @@ def _chunk(frame: Frame, nbytes: int) -> bytes | memoryview:
         )
         schunk.insert_chunk(0, frame.data)
         return schunk.to_cframe()
-    return frame.data
+    return frame.data  # type: ignore[return-value]  # read with decode=False: bytes
 
 
 def _decode(frame: Frame) -> np.ndarray:
@@ -135,7 +141,7 @@ def _decode(frame: Frame) -> np.ndarray:
         stored=frame.stored,
         nbytes=frame.nbytes,
     )
-    raw = decompress(frame.data, record)
+    raw = decompress(frame.data, record)  # type: ignore[arg-type]  # decode=False: bytes
     return np.frombuffer(raw, np.dtype(frame.dtype)).reshape(frame.shape)
 
 
@@ -295,7 +301,7 @@ def export_hdf5(
                 writer.close()
                 if writer.count == 0 and writer.meta_count == 0:
                     raise InvalidInput(f"stream {stream!r} has no messages from {first} to {last}")
-                result = dict(
+                result: dict[str, Any] = dict(
                     frames=writer.count,
                     metadata_messages=writer.meta_count,
                     frame_shape=writer.shape,

@@ -43,8 +43,7 @@ log = logging.getLogger(__name__)
 #: per turn, one replay sends at most this much before the next one's turn
 TURN_BYTES = 8 << 20
 TURN_FRAMES = 64
-#: a replay waiting for new frames tells its consumer it is alive this often
-IDLE_SECONDS = 5.0
+IDLE_SECONDS = proto.REPLAY_IDLE_SECONDS
 #: a replay whose consumer said nothing for this long is dropped
 SESSION_SECONDS = 600.0
 
@@ -532,10 +531,11 @@ class ApiServer:
         available = self.store.next_index(r.stream)
         end = available if r.stop is None else min(r.stop, available)
         if r.next >= end:
-            if r.stop is not None and r.next >= r.stop:
-                return self._finish_replay(r)
-            if self.store.is_finished(r.stream) or not r.follow:
-                return self._finish_replay(r)
+            if (r.stop is not None and r.next >= r.stop) or (
+                self.store.is_finished(r.stream) or not r.follow
+            ):
+                self._finish_replay(r)
+                return None
             return False  # woken by the next commit of this stream
         rows = self.store.read_range(
             r.stream,

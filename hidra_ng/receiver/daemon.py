@@ -193,8 +193,9 @@ class Receiver:
         self.store.close()
 
     def _close_sockets(self, graceful: bool = False) -> None:
-        if getattr(self, "authenticator", None) is not None:
-            self.authenticator.stop()
+        authenticator = getattr(self, "authenticator", None)
+        if authenticator is not None:
+            authenticator.stop()
         for name in ("pull", "router", "pub", "_notice_rx", "_notice_tx"):
             sock = getattr(self, name, None)
             if sock is not None:

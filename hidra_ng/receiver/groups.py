@@ -129,11 +129,11 @@ class Groups:
             for key, value in txn.cursor(db=self.env.dbs["entries"]):
                 gid, index = _KEY.unpack(key)
                 entry = entry_dec.decode(value)
-                group = by_id.get(gid)
-                if group is not None:
-                    group.entries[index] = entry
+                owner = by_id.get(gid)
+                if owner is not None:
+                    owner.entries[index] = entry
                     if not entry.parked:
-                        self._arm(entry.due, group, index)
+                        self._arm(entry.due, owner, index)
         self._next_id = max(by_id, default=-1) + 1
         if self._groups:
             log.info("consumer groups loaded: %d", len(self._groups))

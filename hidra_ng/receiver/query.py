@@ -86,7 +86,7 @@ class _Parser:
             match = _TOKEN.match(text, pos)
             if match is None:
                 raise QueryError(f"unexpected character {text[pos]!r} at position {pos}")
-            kind = match.lastgroup
+            kind = match.lastgroup or ""  # every alternative of _TOKEN is a named group
             if kind != "space":
                 self.tokens.append((kind, match.group(), pos))
             pos = match.end()

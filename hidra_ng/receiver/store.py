@@ -242,7 +242,7 @@ class Store:
             encoded = []
             at_end = _Appender(txn, records)
             for _, _, key, fields, payload in writes:
-                record = encode_body(Record(*fields, stored, len(payload)))
+                record = encode_body(Record(*fields, stored, len(payload)))  # type: ignore[call-arg]
                 at_end.put(key, record)
                 encoded.append(record)
             return encoded
@@ -327,7 +327,7 @@ class Store:
                 if record is None:
                     raise Gone(f"index {index} of stream {stream!r} was removed by retention")
                 payload = txn.get(key, db=payloads)
-                return bytes(record), memoryview(b"") if payload is None else payload
+                return bytes(record), memoryview(b"") if payload is None else payload  # type: ignore[return-value]
 
             yield read
 

@@ -93,7 +93,8 @@ class Producer:
         proto.check_sender_id(sender_id)
         # CurveZMQ (SPEC §9): this sender's key pair and the receiver's public key
         self.keys = ClientKeys.load(
-            keys_dir and str(keys_dir), server_key_dir and str(server_key_dir)
+            keys_dir and str(keys_dir),  # type: ignore[arg-type]
+            server_key_dir and str(server_key_dir),  # type: ignore[arg-type]
         )
         self.compression = check_compression(compression)
         if max_spool_bytes <= 0 or window_bytes <= 0:
@@ -407,7 +408,7 @@ class _Link(threading.Thread):
                     timeout = min(timeout, max(0.0, self._last_progress + self._stall_after - now))
                 if blocked:
                     timeout = min(timeout, 0.02)
-                for sock, _ in poller.poll(timeout * 1000):
+                for sock, _ in poller.poll(timeout * 1000):  # type: ignore[arg-type]  # ms, float ok
                     if sock is self._dealer:
                         self._take_replies()
                     elif sock is self._monitor:

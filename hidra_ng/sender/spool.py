@@ -89,8 +89,8 @@ class Spool:
     def _load(self, sender_id: str) -> None:
         state = self._db["state"]
         with self.env.read() as txn:
-            owner = txn.get(b"sender", db=state)
-            owner = None if owner is None else bytes(owner).decode()
+            raw_owner = txn.get(b"sender", db=state)
+            owner = None if raw_owner is None else bytes(raw_owner).decode()
             inc = txn.get(b"incarnation", db=state)
             nxt = txn.get(b"next_seq", db=state)
             self.finished = {
@@ -122,7 +122,7 @@ class Spool:
             self.env.write(init)
         else:
             self.incarnation = _SEQ.unpack(inc)[0]
-            self.next_seq = _SEQ.unpack(nxt)[0]
+            self.next_seq = _SEQ.unpack(nxt)[0]  # type: ignore[arg-type]  # set with incarnation
         self.sender_id = sender_id
         self.count = count
         self.bytes = nbytes

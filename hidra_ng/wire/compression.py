@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import blosc2
@@ -66,7 +67,7 @@ def compress(buffer: memoryview | bytes, dtype: str, codec: str) -> bytes:
         raise InvalidFrame(f"compression {codec!r} is not a blosc2 codec; expected lz4 or zstd")
     itemsize = check_dtype(dtype).itemsize if dtype else 1
     filters = [blosc2.Filter.BITSHUFFLE] if dtype else [blosc2.Filter.NOFILTER]
-    return blosc2.compress2(
+    return blosc2.compress2(  # type: ignore[no-any-return]
         buffer,
         cparams={
             "codec": _CODECS[codec],
@@ -94,14 +95,14 @@ def decompressed_size(payload: bytes | memoryview, codec: str = "lz4") -> int:
                 f"payload of {len(payload)} bytes is not a blosc2 chunk: its header says"
                 f" {cbytes} compressed bytes"
             )
-        return nbytes
+        return int(nbytes)
     if codec in FRAMED:
         if len(payload) < _FRAME_HEADER.size:
             raise InvalidFrame(
                 f"{codec} payload of {len(payload)} bytes is shorter than its"
                 f" {_FRAME_HEADER.size}-byte header"
             )
-        return _FRAME_HEADER.unpack_from(payload)[0]
+        return int(_FRAME_HEADER.unpack_from(payload)[0])
     raise InvalidFrame(f"compression {codec!r} is unknown; expected one of {COMPRESSIONS[1:]}")
 
 
@@ -161,14 +162,14 @@ def decompress(payload: bytes | memoryview, record: Record) -> bytes | memoryvie
         )
     if codec in _CODECS:
         try:
-            return blosc2.decompress2(payload)
+            return blosc2.decompress2(payload)  # type: ignore[no-any-return]
         except Exception as err:
             raise InvalidFrame(f"{codec} payload cannot be decoded: {err}") from err
     if codec == "bslz4":
         if record.payload != Payload.ARRAY:
             raise InvalidFrame("a bslz4 payload needs an array's item size; got opaque bytes")
-        return memoryview(decode_bslz4(payload, itemsize))
-    return memoryview(decode_lz4_hdf5(payload))
+        return memoryview(decode_bslz4(payload, itemsize))  # type: ignore[arg-type]
+    return memoryview(decode_lz4_hdf5(payload))  # type: ignore[arg-type]
 
 
 def _lz4_block(data: memoryview, size: int, what: str) -> bytes:
@@ -178,7 +179,7 @@ def _lz4_block(data: memoryview, size: int, what: str) -> bytes:
         raise InvalidFrame(f"{what} is not a valid LZ4 block: {err}") from err
     if len(out) != size:
         raise InvalidFrame(f"{what} decodes to {len(out)} bytes; expected {size}")
-    return out
+    return out  # type: ignore[no-any-return]
 
 
 def _read_block(payload: memoryview, pos: int, what: str) -> tuple[memoryview, int]:
@@ -216,7 +217,7 @@ def decode_lz4_hdf5(payload: bytes | memoryview) -> np.ndarray:
 
 
 def _bslz4_block_elems(payload: memoryview, itemsize: int) -> int:
-    (block_bytes,) = _BLOCK_SIZE.unpack_from(payload, 8)
+    block_bytes: int = _BLOCK_SIZE.unpack_from(payload, 8)[0]
     elems, rest = divmod(block_bytes, itemsize)
     if rest or elems <= 0 or elems % _BSHUF_MULT:
         raise InvalidFrame(
@@ -227,10 +228,10 @@ def _bslz4_block_elems(payload: memoryview, itemsize: int) -> int:
 
 
 _BIT_TRANSPOSE_STEPS = ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0xF0F0F0F0))
-_FAST: list = []  # [bitshuffle.bitunshuffle or None], resolved on first use
+_FAST: list[Callable[..., np.ndarray] | None] = []  # [bitunshuffle or None], on first use
 
 
-def _fast_bitunshuffle():
+def _fast_bitunshuffle() -> Callable[..., np.ndarray] | None:
     if not _FAST:
         try:
             from bitshuffle import bitunshuffle as fast  # optional, imports in ~0.2 s
@@ -265,10 +266,11 @@ def bitunshuffle(blocks: np.ndarray, itemsize: int) -> np.ndarray:
         out = fast(elems, nbytes // itemsize)
         return out.view(np.uint8).reshape(count, nbytes)
     groups = nbytes // itemsize // 8
-    words = blocks.reshape(count, itemsize, 8, groups).transpose(0, 3, 1, 2)
-    words = np.ascontiguousarray(words).view("<u8").reshape(count, groups, itemsize)
-    elems = _transpose_bits_8x8(words).view(np.uint8).reshape(count, groups, itemsize, 8)
-    return np.ascontiguousarray(elems.transpose(0, 1, 3, 2)).reshape(count, nbytes)
+    blocked: np.ndarray = blocks.reshape(count, itemsize, 8, groups).transpose(0, 3, 1, 2)
+    words = np.ascontiguousarray(blocked).view("<u8").reshape(count, groups, itemsize)
+    bits: np.ndarray = _transpose_bits_8x8(words).view(np.uint8)
+    unshuffled = bits.reshape(count, groups, itemsize, 8)
+    return np.ascontiguousarray(unshuffled.transpose(0, 1, 3, 2)).reshape(count, nbytes)
 
 
 def decode_bslz4(payload: bytes | memoryview, itemsize: int) -> np.ndarray:

@@ -50,7 +50,8 @@ def describe(data: Data) -> tuple[Payload, str, tuple[int, ...], memoryview | by
         dtype = data.dtype.str
         check_dtype(dtype)
         flat = data.reshape(-1).view(np.uint8)
-        return Payload.ARRAY, dtype, tuple(int(n) for n in data.shape), memoryview(flat)
+        shape = tuple(int(n) for n in data.shape)
+        return Payload.ARRAY, dtype, shape, memoryview(flat)  # type: ignore[arg-type]
     if isinstance(data, (bytes, bytearray, memoryview)):
         buf = memoryview(data)
         if not buf.contiguous:

@@ -43,6 +43,8 @@ PREAMBLE_SIZE = 4
 
 MAX_DATA_BYTES = 256 * 1024 * 1024
 MAX_META_BYTES = 64 * 1024
+#: a replay waiting for new frames tells its consumer it is alive this often
+REPLAY_IDLE_SECONDS = 5.0
 MAX_STREAM_NAME = 200
 MAX_NDIM = 32
 SEQ_LIMIT = 2**63
@@ -217,10 +219,10 @@ class FrameBatch(msgspec.Struct, array_like=True, frozen=True):
 # Codec
 
 _encoder = msgspec.msgpack.Encoder()
-_decoders: dict[type, msgspec.msgpack.Decoder] = {}
+_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {}
 
 
-def _decoder(kind: type) -> msgspec.msgpack.Decoder:
+def _decoder(kind: type) -> msgspec.msgpack.Decoder[Any]:
     dec = _decoders.get(kind)
     if dec is None:
         dec = _decoders[kind] = msgspec.msgpack.Decoder(kind)
@@ -529,4 +531,5 @@ def encode_meta(meta: dict[str, Any] | None, max_meta_bytes: int = MAX_META_BYTE
 
 
 def decode_meta(meta: bytes | memoryview) -> dict[str, Any]:
-    return msgspec.json.decode(meta)
+    decoded: dict[str, Any] = msgspec.json.decode(meta)
+    return decoded

@@ -234,7 +234,7 @@ def receive_batch(
 ) -> list[list[zmq.Frame]]:
     """Messages ready on ``sock``: waits up to ``timeout`` s for the first, not for more."""
     out: list[list[zmq.Frame]] = []
-    if not sock.poll(timeout * 1000):
+    if not sock.poll(timeout * 1000):  # type: ignore[arg-type]  # ms, a float is fine
         return out
     size = 0
     while len(out) < max_messages and size < max_bytes:
