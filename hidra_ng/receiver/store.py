@@ -7,11 +7,10 @@ Layout (named LMDB databases in one environment)::
     payloads   stream id | index (BE)  -> payload bytes as received (absent when empty)
     senders    sender \\0 incarnation   -> last committed seq (8 bytes BE)
 
-Ordering and exactly-once follow go-back-N per sender incarnation: a message is
-stored only if its seq is the next one expected from that incarnation; an
-older seq is a duplicate (acknowledged again, stored nothing), a newer one
-means something was lost in transit, and the receiver asks the sender to
-resend from the expected seq (a gap). Indices are assigned at commit, so they
+Which messages of a batch to store (duplicate, gap, accept: go-back-N per
+sender incarnation) is decided by :func:`hidra_ng.receiver.admission.admit`,
+which does no I/O; the store writes what it accepted, with the new last seq of
+each incarnation, in one transaction. Indices are assigned at commit, so they
 are consecutive and never reused.
 
 One writer thread calls :meth:`Store.append`; any thread may read.
@@ -32,6 +31,7 @@ import msgspec
 
 from hidra_ng.errors import Gone, NotYetAvailable, StreamFinished
 from hidra_ng.lmdbenv import Env
+from hidra_ng.receiver.admission import admit
 from hidra_ng.wire.protocol import (
     Envelope,
     Header,
@@ -165,38 +165,27 @@ class Store:
         # lock; changes are planned on copies and applied after the commit succeeded.
         result = AppendResult()
         streams: dict[str, StreamMeta] = {}
-        senders: dict[bytes, int] = {}
         # (stream, index, key, Record fields before ``stored``, payload)
         writes: list[tuple[str, int, bytes, tuple, memoryview | bytes]] = []
         next_id = self._next_id
 
-        for item in batch:
-            env, hdr = item.envelope, item.header
-            key = sender_key(env.sender, env.incarnation)
-            who = (env.sender, env.incarnation)
-            last = senders.get(key, self._senders.get(key))
-            if last is None or last + 1 < env.floor:
-                if last is not None:
-                    log.warning(
-                        "store is behind sender %s: seqs %d..%d were acknowledged before but"
-                        " are not here (store restored from an older copy?)",
-                        env.sender,
-                        last + 1,
-                        env.floor - 1,
-                    )
-                last = env.floor - 1
-            expected = last + 1
-            if hdr.seq < expected:
-                result.duplicates += 1
-                result.acks[who] = last
-                continue
-            if hdr.seq > expected:
-                # report the newest epoch: the sender ignores gaps of epochs it left
-                seen = result.gaps.get(who)
-                result.gaps[who] = (expected, max(env.epoch, seen[1]) if seen else env.epoch)
-                continue
-            senders[key] = hdr.seq
-            result.acks[who] = hdr.seq
+        plan = admit(
+            ((item.envelope, item.header.seq) for item in batch),
+            lambda who: self._senders.get(sender_key(*who)),
+        )
+        for sender, first, last in plan.behind:
+            log.warning(
+                "store is behind sender %s: seqs %d..%d were acknowledged before but"
+                " are not here (store restored from an older copy?)",
+                sender,
+                first,
+                last,
+            )
+        result.acks, result.gaps, result.duplicates = plan.acks, plan.gaps, plan.duplicates
+        senders = {sender_key(*who): seq for who, seq in plan.last_seqs.items()}
+        for position in plan.accepted:
+            item = batch[position]
+            hdr = item.header
             meta = streams.get(hdr.stream)
             if meta is None:
                 known = self._streams.get(hdr.stream)
@@ -211,7 +200,7 @@ class Store:
                 meta.finished = True  # in touched: the api wakes its waiters
                 continue
             fields = (
-                env.sender,
+                item.envelope.sender,
                 hdr.seq,
                 hdr.payload,
                 hdr.dtype,

@@ -13,7 +13,6 @@ so a receiver that cannot commit does not get the window queued again and again.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
@@ -37,6 +36,7 @@ from hidra_ng.errors import (
 )
 from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
+from hidra_ng.sender.gobackn import GoBackN
 from hidra_ng.sender.spool import Spool, entry_bytes
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.compression import Encoded, check_compression, compress
@@ -275,7 +275,8 @@ class Producer:
 
     @property
     def stats(self) -> dict[str, int]:
-        return {"sent": self._link.sent_total, "acked": self._link.acked_total}
+        window = self._link.window
+        return {"sent": window.sent_total, "acked": window.acked_total, "probes": window.probes}
 
     @property
     def acked_seq(self) -> int:
@@ -308,12 +309,14 @@ class Producer:
 
 
 class _Link(threading.Thread):
-    """The producer's socket thread: push spooled messages, take acks, resend."""
+    """The producer's socket thread: push spooled messages, take acks, resend.
+
+    What to send, when to rewind and when to probe is decided by the window
+    (:class:`~hidra_ng.sender.gobackn.GoBackN`, no I/O); this thread does the I/O.
+    """
 
     MAX_BATCH_MESSAGES = 512
     MAX_BATCH_BYTES = 1 * MiB
-    #: while acks stay stalled the wait before each resend doubles, up to this multiple
-    MAX_STALL_FACTOR = 16
 
     def __init__(
         self, producer: Producer, window_bytes: int, resend_after: float, heartbeat: float
@@ -321,21 +324,12 @@ class _Link(threading.Thread):
         super().__init__(name=f"hidra-ng-link-{producer.sender_id}", daemon=True)
         self.p = producer
         self.spool = producer._spool
-        self.window_bytes = window_bytes
-        self.resend_after = resend_after
         self.heartbeat = heartbeat
-        self.acked = self.spool.lowest - 1
-        self.cursor = self.spool.lowest
-        self.epoch = 0
-        self.sent_total = 0
-        self.acked_total = 0
-        self._inflight: collections.deque[tuple[int, int]] = collections.deque()
-        self._inflight_bytes = 0
+        self.window = GoBackN(self.spool.lowest, window_bytes, resend_after, time.monotonic())
+        #: the window's ``acked``, for other threads (they wait on ``_acked_cond``)
+        self.acked = self.window.acked
         self._released = self.acked
         self._last_heard = 0.0
-        self._last_progress = time.monotonic()
-        self._stall_after = resend_after  # doubles while acks stay stalled
-        self._probing = False  # after a stall: one batch in flight until acks move
         self._acked_cond = threading.Condition()
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -404,8 +398,9 @@ class _Link(threading.Thread):
                     self._send_hello()
                     next_hello = now + self.heartbeat
                 timeout = max(0.0, next_hello - now)
-                if self.cursor - 1 > self.acked:
-                    timeout = min(timeout, max(0.0, self._last_progress + self._stall_after - now))
+                stall = self.window.timeout(now)
+                if stall is not None:
+                    timeout = min(timeout, stall)
                 if blocked:
                     timeout = min(timeout, 0.02)
                 for sock, _ in poller.poll(timeout * 1000):  # type: ignore[arg-type]  # ms, float ok
@@ -471,68 +466,46 @@ class _Link(threading.Thread):
             except zmq.Again:
                 break
             broke = True
-        if broke and self.cursor - 1 > self.acked:
+        if broke and self.window.on_disconnect(time.monotonic()) is not None:
             log.info("connection to %s broke; resending from seq %d", self.p.ingest, self.acked + 1)
-            self._rewind()
 
     def _on_ack(self, last_seq: int) -> None:
         now = time.monotonic()
         self._last_heard = now
-        if last_seq <= self.acked:
-            return
-        last_seq = min(last_seq, self.spool.next_seq - 1)
-        self.acked_total += last_seq - self.acked
-        if self.p.metrics is not None:
-            self.p.metrics.acked.inc(last_seq - self.acked)
-        self._last_progress = now
-        self._probing = False
-        self._stall_after = self.resend_after
-        while self._inflight and self._inflight[0][0] <= last_seq:
-            self._inflight_bytes -= self._inflight.popleft()[1]
-        with self._acked_cond:
-            self.acked = last_seq
-            self._acked_cond.notify_all()
-        if self.cursor <= last_seq:
-            self.cursor = last_seq + 1
+        self._acked_moved(self.window.on_ack(last_seq, self.spool.next_seq - 1, now))
 
     def _on_gap(self, gap: proto.Gap) -> None:
-        self._on_ack(gap.expected - 1)
-        if gap.epoch == self.epoch and gap.expected < self.cursor:
+        now = time.monotonic()
+        self._last_heard = now
+        before = self.window.acked
+        rewind = self.window.on_gap(gap.expected, gap.epoch, self.spool.next_seq - 1, now)
+        self._acked_moved(self.window.acked - before)
+        if rewind is not None:
             log.debug("receiver asks to resend from seq %d", gap.expected)
-            self._rewind()
+
+    def _acked_moved(self, newly: int) -> None:
+        if newly <= 0:
+            return
+        if self.p.metrics is not None:
+            self.p.metrics.acked.inc(newly)
+        with self._acked_cond:
+            self.acked = self.window.acked
+            self._acked_cond.notify_all()
 
     def _check_stall(self) -> None:
-        now = time.monotonic()
-        if self.cursor - 1 <= self.acked:
-            self._last_progress = now
-        elif now - self._last_progress >= self._stall_after:
+        probe = self.window.tick(time.monotonic())
+        if probe is not None:
             # A lost tail and a receiver that cannot commit (disk full) look the same from
-            # here. Resend one batch as a probe and wait twice as long before the next, so
-            # a stuck receiver does not get a copy of the whole window queued every time.
-            log.info(
-                "no ack for %.2f s; resending seq %d as a probe", self._stall_after, self.acked + 1
-            )
-            waited = self._stall_after
-            self._rewind(probe=True)
-            self._stall_after = min(2 * waited, self.MAX_STALL_FACTOR * self.resend_after)
-
-    def _rewind(self, *, probe: bool = False) -> None:
-        """Send again from the first unacknowledged message, in a new epoch."""
-        self.epoch += 1
-        self.cursor = self.acked + 1
-        self._inflight.clear()
-        self._inflight_bytes = 0
-        self._probing = probe
-        if not probe:  # the receiver answered (gap) or the connection is new
-            self._stall_after = self.resend_after
-        self._last_progress = time.monotonic()
+            # here: the window resends one batch as a probe and waits twice as long next.
+            log.info("no ack for %.2f s; resending seq %d as a probe", probe.waited, probe.seq)
 
     def _release(self, force: bool = False) -> None:
         """Free acknowledged messages from the spool (not necessarily at once)."""
         if self.acked <= self._released:
             return
         waiting = self.p._space_waiters > 0
-        if not (force or waiting or self.acked - self._released >= 256 or not self._inflight):
+        idle = not self.window.in_flight
+        if not (force or waiting or self.acked - self._released >= 256 or idle):
             return
         self.spool.release(self.acked)
         self._released = self.acked
@@ -541,16 +514,13 @@ class _Link(threading.Thread):
 
     def _pump(self) -> bool:
         """Send spooled messages within the window; True if the socket pushed back."""
-        while self.cursor < self.spool.next_seq and self._inflight_bytes < self.window_bytes:
-            if self._probing and self._inflight:
-                return False  # the probe is out; more only once acks move again
-            batch = self.spool.read(
-                self.cursor, self.MAX_BATCH_MESSAGES, min(self.MAX_BATCH_BYTES, self.window_bytes)
-            )
+        window = self.window
+        while (send := window.next_send(self.spool.next_seq - 1, self.MAX_BATCH_BYTES)) is not None:
+            batch = self.spool.read(send.seq, self.MAX_BATCH_MESSAGES, send.max_bytes)
             if not batch:
                 return False
             envelope = proto.Envelope(
-                self.spool.sender_id, self.spool.incarnation, self.acked + 1, self.epoch
+                self.spool.sender_id, self.spool.incarnation, send.floor, send.epoch
             )
             if all(len(out.payload) < PACK_BELOW_BYTES for out in batch):
                 frames = [
@@ -569,11 +539,7 @@ class _Link(threading.Thread):
                 send_parts(self._push, frames)
             except zmq.Again:
                 return True
-            for out in batch:
-                self._inflight.append((out.seq, len(out.payload)))
-                self._inflight_bytes += len(out.payload)
-            self.sent_total += len(batch)
+            window.on_sent([(out.seq, len(out.payload)) for out in batch])
             if self.p.metrics is not None:
                 self.p.metrics.sent.inc(len(batch))
-            self.cursor = batch[-1].seq + 1
         return False
