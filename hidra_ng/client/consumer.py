@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 _record_decoder = msgspec.msgpack.Decoder(proto.Record)
 _ref_decoder = msgspec.msgpack.Decoder(proto.FrameRef)
-_replay_decoder = msgspec.msgpack.Decoder(proto.FrameRef | str)
+_replay_decoder = msgspec.msgpack.Decoder(proto.FrameRef | proto.ReplayEvent)
 _batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch)
 
 
@@ -257,16 +257,16 @@ class Consumer:
         self, op: str, *, answer_within: float | None = None, **fields: Any
     ) -> tuple[memoryview, list[memoryview]]:
         """(body, payloads) of the reply to one request; waits its timeout + answer_within."""
-        req = proto.Request(next(self._ids), op, **fields)
+        req = proto.make_request(next(self._ids), op, **fields)
         self._sock.send(proto.encode(proto.Kind.REQUEST, req))
         within = self.request_timeout if answer_within is None else answer_within
-        deadline = time.monotonic() + req.timeout + within
+        waits: float = getattr(req, "timeout", 0.0)
+        deadline = time.monotonic() + waits + within
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self._sock.poll(left * 1000):  # type: ignore[arg-type]
                 raise ReceiverUnavailable(
-                    f"receiver at {self.api} did not answer {op!r} within"
-                    f" {req.timeout + within:.1f} s"
+                    f"receiver at {self.api} did not answer {op!r} within {waits + within:.1f} s"
                 )
             answer = _read_reply(self._sock, req.id)
             if answer is not None:
@@ -352,9 +352,8 @@ class _Replay:
     def _request(self) -> None:
         self._id = next(self.consumer._ids)
         self._owed = [0, 0]
-        req = proto.Request(
-            self._id,
-            "replay",
+        req = proto.ReplayRequest(
+            id=self._id,
             stream=self.stream,
             index=self.next,
             stop=-1 if self.stop is None else self.stop,
@@ -397,8 +396,8 @@ class _Replay:
                 body = _replay_decoder.decode(reply_body)
             except msgspec.DecodeError as err:
                 raise ProtocolError(f"malformed replay message: {err}") from err
-            if isinstance(body, str):
-                if body == proto.REPLAY_END:
+            if isinstance(body, proto.ReplayEvent):
+                if body is proto.ReplayEvent.END:
                     self.close()
                     raise StopIteration
                 continue  # idle: the receiver is alive and waiting for frames
@@ -413,8 +412,8 @@ class _Replay:
         self._owed[0] += 1
         self._owed[1] += nbytes
         if self._owed[0] >= self.window[0] // 2 or self._owed[1] >= self.window[1] // 2:
-            req = proto.Request(
-                self._id, "credit", credit_frames=self._owed[0], credit_bytes=self._owed[1]
+            req = proto.CreditRequest(
+                id=self._id, credit_frames=self._owed[0], credit_bytes=self._owed[1]
             )
             self._sock.send(proto.encode(proto.Kind.REQUEST, req))
             self._owed = [0, 0]
@@ -424,7 +423,7 @@ class _Replay:
             return
         self._done = True
         with contextlib.suppress(zmq.ZMQError):
-            cancel = proto.Request(self._id, "cancel")
+            cancel = proto.CancelRequest(id=self._id)
             self._sock.send(proto.encode(proto.Kind.REQUEST, cancel), zmq.NOBLOCK)
         self._sock.close(linger=100)
         self.consumer._replays.discard(self)

@@ -152,7 +152,7 @@ class Subscriber:
         self._last_report = now
         with contextlib.suppress(zmq.ZMQError, HidraError):
             self._consumer = self._consumer or Consumer(self.api, request_timeout=2.0, **self._keys)
-            req = proto.Request(0, "skipped", count=self.skipped - self._reported)
+            req = proto.SkippedRequest(id=0, count=self.skipped - self._reported)
             self._consumer._sock.send(proto.encode(proto.Kind.REQUEST, req), zmq.NOBLOCK)
             if final:  # give the report a moment to leave before the socket closes
                 self._consumer._sock.setsockopt(zmq.LINGER, 500)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,32 +148,147 @@ class Gap(msgspec.Struct, array_like=True, frozen=True):
     epoch: int
 
 
-class Request(msgspec.Struct, omit_defaults=True, frozen=True):
-    """A consumer's request. Replies carry the same id; a replay's frames all do."""
+class _Request(msgspec.Struct, tag_field="op", omit_defaults=True, frozen=True):
+    """A consumer's request; ``op`` (the tag) names it. Replies carry the same id; a
+    replay's frames all do. On the wire a msgpack map: ``{"op": "get", "id": 1, ...}``."""
+
+    id: int
+
+    @property
+    def op(self) -> str:
+        return str(self.__struct_config__.tag)
+
+
+class PingRequest(_Request, tag="ping", frozen=True):
+    pass
+
+
+class StreamsRequest(_Request, tag="streams", frozen=True):
+    pass
+
+
+class InfoRequest(_Request, tag="info", frozen=True):
+    stream: str = ""
+
+
+class LastRequest(_Request, tag="last", frozen=True):
+    stream: str = ""
+    timeout: float = 0.0  # wait this long for a first message
+
+
+class GetRequest(_Request, tag="get", frozen=True):
+    stream: str = ""
+    index: int = 0
+    timeout: float = 0.0  # wait this long for a future index
+
+
+class ReplayRequest(_Request, tag="replay", frozen=True):
+    stream: str = ""
+    index: int = 0  # the start
+    stop: int = -1  # exclusive end, -1 for none
+    follow: bool = False  # keep going with frames committed later
+    credit_frames: int = 0  # frames the consumer can take
+    credit_bytes: int = 0  # payload bytes the consumer can take
+
+
+class CreditRequest(_Request, tag="credit", frozen=True):
+    """More room for the replay of the same id."""
+
+    credit_frames: int = 0
+    credit_bytes: int = 0
+
+
+class CancelRequest(_Request, tag="cancel", frozen=True):
+    """End the replay of the same id."""
+
+
+class SkippedRequest(_Request, tag="skipped", frozen=True):
+    count: int = 0  # frames a subscriber skipped since its last report
+
+
+class NextRequest(_Request, tag="next", frozen=True):
+    stream: str = ""
+    group: str = ""
+    timeout: float = 0.0
+    ack_timeout: float = 0.0  # the group's ack timeout, 0 for the receiver's
+    max_deliveries: int = 0  # deliveries before a message is parked, 0 for default
+    max_count: int = 0  # hand out up to this many at once (a list reply), 0 for one
+    indices: tuple[int, ...] = ()  # acked first
+
+
+class AckRequest(_Request, tag="ack", frozen=True):
+    stream: str = ""
+    group: str = ""
+    index: int = 0
+    indices: tuple[int, ...] = ()  # several at once (``index`` unused)
+
+
+class NackRequest(_Request, tag="nack", frozen=True):
+    stream: str = ""
+    group: str = ""
+    index: int = 0
+    delay: float = 0.0  # seconds before the message is handed out again
+
+
+class ParkedRequest(_Request, tag="parked", frozen=True):
+    stream: str = ""
+    group: str = ""
+
+
+class QueryRequest(_Request, tag="query", frozen=True):
+    stream: str = ""
+    expr: str = ""  # the filter expression
+    limit: int = 0  # at most this many results, 0 for the default
+
+
+Request = (
+    PingRequest
+    | StreamsRequest
+    | InfoRequest
+    | LastRequest
+    | GetRequest
+    | ReplayRequest
+    | CreditRequest
+    | CancelRequest
+    | SkippedRequest
+    | NextRequest
+    | AckRequest
+    | NackRequest
+    | ParkedRequest
+    | QueryRequest
+)
+
+#: op -> request type
+REQUEST_TYPES: dict[str, type[_Request]] = {
+    str(cls.__struct_config__.tag): cls for cls in typing.get_args(Request)
+}
+
+
+class RequestHead(msgspec.Struct):
+    """What every request has, to answer one whose op is unknown."""
 
     id: int
     op: str
-    stream: str = ""
-    index: int = 0  # get: the index; replay: the start
-    timeout: float = 0.0
-    stop: int = -1  # replay: exclusive end, -1 for none
-    follow: bool = False  # replay: keep going with frames committed later
-    credit_frames: int = 0  # replay and credit: frames the consumer can take more
-    credit_bytes: int = 0  # replay and credit: payload bytes the consumer can take more
-    count: int = 0  # skipped: frames a subscriber skipped since its last report
-    group: str = ""  # next, ack, nack, parked: the consumer group
-    delay: float = 0.0  # nack: seconds before the message is handed out again
-    ack_timeout: float = 0.0  # next: the group's ack timeout, 0 for the receiver's
-    max_deliveries: int = 0  # next: deliveries before a message is parked, 0 for default
-    max_count: int = 0  # next: hand out up to this many at once (a list reply), 0 for one
-    indices: tuple[int, ...] = ()  # ack: several at once (``index`` unused); next: acked first
-    expr: str = ""  # query: the filter expression
-    limit: int = 0  # query: at most this many results, 0 for the default
 
 
-#: Reply bodies that end or keep alive a replay (its frames are FrameRef bodies).
-REPLAY_END = "end"
-REPLAY_IDLE = "idle"
+def make_request(id: int, op: str, **fields: Any) -> Request:
+    """The request ``op`` with ``fields``; InvalidInput for an unknown op or field."""
+    cls = REQUEST_TYPES.get(op)
+    if cls is None:
+        raise InvalidInput(
+            f"operation {op!r} is unknown; expected one of {', '.join(REQUEST_TYPES)}"
+        )
+    try:
+        return cls(id=id, **fields)  # type: ignore[return-value]
+    except TypeError as err:
+        raise InvalidInput(f"{op} request: {err}") from None
+
+
+class ReplayEvent(enum.Enum):
+    """Reply bodies that end or keep alive a replay (its frames are FrameRef bodies)."""
+
+    END = "end"  # every frame asked for was sent
+    IDLE = "idle"  # a follow replay waits for new frames; the receiver is alive
 
 
 class Reply(msgspec.Struct, omit_defaults=True, frozen=True):
@@ -310,7 +426,8 @@ def decode_body(body_type: type, data: bytes | memoryview) -> Any:
         return _decoder(body_type).decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as err:
         # msgspec reports invalid UTF-8 in a str field as UnicodeDecodeError
-        raise ProtocolError(f"malformed {body_type.__name__}: {err}") from err
+        name = getattr(body_type, "__name__", "request")  # a union of requests has none
+        raise ProtocolError(f"malformed {name}: {err}") from err
 
 
 # --------------------------------------------------------------------------
@@ -466,27 +583,31 @@ MAX_WAIT_SECONDS = 3600.0
 
 def check_request(req: Request) -> None:
     """Every number of a request within range before it is used (NaN, inf, negatives)."""
+    fields = req.__struct_fields__
     for name in ("timeout", "delay", "ack_timeout"):
-        value = getattr(req, name)
+        value = getattr(req, name, 0.0)
         if not (math.isfinite(value) and 0 <= value <= MAX_WAIT_SECONDS * 168):
             raise InvalidInput(
                 f"{req.op} {name} {value!r} is not valid; expected seconds from 0 to one week"
             )
     for name in ("index", "credit_frames", "credit_bytes", "count", "limit", "max_deliveries"):
-        value = getattr(req, name)
+        value = getattr(req, name, 0)
         if not 0 <= value < SEQ_LIMIT:
             raise InvalidInput(
                 f"{req.op} {name} {value} is not valid; expected 0 <= {name} < 2**63"
             )
-    if not -1 <= req.stop < SEQ_LIMIT:
-        raise InvalidInput(f"{req.op} stop {req.stop} is not valid; expected -1 (none) or an index")
-    if not 0 <= req.max_count <= MAX_BATCH:
+    stop = getattr(req, "stop", -1)
+    if not -1 <= stop < SEQ_LIMIT:
+        raise InvalidInput(f"{req.op} stop {stop} is not valid; expected -1 (none) or an index")
+    max_count = getattr(req, "max_count", 0)
+    if not 0 <= max_count <= MAX_BATCH:
         raise InvalidInput(
-            f"{req.op} max_count {req.max_count} is not valid; expected 0 to {MAX_BATCH}"
+            f"{req.op} max_count {max_count} is not valid; expected 0 to {MAX_BATCH}"
         )
-    if len(req.indices) > MAX_BATCH or not all(0 <= i < SEQ_LIMIT for i in req.indices):
+    indices: tuple[int, ...] = getattr(req, "indices", ()) if "indices" in fields else ()
+    if len(indices) > MAX_BATCH or not all(0 <= i < SEQ_LIMIT for i in indices):
         raise InvalidInput(
-            f"{req.op} indices ({len(req.indices)} of them) are not valid; expected at most"
+            f"{req.op} indices ({len(indices)} of them) are not valid; expected at most"
             f" {MAX_BATCH} indices from 0 to 2**63"
         )
 
