@@ -97,6 +97,10 @@ class Incoming:
     payload: memoryview | bytes  # the received buffer; stored without a Python copy
 
 
+#: (stream, index, key, Record fields before ``stored``, payload)
+_Write = tuple[str, int, bytes, tuple, memoryview | bytes]
+
+
 @dataclass(slots=True)
 class Committed:
     stream: str
@@ -164,11 +168,6 @@ class Store:
         # Only this (writer) thread mutates the mirrors, so it reads them without the
         # lock; changes are planned on copies and applied after the commit succeeded.
         result = AppendResult()
-        streams: dict[str, StreamMeta] = {}
-        # (stream, index, key, Record fields before ``stored``, payload)
-        writes: list[tuple[str, int, bytes, tuple, memoryview | bytes]] = []
-        next_id = self._next_id
-
         plan = admit(
             ((item.envelope, item.header.seq) for item in batch),
             lambda who: self._senders.get(sender_key(*who)),
@@ -182,9 +181,33 @@ class Store:
                 last,
             )
         result.acks, result.gaps, result.duplicates = plan.acks, plan.gaps, plan.duplicates
+        if not plan.accepted:
+            return result  # only duplicates and gaps: nothing to write
         senders = {sender_key(*who): seq for who, seq in plan.last_seqs.items()}
-        for position in plan.accepted:
-            item = batch[position]
+        streams, writes, next_id = self._place([batch[i] for i in plan.accepted], result.touched)
+
+        def fill(txn) -> list[bytes]:
+            return self._write(txn, streams, senders, writes, result.touched, now)
+
+        encoded = self.env.write(fill)
+        result.committed = [
+            Committed(stream, index, record, payload)
+            for (stream, index, _, _, payload), record in zip(writes, encoded, strict=True)
+        ]
+        with self._lock:
+            self._streams.update(streams)
+            self._senders.update(senders)
+        self._next_id = next_id
+        return result
+
+    def _place(
+        self, accepted: list[Incoming], touched: set[str]
+    ) -> tuple[dict[str, StreamMeta], list[_Write], int]:
+        """Give each accepted message its stream's next index (on copies of the mirrors)."""
+        streams: dict[str, StreamMeta] = {}
+        writes: list[_Write] = []
+        next_id = self._next_id
+        for item in accepted:
             hdr = item.header
             meta = streams.get(hdr.stream)
             if meta is None:
@@ -195,7 +218,7 @@ class Store:
                     meta = StreamMeta(next_id, 0, 0, False, 0)
                     next_id += 1
                 streams[hdr.stream] = meta
-            result.touched.add(hdr.stream)
+            touched.add(hdr.stream)
             if hdr.payload == Payload.FINISH:
                 meta.finished = True  # in touched: the api wakes its waiters
                 continue
@@ -213,39 +236,35 @@ class Store:
             meta.next += 1
             meta.bytes += len(item.payload)
             writes.append((hdr.stream, index, frame_key(meta.id, index), fields, item.payload))
+        return streams, writes, next_id
 
-        if not senders:
-            return result  # only duplicates and gaps: nothing to write
-
-        def fill(txn) -> list[bytes]:
-            records, payloads = self._db["records"], self._db["payloads"]
-            at_end = _Appender(txn, payloads)
-            for _, _, key, _, payload in writes:
-                if len(payload):
-                    at_end.put(key, payload)
-            for name in result.touched:
-                txn.put(name.encode(), encode_body(streams[name]), db=self._db["streams"])
-            for key, seq in senders.items():
-                txn.put(key, _SEQ.pack(seq), db=self._db["senders"])
-            stored = time.time() if now is None else now  # the payloads are in: commit time
-            encoded = []
-            at_end = _Appender(txn, records)
-            for _, _, key, fields, payload in writes:
-                record = encode_body(Record(*fields, stored, len(payload)))  # type: ignore[call-arg]
-                at_end.put(key, record)
-                encoded.append(record)
-            return encoded
-
-        encoded = self.env.write(fill)
-        result.committed = [
-            Committed(stream, index, record, payload)
-            for (stream, index, _, _, payload), record in zip(writes, encoded, strict=True)
-        ]
-        with self._lock:
-            self._streams.update(streams)
-            self._senders.update(senders)
-        self._next_id = next_id
-        return result
+    def _write(
+        self,
+        txn,
+        streams: dict[str, StreamMeta],
+        senders: dict[bytes, int],
+        writes: list[_Write],
+        touched: set[str],
+        now: float | None,
+    ) -> list[bytes]:
+        """The writes of one group commit; returns the encoded records."""
+        records, payloads = self._db["records"], self._db["payloads"]
+        at_end = _Appender(txn, payloads)
+        for _, _, key, _, payload in writes:
+            if len(payload):
+                at_end.put(key, payload)
+        for name in touched:
+            txn.put(name.encode(), encode_body(streams[name]), db=self._db["streams"])
+        for key, seq in senders.items():
+            txn.put(key, _SEQ.pack(seq), db=self._db["senders"])
+        stored = time.time() if now is None else now  # the payloads are in: commit time
+        encoded = []
+        at_end = _Appender(txn, records)
+        for _, _, key, fields, payload in writes:
+            record = encode_body(Record(*fields, stored, len(payload)))  # type: ignore[call-arg]
+            at_end.put(key, record)
+            encoded.append(record)
+        return encoded
 
     # ------------------------------------------------------------------ reads
 
