@@ -244,6 +244,8 @@ class Receiver:
                 pass
         except StorageError as err:
             log.error("retention failed: %s", err)
+        for stream in self.store.drain_emptied():
+            self.metrics.forget_stream(stream)
 
     def _take_subscriptions(self) -> None:
         """Topics someone subscribes to, from the XPUB's (deduplicated) notifications."""
@@ -395,9 +397,7 @@ class Receiver:
                 pass  # no subscriber can take it now: live viewers skip frames
         # metrics once per stream and commit, not per message
         for stream, (messages, nbytes, last) in counts.items():
-            m.messages.labels(stream).inc(messages)
-            m.bytes.labels(stream).inc(nbytes)
-            m.last_index.labels(stream).set(last)
+            m.stream_committed(stream, messages, nbytes, last)
         if published:
             m.published.inc(published)
         if result.duplicates:

@@ -133,6 +133,7 @@ class Store:
         self._lock = threading.Lock()  # guards the in-memory mirror below
         self._streams: dict[str, StreamMeta] = {}
         self._senders: dict[bytes, int] = {}
+        self._emptied: set[str] = set()  # streams retention emptied, for drain_emptied
         self._load()
 
     # ------------------------------------------------------------------ state
@@ -367,6 +368,12 @@ class Store:
 
     # -------------------------------------------------------------- retention
 
+    def drain_emptied(self) -> list[str]:
+        """Streams that retention emptied since the last call (their metrics can go)."""
+        with self._lock:
+            emptied, self._emptied = sorted(self._emptied), set()
+        return emptied
+
     def stored_bytes(self) -> int:
         with self._lock:
             return sum(m.bytes for m in self._streams.values())
@@ -429,6 +436,8 @@ class Store:
         with self._lock:
             for name in touched:
                 self._streams[name] = metas[name]
+                if metas[name].first >= metas[name].next:
+                    self._emptied.add(name)
         log.info("retention removed %d messages from %d streams", len(doomed), len(touched))
         return len(doomed)
 
