@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from hidra_ng.errors import ConfigError, InvalidInput
+from hidra_ng.errors import ConfigError, FieldError, InvalidInput
 from hidra_ng.wire.protocol import MAX_DATA_BYTES, MAX_META_BYTES, check_sender_id
 
 MiB = 1 << 20
@@ -148,17 +148,6 @@ class SenderConfig(_Config):
 
 
 _SECTIONS: dict[str, type[_Config]] = {"receiver": ReceiverConfig, "sender": SenderConfig}
-
-
-class FieldError(ConfigError):
-    """One setting is wrong; the message names key, value and expectation."""
-
-    def __init__(
-        self, section: str, key: str, value: Any, expected: str, clashes_with: str = ""
-    ) -> None:
-        self.section, self.key, self.value, self.expected = section, key, value, expected
-        self.clashes_with = clashes_with  # another key that must differ from this one
-        super().__init__(f"{section}.{key} = {_show(value)}: expected {expected}")
 
 
 # --------------------------------------------------------------------- public

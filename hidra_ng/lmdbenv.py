@@ -18,17 +18,13 @@ from typing import TypeVar
 
 import lmdb
 
-from hidra_ng.errors import StorageError
+from hidra_ng.errors import DiskFull, StorageError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MIN_MAP_BYTES = 64 * 1024 * 1024
-
-
-class DiskFull(StorageError):
-    """A commit failed for lack of space (ENOSPC or a map that cannot grow)."""
 
 
 class _Gate:

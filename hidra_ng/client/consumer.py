@@ -13,7 +13,15 @@ from typing import Any
 import msgspec
 import zmq
 
-from hidra_ng.errors import REMOTE_ERRORS, HidraError, ProtocolError, ReceiverUnavailable
+from hidra_ng.errors import (
+    REMOTE_ERRORS,
+    ConfigError,
+    HidraError,
+    InvalidArgument,
+    InvalidArgumentType,
+    ProtocolError,
+    ReceiverUnavailable,
+)
 from hidra_ng.security import ClientKeys
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.frames import Frame, frame_from_record
@@ -62,7 +70,11 @@ class Consumer:
         self._ids = itertools.count(1)
         self._replays: weakref.WeakSet[_Replay] = weakref.WeakSet()
         self._ctx = zmq.Context()
-        self._sock = self._dealer()
+        try:
+            self._sock = self._dealer()
+        except ConfigError:
+            self._ctx.term()
+            raise
 
     # ------------------------------------------------------------------- api
 
@@ -90,7 +102,7 @@ class Consumer:
         bytes, ``compression`` names the codec, ``dtype``/``shape`` describe the array.
         """
         if not isinstance(index, int) or isinstance(index, bool):
-            raise TypeError(f"index {index!r} is not an int")
+            raise InvalidArgumentType(f"index {index!r} is not an int")
         body, payload = self._call(
             "get", stream=proto.check_stream_name(stream), index=index, timeout=timeout
         )
@@ -149,7 +161,7 @@ class Consumer:
         are idempotent).
         """
         if not isinstance(max_count, int) or not 1 <= max_count <= proto.MAX_BATCH:
-            raise ValueError(
+            raise InvalidArgument(
                 f"max_count {max_count!r} is not valid; expected 1 to {proto.MAX_BATCH}"
             )
         ack = list(ack)
@@ -157,7 +169,7 @@ class Consumer:
         for frame in ack:
             fields = _group_fields(frame)
             if (fields["stream"], fields["group"]) != (stream, group):
-                raise ValueError(
+                raise InvalidArgument(
                     f"frame {frame.stream!r} #{frame.index} of group {frame.group!r} cannot be"
                     f" acked with a next of group {group!r} of stream {stream!r}; use ack_many"
                 )
@@ -239,9 +251,12 @@ class Consumer:
         """
         proto.check_stream_name(stream)
         if start < 0 or (stop is not None and stop < start):
-            raise ValueError(f"replay range start={start} stop={stop} is not valid")
+            raise InvalidArgument(f"replay range start={start} stop={stop} is not valid")
         if window_frames <= 0 or window_bytes <= 0:
-            raise ValueError("window_frames and window_bytes must be positive")
+            raise InvalidArgument(
+                f"window_frames={window_frames} and window_bytes={window_bytes} are not valid;"
+                " expected both positive"
+            )
         return _Replay(self, stream, start, stop, follow, window_frames, window_bytes, decode)
 
     # -------------------------------------------------------------- plumbing
@@ -258,7 +273,10 @@ class Consumer:
     ) -> tuple[memoryview, list[memoryview]]:
         """(body, payloads) of the reply to one request; waits its timeout + answer_within."""
         req = proto.make_request(next(self._ids), op, **fields)
-        self._sock.send(proto.encode(proto.Kind.REQUEST, req))
+        try:
+            self._sock.send(proto.encode(proto.Kind.REQUEST, req))
+        except zmq.ZMQError as err:
+            raise ReceiverUnavailable(f"cannot send {op!r} to {self.api}: {err}") from err
         within = self.request_timeout if answer_within is None else answer_within
         waits: float = getattr(req, "timeout", 0.0)
         deadline = time.monotonic() + waits + within
@@ -278,7 +296,11 @@ class Consumer:
         sock.setsockopt(zmq.LINGER, 0)
         if self._keys is not None:
             self._keys.apply(sock)
-        sock.connect(self.api)
+        try:
+            sock.connect(self.api)
+        except zmq.ZMQError as err:
+            sock.close(linger=0)
+            raise ConfigError(f"cannot connect to the receiver api {self.api!r}: {err}") from err
         return sock
 
     def close(self) -> None:
@@ -323,7 +345,7 @@ def _next_fields(
 
 def _group_fields(frame: Frame) -> dict:
     if not frame.group:
-        raise ValueError(
+        raise InvalidArgument(
             f"frame {frame.stream!r} #{frame.index} did not come from Consumer.next(); only"
             " those can be acked or nacked"
         )

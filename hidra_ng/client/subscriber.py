@@ -19,7 +19,14 @@ from collections.abc import Iterable, Iterator
 import zmq
 
 from hidra_ng.client.consumer import Consumer, decode_frame
-from hidra_ng.errors import HidraError, NotYetAvailable, ProtocolError, ReceiverUnavailable
+from hidra_ng.errors import (
+    ConfigError,
+    HidraError,
+    InvalidArgument,
+    NotYetAvailable,
+    ProtocolError,
+    ReceiverUnavailable,
+)
 from hidra_ng.security import ClientKeys
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.frames import Frame
@@ -49,7 +56,7 @@ class Subscriber:
         server_key_dir: str | None = None,
     ) -> None:
         if buffer_frames < 1:
-            raise ValueError(f"buffer_frames {buffer_frames} must be at least 1")
+            raise InvalidArgument(f"buffer_frames {buffer_frames} is not valid; expected 1 or more")
         self.publish = publish
         self.streams = [proto.check_stream_name(s) for s in streams]
         self.api = api or _default_api(publish)
@@ -111,7 +118,7 @@ class Subscriber:
         """The newest committed frame of ``stream`` (default: the one subscribed to)."""
         if stream is None:
             if len(self.streams) != 1:
-                raise ValueError("latest() needs stream= when subscribed to several streams")
+                raise InvalidArgument("latest() needs stream= when subscribed to several streams")
             stream = self.streams[0]
         if not self._snapshotted:
             self._snapshotted = True
@@ -190,7 +197,12 @@ class _Feed(threading.Thread):
         for stream in streams or [""]:
             # the NUL ends the topic, so "p11/a" does not also match "p11/ab"
             self._sock.setsockopt(zmq.SUBSCRIBE, stream.encode() + b"\0" if stream else b"")
-        self._sock.connect(publish)
+        try:
+            self._sock.connect(publish)
+        except zmq.ZMQError as err:
+            self._sock.close(linger=0)
+            self._ctx.term()
+            raise ConfigError(f"cannot connect to the publish endpoint {publish!r}: {err}") from err
 
     def run(self) -> None:
         try:

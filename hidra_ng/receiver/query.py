@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from hidra_ng.errors import InvalidInput
+from hidra_ng.errors import QueryError
 
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 1_000_000
@@ -60,10 +60,6 @@ _COMPARE = {
 }
 _LITERALS = {"true": True, "false": False, "null": None}
 _FIELDS = {"index": 1, "stored": 2, "created": 3}
-
-
-class QueryError(InvalidInput):
-    """A query that cannot be parsed; the message names the position."""
 
 
 def compile_query(text: str) -> Predicate:

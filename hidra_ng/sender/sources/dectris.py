@@ -48,7 +48,7 @@ import msgspec
 import numpy as np
 import zmq
 
-from hidra_ng.errors import ConfigError, HidraError
+from hidra_ng.errors import ConfigError, HidraError, StreamV2Error
 from hidra_ng.sender.producer import Producer
 from hidra_ng.sender.sources._common import (
     Item,
@@ -86,10 +86,6 @@ USAGE = "dectris:tcp://HOST:31001?stream=NAME&tables=0|1"
 
 # --------------------------------------------------------------------------
 # CBOR: RFC 8746 typed and multi-dimensional arrays, DECTRIS compression tag
-
-
-class StreamV2Error(ValueError):
-    """A Stream V2 message that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
