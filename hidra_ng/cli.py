@@ -70,6 +70,10 @@ def receiver(
     allow_ips: Annotated[
         str | None, typer.Option(help="accept only these addresses/networks, comma-separated")
     ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="once bound, write the endpoints here as JSON (e.g. for tcp://...:*)"),
+    ] = None,
 ) -> None:
     """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
     from hidra_ng import service
@@ -94,7 +98,19 @@ def receiver(
     )
     logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
     daemon = Receiver(settings)
+    if ready_file is not None:
+        _write_ready_file(ready_file, daemon.endpoints)
     raise typer.Exit(service.run(daemon))
+
+
+def _write_ready_file(path: Path, endpoints: dict[str, str]) -> None:
+    """The bound endpoints as JSON, renamed into place: a reader never sees half of it."""
+    import json
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(endpoints))
+    os.replace(tmp, path)
 
 
 @app.command()

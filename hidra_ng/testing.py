@@ -1,8 +1,14 @@
-"""Run a receiver or sender as a separate local process: for the demo, tests and perf."""
+"""Helpers a user's own tests can use: a receiver as a separate local process on loopback.
+
+For the demo, the tests and perf: the receiver binds ``tcp://127.0.0.1:*`` and
+reports the ports it got through ``--ready-file`` (no guessed "free" port, unless
+``choose_ports=True`` asks for one).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -24,14 +30,30 @@ def free_port() -> int:
 class ReceiverProcess:
     """A ``hidra-ng receiver`` child process on loopback ports of its own."""
 
-    def __init__(self, data_dir: Path, *extra: str, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        log_path: Path | None = None,
+        choose_ports: bool = False,
+    ) -> None:
+        """Binds ``tcp://127.0.0.1:*`` and reads the ports back from ``--ready-file``.
+
+        ``choose_ports=True``: pick free ports now, for a test whose clients need the
+        endpoints before the receiver runs (such a port may be taken meanwhile).
+        Once started, a restart binds the same ports again.
+        """
         self.data_dir = Path(data_dir)
-        self.ports = {name: free_port() for name in ("ingest", "api", "publish")}
-        self.ingest = f"tcp://127.0.0.1:{self.ports['ingest']}"
-        self.api = f"tcp://127.0.0.1:{self.ports['api']}"
-        self.publish = f"tcp://127.0.0.1:{self.ports['publish']}"
+        if choose_ports:
+            ports = {name: free_port() for name in ("ingest", "api", "publish")}
+            self.ingest = f"tcp://127.0.0.1:{ports['ingest']}"
+            self.api = f"tcp://127.0.0.1:{ports['api']}"
+            self.publish = f"tcp://127.0.0.1:{ports['publish']}"
+        else:
+            self.ingest = self.api = self.publish = "tcp://127.0.0.1:*"
         self.extra = list(extra)
         self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}-receiver.log"
+        self.ready_path = self.data_dir.parent / f"{self.data_dir.name}-ready.json"
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -39,19 +61,38 @@ class ReceiverProcess:
             sys.executable, "-m", "hidra_ng", "receiver",
             "--data-dir", str(self.data_dir),
             "--ingest", self.ingest, "--api", self.api, "--publish", self.publish,
-            "--metrics-port", "0", *self.extra,
+            "--metrics-port", "0", "--ready-file", str(self.ready_path), *self.extra,
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> ReceiverProcess:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.ready_path.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         # not the parent's systemd context: the child is no service of its own
         systemd_vars = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY")
         env = {k: v for k, v in os.environ.items() if k not in systemd_vars}
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env)
         log.close()
-        self.wait_ready(timeout)
+        deadline = time.monotonic() + timeout
+        self._read_endpoints(deadline)
+        self.wait_ready(max(0.0, deadline - time.monotonic()))
         return self
+
+    def _read_endpoints(self, deadline: float) -> None:
+        """The endpoints the child bound, from its ready file (written once bound)."""
+        while not self.ready_path.exists():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"receiver exited with {self.proc.returncode}; log:\n{self.read_log()}"
+                )
+            if time.monotonic() > deadline:
+                raise ReceiverUnavailable(
+                    f"receiver wrote no {self.ready_path} in time; log:\n{self.read_log()}"
+                )
+            time.sleep(0.02)
+        endpoints = json.loads(self.ready_path.read_text())
+        self.ingest, self.api = endpoints["ingest"], endpoints["api"]
+        self.publish = endpoints["publish"]
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -41,7 +41,8 @@ def send_all(producer: Producer, returned: list[int], errors: list[BaseException
 
 
 def test_receiver_absent_then_started_gets_everything_once(tmp_path: Path) -> None:
-    receiver = ReceiverProcess(tmp_path / "store")  # ports chosen, not started yet
+    # the producer needs the endpoints before the receiver runs: ports chosen now
+    receiver = ReceiverProcess(tmp_path / "store", choose_ports=True)
     try:
         with Producer(
             receiver.ingest,
