@@ -22,20 +22,7 @@ class SenderDaemon:
         self.config = config
         self.sources = sources
         self.metrics = SenderMetrics()
-        self.producer = Producer(
-            config.ingest,
-            config.api,
-            config.spool_dir,
-            config.sender_id,
-            spool_sync=config.spool_sync,
-            spool_batch_seconds=config.spool_batch_seconds,
-            max_spool_bytes=config.max_spool_bytes,
-            send_timeout=config.send_timeout_seconds,
-            compression=config.compression,
-            metrics=self.metrics,
-            keys_dir=config.keys_dir or None,
-            server_key_dir=config.server_key_dir or None,
-        )
+        self.producer = Producer.from_config(config, metrics=self.metrics)
         m, p = self.metrics, self.producer
         m.spool_messages.set_function(lambda: p.spool_messages)
         m.spool_bytes.set_function(lambda: p.spool_bytes)

@@ -14,6 +14,7 @@ so a receiver that cannot commit does not get the window queued again and again.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from hidra_ng.config import SenderConfig
 from hidra_ng.errors import (
     ConfigError,
     MessageTooLarge,
@@ -65,8 +67,12 @@ class Producer:
     messages of the last ``spool_batch_seconds``.
 
     ``max_spool_bytes`` bounds the spool (payloads plus headers with their
-    metadata); at the limit ``send()`` waits up to ``send_timeout`` for acks to
-    free space, then raises ``SpoolFull``.
+    metadata); at the limit ``send()`` waits up to ``send_timeout_seconds`` for
+    acks to free space, then raises ``SpoolFull``. (``send_timeout`` is the former
+    name of that argument and still accepted.)
+
+    :meth:`from_config` makes one from a ``SenderConfig``: the settings are
+    declared once, in hidra_ng/config.py.
     """
 
     def __init__(
@@ -79,7 +85,7 @@ class Producer:
         spool_sync: str = "always",
         spool_batch_seconds: float = 0.5,
         max_spool_bytes: int = 16 * GiB,
-        send_timeout: float = 30.0,
+        send_timeout_seconds: float = 30.0,
         compression: str = "none",
         max_message_bytes: int = proto.MAX_DATA_BYTES,
         max_meta_bytes: int = proto.MAX_META_BYTES,
@@ -89,7 +95,15 @@ class Producer:
         metrics: SenderMetrics | None = None,
         keys_dir: str | os.PathLike[str] | None = None,
         server_key_dir: str | os.PathLike[str] | None = None,
+        send_timeout: float | None = None,
     ) -> None:
+        if send_timeout is not None:  # the former name
+            if send_timeout_seconds != 30.0 and send_timeout_seconds != send_timeout:
+                raise ConfigError(
+                    f"send_timeout={send_timeout} and send_timeout_seconds="
+                    f"{send_timeout_seconds} disagree; give send_timeout_seconds only"
+                )
+            send_timeout_seconds = send_timeout
         proto.check_sender_id(sender_id)
         # CurveZMQ (SPEC §9): this sender's key pair and the receiver's public key
         self.keys = ClientKeys.load(
@@ -105,7 +119,7 @@ class Producer:
         self.ingest, self.api = ingest, api
         self.sender_id = sender_id
         self.max_spool_bytes = max_spool_bytes
-        self.send_timeout = send_timeout
+        self.send_timeout = send_timeout_seconds
         self.max_message_bytes = max_message_bytes
         self.max_meta_bytes = max_meta_bytes
         self._spool = Spool(
@@ -122,6 +136,18 @@ class Producer:
             raise
         self._closed = False
         self._link.start()
+
+    @classmethod
+    def from_config(cls, config: SenderConfig, metrics: SenderMetrics | None = None) -> Producer:
+        """A Producer with the settings of ``config`` that are Producer arguments.
+
+        Which those are is derived, not listed: every ``SenderConfig`` field whose
+        name is a parameter of ``Producer`` (an empty key directory means none).
+        """
+        options: dict[str, Any] = {name: getattr(config, name) for name in producer_settings()}
+        for name in ("keys_dir", "server_key_dir"):
+            options[name] = options.get(name) or None  # "" in a config: no keys
+        return cls(**options, metrics=metrics)
 
     # ----------------------------------------------------------------- sending
 
@@ -306,6 +332,12 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def producer_settings() -> list[str]:
+    """The SenderConfig fields that are Producer arguments (the rest: daemon only)."""
+    parameters = inspect.signature(Producer.__init__).parameters
+    return [name for name in SenderConfig.__struct_fields__ if name in parameters]
 
 
 class _Link(threading.Thread):
