@@ -20,7 +20,7 @@ from hidra_ng import Consumer, Producer, SpoolFull
 from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.sender.spool import Spool
 from hidra_ng.testing import free_port
-from tests.conftest import digest, wait_for
+from tests.helpers import digest, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from hidra_ng import Consumer, Producer
 from hidra_ng.errors import HidraError
 from hidra_ng.testing import ReceiverProcess, free_port
 from hidra_ng.wire import protocol as proto
-from tests.conftest import digest, wait_for
+from tests.helpers import digest, wait_for
 
 pytestmark = pytest.mark.slow
 

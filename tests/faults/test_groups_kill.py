@@ -26,7 +26,7 @@ import pytest
 
 from hidra_ng import Consumer, Producer, StreamFinished
 from hidra_ng.testing import ReceiverProcess
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

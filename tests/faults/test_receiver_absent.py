@@ -10,13 +10,13 @@ import pytest
 
 from hidra_ng import Producer
 from hidra_ng.testing import ReceiverProcess
-from tests.conftest import finish_transfer, wait_for
 from tests.faults.workload import (
     MiB,
     assert_each_exactly_once,
     message,
     read_finished_stream,
 )
+from tests.helpers import finish_transfer, wait_for
 
 pytestmark = pytest.mark.slow
 

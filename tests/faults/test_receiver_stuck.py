@@ -26,7 +26,6 @@ from hidra_ng.config import ReceiverConfig
 from hidra_ng.lmdbenv import DiskFull
 from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.receiver.store import AppendResult, Incoming
-from tests.conftest import wait_for
 from tests.faults.workload import (
     MiB,
     assert_sender_order,
@@ -34,6 +33,7 @@ from tests.faults.workload import (
     payload_digest,
     read_finished_stream,
 )
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ import pytest
 
 from hidra_ng import Consumer, StreamFinished
 from hidra_ng.testing import ReceiverProcess
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

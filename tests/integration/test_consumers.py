@@ -18,7 +18,7 @@ import zmq
 from hidra_ng import Consumer, Gone, Producer, StreamFinished, Subscriber
 from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.wire import protocol as proto
-from tests.conftest import digest, wait_for
+from tests.helpers import digest, wait_for
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from hidra_ng import (
     StreamFinished,
 )
 from hidra_ng.lmdbenv import DiskFull
-from tests.conftest import digest
+from tests.helpers import digest
 from tests.unit.test_query import TREES, python_predicate, render
 
 STREAM = "grp/scan"

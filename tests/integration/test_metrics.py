@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hidra_ng.testing import ReceiverProcess, free_port
-from tests.conftest import wait_for
 from tests.debian import require_debian
+from tests.helpers import wait_for
 from tests.ops_helpers import DaemonProcess, scrape, sender_args, try_scrape
 
 pytestmark = pytest.mark.slow

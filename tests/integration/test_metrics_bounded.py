@@ -8,7 +8,7 @@ import numpy as np
 from hidra_ng import Producer
 from hidra_ng.metrics import ReceiverMetrics
 from hidra_ng.receiver.daemon import Receiver
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def series(m: ReceiverMetrics, stream: str) -> float | None:

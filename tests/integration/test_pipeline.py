@@ -32,7 +32,7 @@ from hidra_ng.config import ReceiverConfig
 from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.testing import ReceiverProcess, free_port
 from hidra_ng.wire import protocol as proto
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 KiB = 1 << 10
 

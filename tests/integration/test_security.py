@@ -25,7 +25,7 @@ from hidra_ng import (
 from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.security import ClientKeys, keygen
 from hidra_ng.wire import protocol as proto
-from tests.conftest import digest, wait_for
+from tests.helpers import digest, wait_for
 
 
 @pytest.fixture

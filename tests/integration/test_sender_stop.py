@@ -9,7 +9,7 @@ from hidra_ng.sender.daemon import SenderDaemon
 from hidra_ng.sender.sources import parse
 from hidra_ng.sender.spool import Spool
 from hidra_ng.testing import free_port
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def test_stop_does_not_wait_for_the_send_timeout(tmp_path):

@@ -20,7 +20,7 @@ import pytest
 
 from hidra_ng import Consumer
 from hidra_ng.testing import ReceiverProcess, free_port
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.ops_helpers import DaemonProcess, NotifySocket, clean_env, sender_args
 
 WATCHDOG_USEC = 400_000

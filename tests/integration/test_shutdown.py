@@ -19,7 +19,7 @@ from hidra_ng import Consumer, Producer
 from hidra_ng.receiver.store import Store
 from hidra_ng.sender.spool import Spool
 from hidra_ng.testing import ReceiverProcess, free_port
-from tests.conftest import digest, wait_for
+from tests.helpers import digest, wait_for
 from tests.ops_helpers import DaemonProcess, sender_args, try_scrape
 
 pytestmark = pytest.mark.slow
