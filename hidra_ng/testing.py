@@ -44,13 +44,11 @@ class ReceiverProcess:
         Once started, a restart binds the same ports again.
         """
         self.data_dir = Path(data_dir)
+        names = ("ingest", "api", "publish")
         if choose_ports:
-            ports = {name: free_port() for name in ("ingest", "api", "publish")}
-            self.ingest = f"tcp://127.0.0.1:{ports['ingest']}"
-            self.api = f"tcp://127.0.0.1:{ports['api']}"
-            self.publish = f"tcp://127.0.0.1:{ports['publish']}"
+            self._endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in names}
         else:
-            self.ingest = self.api = self.publish = "tcp://127.0.0.1:*"
+            self._endpoints = dict.fromkeys(names, "tcp://127.0.0.1:*")
         self.extra = list(extra)
         self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}-receiver.log"
         self.ready_path = self.data_dir.parent / f"{self.data_dir.name}-ready.json"
@@ -60,7 +58,8 @@ class ReceiverProcess:
         return [
             sys.executable, "-m", "hidra_ng", "receiver",
             "--data-dir", str(self.data_dir),
-            "--ingest", self.ingest, "--api", self.api, "--publish", self.publish,
+            "--ingest", self._endpoints["ingest"], "--api", self._endpoints["api"],
+            "--publish", self._endpoints["publish"],
             "--metrics-port", "0", "--ready-file", str(self.ready_path), *self.extra,
         ]  # fmt: skip
 
@@ -91,8 +90,28 @@ class ReceiverProcess:
                 )
             time.sleep(0.02)
         endpoints = json.loads(self.ready_path.read_text())
-        self.ingest, self.api = endpoints["ingest"], endpoints["api"]
-        self.publish = endpoints["publish"]
+        self._endpoints = {name: endpoints[name] for name in ("ingest", "api", "publish")}
+
+    @property
+    def ingest(self) -> str:
+        return self._endpoint("ingest")
+
+    @property
+    def api(self) -> str:
+        return self._endpoint("api")
+
+    @property
+    def publish(self) -> str:
+        return self._endpoint("publish")
+
+    def _endpoint(self, name: str) -> str:
+        endpoint = self._endpoints[name]
+        if endpoint.endswith(":*"):
+            raise RuntimeError(
+                f"the receiver's {name} port is known once it started; use"
+                " ReceiverProcess(..., choose_ports=True) to know it before"
+            )
+        return endpoint
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

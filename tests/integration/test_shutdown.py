@@ -123,8 +123,8 @@ _COUNT = struct.Struct(">Q")  # the simulate source's checkpoint: frames spooled
 
 
 def test_sigterm_sender_keeps_its_spool_and_resumes_exactly(tmp_path: Path) -> None:
-    # No receiver yet: every frame stays spooled.
-    receiver = ReceiverProcess(tmp_path / "store")
+    # No receiver yet: every frame stays spooled (its ports chosen now, for the sender).
+    receiver = ReceiverProcess(tmp_path / "store", choose_ports=True)
     metrics_port = free_port()
     spool_dir = tmp_path / "spool"
     args = sender_args(
