@@ -21,9 +21,13 @@ demo: $(VENV)/.base
 test: $(VENV)/.test
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# ruff (lint + format), mypy (strict for wire/ and the state machines), import-linter
+# (the layering of STYLE.md, pyproject.toml [tool.importlinter]), then the fast tests
 check: $(VENV)/.test
 	$(VENV)/bin/ruff check hidra_ng tests perf examples
 	$(VENV)/bin/ruff format --check hidra_ng tests perf examples
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 fmt: $(VENV)/.test

@@ -21,7 +21,7 @@ from browser import chromium, wait_js  # noqa: E402
 
 from hidra_ng import Producer  # noqa: E402
 from hidra_ng.config import ViewConfig  # noqa: E402
-from hidra_ng.localrun import ReceiverProcess  # noqa: E402
+from hidra_ng.testing import ReceiverProcess  # noqa: E402
 from hidra_ng.view import ViewServer  # noqa: E402
 
 STREAM = "p11/scan_0001"

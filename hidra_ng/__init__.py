@@ -9,35 +9,41 @@ The public API (SPEC §4)::
     HidraError and its subclasses every error a user can meet
 """
 
-from hidra_ng.client import Consumer
+from hidra_ng.client.consumer import Consumer
+from hidra_ng.client.subscriber import Subscriber
 from hidra_ng.errors import (
     AuthenticationError,
     ConfigError,
+    DiskFull,
+    FieldError,
     Gone,
     HidraError,
+    InvalidArgument,
+    InvalidArgumentType,
     InvalidFrame,
     InvalidInput,
     InvalidStreamName,
     MessageTooLarge,
     NotYetAvailable,
     ProtocolError,
+    QueryError,
     ReceiverUnavailable,
     SpoolFull,
     StorageError,
     StreamFinished,
+    StreamV2Error,
     Unavailable,
     UnsupportedVersion,
 )
-from hidra_ng.frames import Frame
-from hidra_ng.producer import Producer
-from hidra_ng.protocol import StreamInfo
-from hidra_ng.subscriber import Subscriber
+from hidra_ng.sender.producer import Producer
+from hidra_ng.wire.frames import Frame
+from hidra_ng.wire.protocol import StreamInfo
 
 
 def __getattr__(name: str):
     # export_hdf5 imports h5py; load it only when asked for
     if name == "export_hdf5":
-        from hidra_ng.export import export_hdf5
+        from hidra_ng.client.export import export_hdf5
 
         return export_hdf5
     raise AttributeError(f"module 'hidra_ng' has no attribute {name!r}")
@@ -47,9 +53,13 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "Consumer",
+    "DiskFull",
+    "FieldError",
     "Frame",
     "Gone",
     "HidraError",
+    "InvalidArgument",
+    "InvalidArgumentType",
     "InvalidFrame",
     "InvalidInput",
     "InvalidStreamName",
@@ -57,11 +67,13 @@ __all__ = [
     "NotYetAvailable",
     "Producer",
     "ProtocolError",
+    "QueryError",
     "ReceiverUnavailable",
     "SpoolFull",
     "StorageError",
     "StreamFinished",
     "StreamInfo",
+    "StreamV2Error",
     "Subscriber",
     "Unavailable",
     "UnsupportedVersion",

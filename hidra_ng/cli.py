@@ -70,10 +70,14 @@ def receiver(
     allow_ips: Annotated[
         str | None, typer.Option(help="accept only these addresses/networks, comma-separated")
     ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="once bound, write the endpoints here as JSON (e.g. for tcp://...:*)"),
+    ] = None,
 ) -> None:
     """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
     from hidra_ng import service
-    from hidra_ng.receiver import Receiver
+    from hidra_ng.receiver.daemon import Receiver
 
     settings = cfg.load(
         "receiver",
@@ -94,7 +98,19 @@ def receiver(
     )
     logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
     daemon = Receiver(settings)
+    if ready_file is not None:
+        _write_ready_file(ready_file, daemon.endpoints)
     raise typer.Exit(service.run(daemon))
+
+
+def _write_ready_file(path: Path, endpoints: dict[str, str]) -> None:
+    """The bound endpoints as JSON, renamed into place: a reader never sees half of it."""
+    import json
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(endpoints))
+    os.replace(tmp, path)
 
 
 @app.command()
@@ -115,8 +131,9 @@ def sender(
     ] = False,
 ) -> None:
     """Run the sender daemon: spool frames from sources and push them to the receiver."""
-    from hidra_ng import service, sources
-    from hidra_ng.sender import SenderDaemon
+    from hidra_ng import service
+    from hidra_ng.sender import sources
+    from hidra_ng.sender.daemon import SenderDaemon
 
     settings = cfg.load(
         "sender",
@@ -241,7 +258,8 @@ def demo(
     """Start a receiver and a simulated detector, stream, read back, print a summary."""
     from hidra_ng.demo import run_demo
 
-    run_demo(frames=frames, keep=keep)
+    if not run_demo(frames=frames, keep=keep, say=typer.echo):
+        raise typer.Exit(1)
 
 
 @app.command("check-config")
@@ -249,7 +267,7 @@ def check_config(path: Annotated[Path, typer.Argument(help="TOML config file")])
     """Validate a config file and print the effective settings."""
     section, settings = cfg.check_file(path)
     if section == "sender":
-        from hidra_ng import sources
+        from hidra_ng.sender import sources
 
         for uri in settings.sources:
             sources.parse(uri)
@@ -282,7 +300,7 @@ def info(
 
 
 def _consumer(api: str, keys_dir: str | None, server_key_dir: str | None):
-    from hidra_ng.client import Consumer
+    from hidra_ng.client.consumer import Consumer
 
     return Consumer(api, keys_dir=keys_dir, server_key_dir=server_key_dir)
 
@@ -334,7 +352,7 @@ def tail(
     """Print live frames of STREAM as lines until Ctrl-C."""
     import time
 
-    from hidra_ng.subscriber import Subscriber
+    from hidra_ng.client.subscriber import Subscriber
 
     shown = 0
     window: list[float] = []
@@ -368,10 +386,35 @@ def export(
     server_key_dir: ServerKeyOpt = None,
 ) -> None:
     """Export a stream to a NeXus-style HDF5 file, with a progress bar."""
-    from hidra_ng.export import export_command
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    with _consumer(api, keys_dir, server_key_dir) as c:
-        export_command(c, stream, out, start, stop, overwrite=overwrite)  # prints a summary
+    from hidra_ng.client.export import export_hdf5
+
+    with (
+        _consumer(api, keys_dir, server_key_dir) as c,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar,
+    ):
+        task = bar.add_task(f"export {stream}", total=None)
+
+        def step(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = export_hdf5(c, stream, out, start, stop, step, overwrite=overwrite)
+    shape = "x".join(str(n) for n in result.frame_shape) or "-"
+    typer.echo(
+        f"{result.path}: {result.frames} frames ({shape} {result.dtype or '-'},"
+        f" {result.compression}) and {result.metadata_messages} metadata messages from"
+        f" {stream} indices {result.start}..{result.stop - 1}, {result.bytes} bytes in"
+        f" {result.seconds:.1f} s"
+    )
 
 
 @app.command()

@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from hidra_ng.errors import ConfigError, InvalidInput
-from hidra_ng.protocol import MAX_DATA_BYTES, MAX_META_BYTES, check_sender_id
+from hidra_ng.errors import ConfigError, FieldError, InvalidInput
+from hidra_ng.wire.protocol import MAX_DATA_BYTES, MAX_META_BYTES, check_sender_id
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -297,17 +297,6 @@ _SECTIONS: dict[str, type[_Config]] = {
 }
 
 
-class FieldError(ConfigError):
-    """One setting is wrong; the message names key, value and expectation."""
-
-    def __init__(
-        self, section: str, key: str, value: Any, expected: str, clashes_with: str = ""
-    ) -> None:
-        self.section, self.key, self.value, self.expected = section, key, value, expected
-        self.clashes_with = clashes_with  # another key that must differ from this one
-        super().__init__(f"{section}.{key} = {_show(value)}: expected {expected}")
-
-
 # --------------------------------------------------------------------- public
 
 
@@ -323,7 +312,7 @@ def load(
     defaults to ``os.environ``.
     """
     cls = _SECTIONS[section]
-    environ = os.environ if environ is None else environ
+    environ = dict(os.environ) if environ is None else environ
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}  # key -> "file", "env:VAR", "flag", "state"
 
@@ -350,7 +339,7 @@ def load(
         config = cls(**values)
     except FieldError as err:
         raise ConfigError(_locate(err, origins, path)) from None
-    config.origins = origins
+    config.origins = origins  # type: ignore[attr-defined]  # every section struct has it
     return config
 
 

@@ -5,10 +5,16 @@ sorted by what the user has to do about it::
 
     HidraError
     ├── ConfigError              fix the configuration or the command line
+    │   └── FieldError           one setting: names its key, value and what is expected
     ├── InvalidInput             fix what you pass in (a named value is wrong)
+    │   ├── InvalidArgument      a bad argument to a method (also a ValueError)
+    │   │   └── InvalidArgumentType   of the wrong type (also a TypeError)
     │   ├── InvalidStreamName
     │   ├── InvalidFrame         dtype / shape / payload do not fit together
-    │   └── MessageTooLarge
+    │   ├── MessageTooLarge
+    │   ├── QueryError           a metadata query that does not parse (names the position)
+    │   └── StreamV2Error        a DECTRIS Stream V2 message that cannot be used (also a
+    │                            ValueError)
     ├── ProtocolError            a peer sent bytes that are not hidra_ng messages
     │   └── UnsupportedVersion
     ├── Unavailable              wait or retry later
@@ -19,6 +25,10 @@ sorted by what the user has to do about it::
     ├── StreamFinished           the stream is finished and read to its end
     ├── AuthenticationError      keys are missing, unreadable or refused
     └── StorageError             LMDB failed (disk full, corrupt, permissions)
+        └── DiskFull             a commit failed for lack of space
+
+Library errors (zmq, lmdb) are wrapped at the boundary into these, with the
+original as ``__cause__``.
 
 Errors raised by the receiver travel to clients by class name (see
 :data:`REMOTE_ERRORS`) and are raised there as the same class.
@@ -39,6 +49,22 @@ class InvalidInput(HidraError):
     """A value passed in is not acceptable; the message names it."""
 
 
+class InvalidArgument(InvalidInput, ValueError):
+    """A bad argument to a method; a ValueError too, for callers that catch that."""
+
+
+class InvalidArgumentType(InvalidArgument, TypeError):
+    """An argument of the wrong type; a TypeError too, for callers that catch that."""
+
+
+class QueryError(InvalidInput):
+    """A query that cannot be parsed; the message names the position."""
+
+
+class StreamV2Error(InvalidInput, ValueError):
+    """A Stream V2 message that cannot be used; the message says why."""
+
+
 class InvalidStreamName(InvalidInput):
     """A stream name breaks the naming rule of SPEC §2."""
 
@@ -49,6 +75,30 @@ class InvalidFrame(InvalidInput):
 
 class MessageTooLarge(InvalidInput):
     """Data or metadata exceed the configured maximum."""
+
+
+class FieldError(ConfigError):
+    """One setting is wrong; the message names key, value and expectation."""
+
+    def __init__(
+        self, section: str, key: str, value: object, expected: str, clashes_with: str = ""
+    ) -> None:
+        self.section, self.key, self.value, self.expected = section, key, value, expected
+        self.clashes_with = clashes_with  # another key that must differ from this one
+        super().__init__(f"{section}.{key} = {_show(value)}: expected {expected}")
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it (TOML-ish)."""
+    import json
+
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 class ProtocolError(HidraError):
@@ -89,6 +139,10 @@ class AuthenticationError(HidraError):
 
 class StorageError(HidraError):
     """The LMDB store or spool failed."""
+
+
+class DiskFull(StorageError):
+    """A commit failed for lack of space (ENOSPC or a map that cannot grow)."""
 
 
 def reason(err: BaseException) -> str:

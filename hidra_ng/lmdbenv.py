@@ -18,17 +18,13 @@ from typing import TypeVar
 
 import lmdb
 
-from hidra_ng.errors import StorageError
+from hidra_ng.errors import DiskFull, StorageError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MIN_MAP_BYTES = 64 * 1024 * 1024
-
-
-class DiskFull(StorageError):
-    """A commit failed for lack of space (ENOSPC or a map that cannot grow)."""
 
 
 class _Gate:
@@ -124,7 +120,7 @@ class Env:
         while True:
             try:
                 with self._gate.shared():
-                    txn = self._env.begin(write=True, buffers=buffers)
+                    txn = self._env.begin(write=True, buffers=buffers)  # type: ignore[call-overload]
                     try:
                         result = fill(txn)
                         txn.commit()

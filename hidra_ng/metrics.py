@@ -8,15 +8,30 @@ seconds), bounded labels (stream and group names, reasons, ops; never
 indices). Counters are declared without ``_total``: prometheus_client appends
 it, so ``Counter("hidra_ng_receiver_messages", ...)`` is exposed as
 ``hidra_ng_receiver_messages_total``. docs/operations.md lists every metric.
+Both daemons also serve prometheus_client's process, platform and GC
+collectors (``process_resident_memory_bytes``, ``process_open_fds``, ...).
+
+The ``stream`` label stays bounded when streams are per scan: the receiver's
+per-stream series (messages, bytes, last index) are removed when retention
+empties their stream (:meth:`ReceiverMetrics.forget_stream`), and at most
+``MAX_STREAM_LABELS`` streams have series at a time: committing to one more
+removes those of the stream committed to least recently (their counters start
+from 0 if it comes back, which ``rate()`` reads as a reset). The consumer-group
+series (``stream``, ``group``) exist only for groups with state in the receiver.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -32,6 +47,9 @@ from hidra_ng.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: streams with per-stream series at a time (see the module docstring)
+MAX_STREAM_LABELS = 1000
+
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -41,6 +59,9 @@ def _build_info(registry: CollectorRegistry) -> None:
     except PackageNotFoundError:
         ver = "unknown"
     Info("hidra_ng_build", "hidra_ng version", registry=registry).info({"version": ver})
+    # process_*, python_info and python_gc_* of this process, as the default registry has
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
 
 
 class ReceiverMetrics:
@@ -108,6 +129,31 @@ class ReceiverMetrics:
         self.requests = Counter(
             "hidra_ng_receiver_requests", "API requests served", ["op"], registry=r
         )
+        self._streams: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def stream_committed(self, stream: str, messages: int, nbytes: int, last: int) -> None:
+        """One commit's messages of ``stream`` (from the ingest thread)."""
+        self._streams[stream] = None
+        self._streams.move_to_end(stream)
+        self.messages.labels(stream).inc(messages)
+        self.bytes.labels(stream).inc(nbytes)
+        self.last_index.labels(stream).set(last)
+        while len(self._streams) > MAX_STREAM_LABELS:
+            oldest, _ = self._streams.popitem(last=False)
+            self._remove_stream_series(oldest)
+
+    def forget_stream(self, stream: str) -> None:
+        """Retention emptied ``stream``: its series go."""
+        if self._streams.pop(stream, 1) is None:
+            self._remove_stream_series(stream)
+
+    def stream_labels(self) -> list[str]:
+        return list(self._streams)
+
+    def _remove_stream_series(self, stream: str) -> None:
+        for metric in (self.messages, self.bytes, self.last_index):
+            with contextlib.suppress(KeyError):
+                metric.remove(stream)
 
 
 class SenderMetrics:

@@ -41,7 +41,7 @@ from hidra_ng import Consumer  # noqa: E402
 from hidra_ng import Producer as HidraProducer  # noqa: E402
 from hidra_ng.bridge import Bridge, broker_name  # noqa: E402
 from hidra_ng.config import BridgeConfig  # noqa: E402
-from hidra_ng.localrun import ReceiverProcess  # noqa: E402
+from hidra_ng.testing import ReceiverProcess  # noqa: E402
 from scripts.rabbitmq_node import RabbitNode  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20

@@ -10,7 +10,7 @@ ingest_4mib
     MB/s of 4 MiB frame payload from a ``Producer`` with default durability
     (``spool_sync="always"``: every ``send()`` returns after its spool commit is
     fsynced) in this process to a real receiver process
-    (``hidra_ng.localrun.ReceiverProcess``, fsync per group commit) on loopback;
+    (``hidra_ng.testing.ReceiverProcess``, fsync per group commit) on loopback;
     timed from the first ``send()`` until ``flush()`` returns, i.e. until every
     frame is acknowledged as durably stored. Checked afterwards: the stream
     holds every frame. Baseline: raw_lmdb_append_4mib.
@@ -67,7 +67,7 @@ from harness import MB, Metric, Probe, Round, Run, Scale, percentile, probe, scr
 from payloads import FRAME_BYTES, SMALL_BYTES, frames_4mib, messages_1kib
 
 from hidra_ng import Consumer, Producer, StreamFinished, Subscriber
-from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess
 
 try:  # a test extra: CPU time of the receiver process, where the time goes
     import psutil

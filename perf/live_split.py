@@ -30,8 +30,8 @@ from payloads import frames_4mib
 
 from hidra_ng import Producer, Subscriber
 from hidra_ng.config import ReceiverConfig
-from hidra_ng.receiver import Receiver
-from hidra_ng.store import Store
+from hidra_ng.receiver.daemon import Receiver
+from hidra_ng.receiver.store import Store
 
 WARMUP = 5
 

@@ -20,7 +20,7 @@ from peer_services import CpuMeter
 from peer_stats import Sample
 
 from hidra_ng import Consumer, Producer, Subscriber
-from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess
 
 TIMEOUT = 600.0
 

@@ -28,7 +28,7 @@ import threadprof
 from harness import PERF_DIR, QUICK, Probe, Round, Scale, machine, per_run, progress, rerun_at
 from payloads import frames_4mib, messages_1kib
 
-from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess
 
 OUT_DIR = PERF_DIR / "profiles"
 

@@ -64,7 +64,7 @@ from harness import MB, KiB, Metric, MiB, Probe, Round, Run, Scale, probe, scrat
 from payloads import FRAME_BYTES, SMALL_BYTES, frames_of, messages_1kib
 
 from hidra_ng import Consumer, Producer
-from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess
 
 SCALING: list[Probe] = []
 MAX_PRODUCERS = 4

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import zmq
 
-from hidra_ng import protocol as proto
-from hidra_ng.frames import describe
-from hidra_ng.spool import Spool, entry_bytes
+from hidra_ng.sender.spool import Spool, entry_bytes
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.frames import describe
 from hidra_ng.zmqio import recv_parts, send_parts
 
 LOOPS = 20_000

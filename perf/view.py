@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from browser import chromium, require_chromium, wait_js  # noqa: E402
 
 from hidra_ng import Producer  # noqa: E402
-from hidra_ng.localrun import ReceiverProcess, free_port  # noqa: E402
+from hidra_ng.testing import ReceiverProcess, free_port  # noqa: E402
 
 STREAM = "perf/view"
 SHAPE = (2048, 2048)

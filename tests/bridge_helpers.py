@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hidra_ng.bridge import Bridge
 from hidra_ng.config import BridgeConfig
-from hidra_ng.localrun import free_port
+from hidra_ng.testing import free_port
 
 
 @dataclass

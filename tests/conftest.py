@@ -1,42 +1,24 @@
-"""Fixtures shared by all test levels: receivers on loopback with free ports and temp dirs."""
+"""Fixtures shared by all test levels: receivers on loopback and temp dirs.
+
+Helper functions live in tests/helpers.py; ``wait_for``, ``digest`` and
+``finish_transfer`` are imported here too so that ``from tests.conftest import
+wait_for`` keeps working, but tests import them from ``tests.helpers``.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hidra_ng.config import ReceiverConfig
-from hidra_ng.localrun import ReceiverProcess
-from hidra_ng.producer import Producer
-from hidra_ng.receiver import Receiver
+from hidra_ng.receiver.daemon import Receiver
+from hidra_ng.sender.producer import Producer
+from hidra_ng.testing import ReceiverProcess
 from scripts.rabbitmq_node import RabbitNode
+from tests.helpers import digest, finish_transfer, wait_for  # noqa: F401  (see above)
 from tests.rabbitmq import started_node
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
-    """Poll ``condition`` until it is truthy or ``timeout`` passes; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def digest(data) -> str:
-    if data is None:
-        return "none"
-    if isinstance(data, np.ndarray):  # also empty, 0-d and non-contiguous arrays
-        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
 
 
 @pytest.fixture
@@ -105,13 +87,3 @@ def rabbitmq(tmp_path_factory) -> Iterator[RabbitNode]:
 def private_rabbitmq(tmp_path) -> Iterator[RabbitNode]:
     """A RabbitMQ node of this test alone: for tests that kill or restart the broker."""
     yield from started_node(tmp_path / "rabbitmq")
-
-
-def finish_transfer(producer: Producer, stream: str, sender: threading.Thread, errors: list):
-    """The sending thread ended without errors; ``stream`` finished, all acked and released."""
-    sender.join(timeout=120)
-    assert not sender.is_alive()
-    assert not errors, errors
-    producer.finish(stream)
-    producer.flush(timeout=120)
-    wait_for(lambda: producer.spool_messages == 0, what="acked messages released")

@@ -20,7 +20,7 @@ from stream_v2_emitter import Emitter
 
 from hidra_ng import Consumer, Producer
 from hidra_ng.config import WriterConfig
-from hidra_ng.sources import parse
+from hidra_ng.sender.sources import parse
 from hidra_ng.writer.daemon import WriterDaemon
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from common import count_spots, image, parse_shape, threshold
 
-from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess
 
 HERE = Path(__file__).resolve().parent
 

@@ -28,18 +28,19 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
-from hidra_ng import Consumer, HidraError, StreamInfo
 from hidra_ng.bridge.broker import BrokerError, BrokerLink
 from hidra_ng.bridge.lease import Lease, LeaseHeld
 from hidra_ng.bridge.lock import StateLock
 from hidra_ng.bridge.names import broker_name
 from hidra_ng.bridge.reader import Budget, Item, Reader
 from hidra_ng.bridge.uri import parse
+from hidra_ng.client.consumer import Consumer
 from hidra_ng.config import BridgeConfig
-from hidra_ng.errors import ConfigError
+from hidra_ng.errors import ConfigError, HidraError
 from hidra_ng.metrics import BridgeMetrics, serve
 from hidra_ng.patterns import Patterns
 from hidra_ng.service import Heartbeats
+from hidra_ng.wire.protocol import StreamInfo
 
 log = logging.getLogger(__name__)
 

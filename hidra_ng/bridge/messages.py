@@ -37,7 +37,7 @@ import json
 import struct
 from typing import Any
 
-from hidra_ng import Frame
+from hidra_ng.wire.frames import Frame
 
 __all__ = ["FINISHED", "encode_end", "encode_frame", "properties"]
 

@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hidra_ng import Consumer, Gone, HidraError, ReceiverUnavailable
 from hidra_ng.bridge.messages import encode_end, encode_frame
+from hidra_ng.client.consumer import Consumer
+from hidra_ng.errors import Gone, HidraError, ReceiverUnavailable
 
 log = logging.getLogger(__name__)
 

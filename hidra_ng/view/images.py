@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hidra_ng import Frame
 from hidra_ng.errors import InvalidInput
+from hidra_ng.wire.frames import Frame
 
 #: suffix -> (format, media type)
 FORMATS = {

@@ -24,8 +24,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hidra_ng import Consumer, Frame, Subscriber
+from hidra_ng.client.consumer import Consumer
+from hidra_ng.client.subscriber import Subscriber
 from hidra_ng.errors import HidraError, ReceiverUnavailable
+from hidra_ng.wire.frames import Frame
 
 log = logging.getLogger(__name__)
 

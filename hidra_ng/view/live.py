@@ -26,10 +26,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from hidra_ng import Frame
 from hidra_ng.errors import HidraError, NotYetAvailable, ReceiverUnavailable
 from hidra_ng.view import images
 from hidra_ng.view.link import LiveFeed, ReceiverLink
+from hidra_ng.wire.frames import Frame
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from hidra_ng import Consumer
+from hidra_ng.client.consumer import Consumer
 from hidra_ng.config import WriterConfig
 from hidra_ng.errors import ConfigError, HidraError
 from hidra_ng.metrics import WriterMetrics, serve

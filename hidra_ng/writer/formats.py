@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import h5py
 import numpy as np
 
-from hidra_ng import Frame
 from hidra_ng.errors import Gone, HidraError
+from hidra_ng.wire.frames import Frame
 from hidra_ng.writer import nxmx
 from hidra_ng.writer.files import PartFile, chunk_bytes, family, filter_options, publish
 

@@ -26,8 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from hidra_ng import Consumer, Frame, Gone, NotYetAvailable, StreamFinished
-from hidra_ng.errors import HidraError, InvalidStreamName, ReceiverUnavailable
+from hidra_ng.client.consumer import Consumer
+from hidra_ng.errors import (
+    Gone,
+    HidraError,
+    InvalidStreamName,
+    NotYetAvailable,
+    ReceiverUnavailable,
+    StreamFinished,
+)
+from hidra_ng.wire.frames import Frame
 from hidra_ng.writer.announce import AnnounceError, Announcer
 from hidra_ng.writer.files import is_disk_full, remove_parts, write_atomic_bytes
 from hidra_ng.writer.formats import Options, Published, WriteRefused, make_format

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from hidra_ng import Consumer, Producer, SpoolFull
-from hidra_ng.localrun import free_port
-from hidra_ng.receiver import Receiver
-from hidra_ng.spool import Spool
-from tests.conftest import digest, wait_for
+from hidra_ng.receiver.daemon import Receiver
+from hidra_ng.sender.spool import Spool
+from hidra_ng.testing import free_port
+from tests.helpers import digest, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from hidra_ng import Consumer, Producer
-from hidra_ng import protocol as proto
 from hidra_ng.errors import HidraError
-from hidra_ng.localrun import ReceiverProcess, free_port
-from tests.conftest import digest, wait_for
+from hidra_ng.testing import ReceiverProcess, free_port
+from hidra_ng.wire import protocol as proto
+from tests.helpers import digest, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def invalid_api_messages(rng: random.Random) -> list[list[bytes]]:
             [rng.randbytes(rng.randint(1, 100))],
             [b"HN\x07\x05" + rng.randbytes(8)],  # unknown version
             [b"HN\x01\x05" + rng.randbytes(rng.randint(0, 40))],  # malformed request
-            [proto.encode(proto.Kind.REQUEST, proto.Request(1, "get")), b"extra frame"],
+            [proto.encode(proto.Kind.REQUEST, proto.GetRequest(1)), b"extra frame"],
             [proto.encode(proto.Kind.DATA, proto.Envelope("x", 1, 0, 0))],  # not a request
             [b"HN\x01\x02" + msgspec.msgpack.encode(["bad sender!", 1])],  # invalid HELLO
             [_request("get", timeout=rng.choice([float("nan"), float("inf"), -1.0, 1e308]))],
@@ -125,7 +125,7 @@ def invalid_api_messages(rng: random.Random) -> list[list[bytes]]:
 
 
 def _request(op: str, **fields) -> bytes:
-    return proto.encode(proto.Kind.REQUEST, proto.Request(1, op, stream="f", **fields))
+    return proto.encode(proto.Kind.REQUEST, proto.make_request(1, op, stream="f", **fields))
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -22,8 +22,8 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from hidra_ng import Consumer
-from hidra_ng.localrun import free_port
-from tests.conftest import digest, wait_for
+from hidra_ng.testing import free_port
+from tests.helpers import digest, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from hidra_ng import Consumer, NotYetAvailable
-from hidra_ng.localrun import ReceiverProcess
-from hidra_ng.spool import Spool
-from tests.conftest import wait_for
+from hidra_ng.sender.spool import Spool
+from hidra_ng.testing import ReceiverProcess
 from tests.faults.workload import (
     assert_each_exactly_once,
     read_finished_stream,
 )
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from hidra_ng import Producer
-from hidra_ng.localrun import ReceiverProcess
-from tests.conftest import finish_transfer, wait_for
+from hidra_ng.testing import ReceiverProcess
 from tests.faults.workload import (
     MiB,
     assert_each_exactly_once,
     message,
     read_finished_stream,
 )
+from tests.helpers import finish_transfer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,8 @@ def send_all(producer: Producer, returned: list[int], errors: list[BaseException
 
 
 def test_receiver_absent_then_started_gets_everything_once(tmp_path: Path) -> None:
-    receiver = ReceiverProcess(tmp_path / "store")  # ports chosen, not started yet
+    # the producer needs the endpoints before the receiver runs: ports chosen now
+    receiver = ReceiverProcess(tmp_path / "store", choose_ports=True)
     try:
         with Producer(
             receiver.ingest,

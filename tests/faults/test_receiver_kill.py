@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from hidra_ng import Consumer, Producer
-from hidra_ng.localrun import ReceiverProcess
-from tests.conftest import finish_transfer, wait_for
+from hidra_ng.testing import ReceiverProcess
 from tests.faults.workload import (
     assert_each_exactly_once,
     message,
     read_finished_stream,
 )
+from tests.helpers import finish_transfer, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from hidra_ng import Consumer, StreamFinished
-from hidra_ng.localrun import ReceiverProcess
-from tests.conftest import wait_for
+from hidra_ng.testing import ReceiverProcess
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

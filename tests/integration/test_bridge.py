@@ -163,7 +163,7 @@ def test_frames_removed_by_retention_are_counted_and_logged(
     rabbitmq, receiver_config, tmp_path, caplog
 ) -> None:
     from hidra_ng import Producer
-    from hidra_ng.receiver import Receiver
+    from hidra_ng.receiver.daemon import Receiver
 
     receiver_config.max_store_bytes = 1 << 20
     stream = "retention/gone"
@@ -227,7 +227,7 @@ def test_bad_input_is_one_sentence_and_exit_2(args, named, tmp_path) -> None:
 
 
 def test_unreachable_broker_waits_and_says_so_then_sigterm_exits_0(receiver, tmp_path) -> None:
-    from hidra_ng.localrun import free_port
+    from hidra_ng.testing import free_port
     from tests.bridge_helpers import BridgeProcess
     from tests.ops_helpers import try_scrape
 

@@ -16,9 +16,9 @@ import pytest
 import zmq
 
 from hidra_ng import Consumer, Gone, Producer, StreamFinished, Subscriber
-from hidra_ng import protocol as proto
-from hidra_ng.receiver import Receiver
-from tests.conftest import digest, wait_for
+from hidra_ng.receiver.daemon import Receiver
+from hidra_ng.wire import protocol as proto
+from tests.helpers import digest, wait_for
 
 
 @pytest.fixture
@@ -89,15 +89,15 @@ def test_the_receiver_sends_no_more_than_the_credit(make_producer, receiver):
     sock.connect(receiver.endpoints["api"])
 
     def request(op: str, **fields) -> None:
-        sock.send(proto.encode(proto.Kind.REQUEST, proto.Request(7, op, **fields)))
+        sock.send(proto.encode(proto.Kind.REQUEST, proto.make_request(7, op, **fields)))
 
     def frames_arriving(seconds: float) -> list[int]:
         indices = []
         while sock.poll(seconds * 1000):
             parts = sock.recv_multipart()
             reply = proto.decode(proto.Kind.REPLY, proto.Reply, parts[0])
-            body = msgspec.msgpack.decode(reply.body, type=proto.FrameRef | str)
-            assert not isinstance(body, str), body
+            body = msgspec.msgpack.decode(reply.body, type=proto.FrameRef | proto.ReplayEvent)
+            assert not isinstance(body, proto.ReplayEvent), body
             indices.append(body.index)
         return indices
 

@@ -11,7 +11,7 @@ from source_helpers import Running, count
 from stream_v1_emitter import Emitter1, blob, end_parts, header_parts, image_parts
 
 from hidra_ng import Consumer
-from hidra_ng.sources import parse
+from hidra_ng.sender.sources import parse
 
 SHAPE = (37, 50)  # rows, columns: sent as shape [50, 37]
 #: (encoding, dtype) of the images of the series, in order

@@ -41,7 +41,7 @@ from stream_v2_emitter import (
 )
 
 from hidra_ng import Consumer
-from hidra_ng.sources import parse
+from hidra_ng.sender.sources import parse
 
 # Not HIDRA_NG_...: the daemons the tests start refuse HIDRA_NG_ names that are not settings.
 ENV = "DECTRIS_TEST_DATA"

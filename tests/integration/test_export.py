@@ -13,9 +13,10 @@ import pytest
 from stream_v2_emitter import bslz4, lz4_hdf5
 
 from hidra_ng import Consumer, Producer
-from hidra_ng.compression import Encoded
+from hidra_ng.cli import main
+from hidra_ng.client.export import export_hdf5
 from hidra_ng.errors import InvalidFrame, InvalidInput
-from hidra_ng.export import export_command, export_hdf5
+from hidra_ng.wire.compression import Encoded
 
 SHAPE = (40, 56)
 FILTERS = {"none": None, "lz4": 32026, "zstd": 32026, "bslz4": 32008, "lz4-hdf5": 32004}
@@ -127,8 +128,9 @@ def test_export_command_prints_a_summary(producer, api, tmp_path, capsys):
     p = producer("zstd")
     p.send_many("exp/cli", [(a, None) for a in frames(3)])
     p.flush(10)
-    result = export_command(api, "exp/cli", tmp_path / "cli.h5")
-    assert result.frames == 3
+    assert main(["export", "exp/cli", str(tmp_path / "cli.h5"), "--api", api]) == 0
+    with h5py.File(tmp_path / "cli.h5") as f:
+        assert f["entry/data/data"].shape == (3, 40, 56)
     line = capsys.readouterr().out
     assert "3 frames (40x56 <u2, zstd)" in line and "exp/cli indices 0..2" in line
 

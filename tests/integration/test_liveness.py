@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import threading
 
-import hidra_ng.receiver as receiver_module
+import hidra_ng.receiver.daemon as receiver_module
 from hidra_ng import Consumer, ReceiverUnavailable
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def test_a_hung_api_thread_makes_the_receiver_not_alive(receiver, monkeypatch):

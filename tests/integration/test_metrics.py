@@ -3,13 +3,15 @@ prometheus_client.parser, checked against a known transfer."""
 
 from __future__ import annotations
 
+import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from hidra_ng.localrun import ReceiverProcess, free_port
-from tests.conftest import wait_for
+from hidra_ng.testing import ReceiverProcess, free_port
+from tests.debian import require_debian
+from tests.helpers import wait_for
 from tests.ops_helpers import DaemonProcess, scrape, sender_args, try_scrape
 
 pytestmark = pytest.mark.slow
@@ -92,6 +94,25 @@ def transfer(tmp_path: Path):
     finally:
         sender.kill()
         receiver.kill()
+
+
+def metrics_text(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return reply.read()
+
+
+def test_promtool_accepts_both_daemons_metrics(transfer) -> None:
+    """Prometheus's own checker (Debian package prometheus) on both expositions."""
+    require_debian(["prometheus"], ["promtool"])
+    _, rx_port, _, tx_port = transfer
+    for name, port in (("receiver", rx_port), ("sender", tx_port)):
+        text = metrics_text(port)
+        assert b"process_resident_memory_bytes " in text and b"process_open_fds " in text
+        done = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60
+        )
+        problems = (done.stdout + done.stderr).decode()
+        assert done.returncode == 0, f"promtool on the {name}'s /metrics: {problems}"
 
 
 def test_metrics_match_the_transfer(transfer) -> None:

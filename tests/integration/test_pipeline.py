@@ -28,11 +28,11 @@ from hidra_ng import (
     SpoolFull,
     StreamFinished,
 )
-from hidra_ng import protocol as proto
 from hidra_ng.config import ReceiverConfig
-from hidra_ng.localrun import ReceiverProcess, free_port
-from hidra_ng.receiver import Receiver
-from tests.conftest import wait_for
+from hidra_ng.receiver.daemon import Receiver
+from hidra_ng.testing import ReceiverProcess, free_port
+from hidra_ng.wire import protocol as proto
+from tests.helpers import wait_for
 
 KiB = 1 << 10
 
@@ -475,7 +475,7 @@ def test_small_and_large_messages_travel_packed_and_unpacked(
     tmp_path: Path, receiver: Receiver, monkeypatch
 ) -> None:
     """Batches of small payloads go as DATA_PACKED, others as DATA; both arrive the same."""
-    from hidra_ng import producer as producer_module
+    from hidra_ng.sender import producer as producer_module
 
     kinds: list[int] = []
     send_parts = producer_module.send_parts

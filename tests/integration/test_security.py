@@ -22,10 +22,10 @@ from hidra_ng import (
     ReceiverUnavailable,
     Subscriber,
 )
-from hidra_ng import protocol as proto
-from hidra_ng.receiver import Receiver
+from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.security import ClientKeys, keygen
-from tests.conftest import digest, wait_for
+from hidra_ng.wire import protocol as proto
+from tests.helpers import digest, wait_for
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 from hidra_ng.config import SenderConfig
-from hidra_ng.localrun import free_port
-from hidra_ng.sender import SenderDaemon
-from hidra_ng.sources import parse
-from hidra_ng.spool import Spool
-from tests.conftest import wait_for
+from hidra_ng.sender.daemon import SenderDaemon
+from hidra_ng.sender.sources import parse
+from hidra_ng.sender.spool import Spool
+from hidra_ng.testing import free_port
+from tests.helpers import wait_for
 
 
 def test_stop_does_not_wait_for_the_send_timeout(tmp_path):

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from hidra_ng import Consumer
-from hidra_ng.localrun import ReceiverProcess, free_port
-from tests.conftest import wait_for
+from hidra_ng.testing import ReceiverProcess, free_port
+from tests.helpers import wait_for
 from tests.ops_helpers import DaemonProcess, NotifySocket, clean_env, sender_args
 
 WATCHDOG_USEC = 400_000
@@ -128,8 +128,8 @@ MDWE_TRANSFER = textwrap.dedent(
     import numpy as np
     from hidra_ng import Consumer, Producer
     from hidra_ng.config import ReceiverConfig
-    from hidra_ng.localrun import free_port
-    from hidra_ng.receiver import Receiver
+    from hidra_ng.testing import free_port
+    from hidra_ng.receiver.daemon import Receiver
 
     d = tempfile.mkdtemp()
     ep = "tcp://127.0.0.1:*"

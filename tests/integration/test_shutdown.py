@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from hidra_ng import Consumer, Producer
-from hidra_ng.localrun import ReceiverProcess, free_port
-from hidra_ng.spool import Spool
-from hidra_ng.store import Store
-from tests.conftest import digest, wait_for
+from hidra_ng.receiver.store import Store
+from hidra_ng.sender.spool import Spool
+from hidra_ng.testing import ReceiverProcess, free_port
+from tests.helpers import digest, wait_for
 from tests.ops_helpers import DaemonProcess, sender_args, try_scrape
 
 pytestmark = pytest.mark.slow
@@ -123,8 +123,8 @@ _COUNT = struct.Struct(">Q")  # the simulate source's checkpoint: frames spooled
 
 
 def test_sigterm_sender_keeps_its_spool_and_resumes_exactly(tmp_path: Path) -> None:
-    # No receiver yet: every frame stays spooled.
-    receiver = ReceiverProcess(tmp_path / "store")
+    # No receiver yet: every frame stays spooled (its ports chosen now, for the sender).
+    receiver = ReceiverProcess(tmp_path / "store", choose_ports=True)
     metrics_port = free_port()
     spool_dir = tmp_path / "spool"
     args = sender_args(

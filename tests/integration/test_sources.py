@@ -15,11 +15,11 @@ import hdf5plugin
 import numpy as np
 import pytest
 import zmq
-from conftest import wait_for
 from stream_v2_emitter import Emitter, bslz4, lz4_hdf5
 
 from hidra_ng import Consumer, NotYetAvailable, Producer
-from hidra_ng.sources import parse
+from hidra_ng.sender.sources import parse
+from tests.helpers import wait_for
 
 
 @pytest.fixture

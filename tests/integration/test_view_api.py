@@ -21,7 +21,7 @@ from view_helpers import block_frame, error_of, http, view_server
 from hidra_ng import ConfigError, Producer
 from hidra_ng.cli import main
 from hidra_ng.config import ViewConfig
-from hidra_ng.receiver import Receiver
+from hidra_ng.receiver.daemon import Receiver
 
 STREAM = "p11/scan_0001"
 

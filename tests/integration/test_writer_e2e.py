@@ -28,7 +28,7 @@ from nxdl_check import check
 from stream_v2_emitter import Emitter
 from writer_helpers import image, send_series
 
-from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess
 from tests.ops_helpers import DaemonProcess, sender_args
 
 ENV = "DECTRIS_TEST_DATA"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from hidra_ng.localrun import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess
 from tests.integration.test_service import WATCHDOG_USEC, check_stop, check_watchdog_cadence
 from tests.ops_helpers import DaemonProcess, NotifySocket, clean_env
 

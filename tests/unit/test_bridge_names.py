@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from hidra_ng.bridge.names import BROKER_NAME, broker_name, check_prefix, hidra_name
 from hidra_ng.errors import ConfigError
-from hidra_ng.protocol import MAX_STREAM_NAME, check_stream_name
+from hidra_ng.wire.protocol import MAX_STREAM_NAME, check_stream_name
 
 SEGMENT = st.text(alphabet="aZ09_.-", min_size=1, max_size=60)
 NAMES = (

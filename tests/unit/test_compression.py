@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from stream_v2_emitter import bslz4, lz4_hdf5
 
-from hidra_ng import compression
-from hidra_ng.compression import Encoded, check_compression, compress, decompress
 from hidra_ng.errors import InvalidFrame
-from hidra_ng.frames import describe, frame_from_record
-from hidra_ng.protocol import Payload, Record
+from hidra_ng.wire import compression
+from hidra_ng.wire.compression import Encoded, check_compression, compress, decompress
+from hidra_ng.wire.frames import describe, frame_from_record
+from hidra_ng.wire.protocol import Payload, Record
 
 DTYPES = ["uint8", "<u2", "<u4", "<f4"]
 

@@ -419,7 +419,7 @@ def test_bad_endpoints(endpoint: str) -> None:
 
 def test_commented_source_examples_parse() -> None:
     """The sources shown commented out in config/sender.toml work once uncommented."""
-    from hidra_ng import sources
+    from hidra_ng.sender import sources
 
     text = (EXAMPLES / "sender.toml").read_text()
     uris = [
@@ -430,3 +430,38 @@ def test_commented_source_examples_parse() -> None:
     assert len(uris) == 4
     for uri in uris:
         sources.parse(uri)
+
+
+def test_the_producer_takes_its_settings_from_the_sender_config(tmp_path) -> None:
+    """Each setting is declared once (SenderConfig); the Producer's arguments derive from it."""
+    from hidra_ng.sender.producer import Producer, producer_settings
+
+    daemon_only = {"metrics_port", "sources"}
+    assert set(producer_settings()) == set(cfg.SenderConfig.__struct_fields__) - daemon_only
+    config = cfg.SenderConfig(
+        ingest="tcp://127.0.0.1:9",
+        api="tcp://127.0.0.1:9",
+        spool_dir=str(tmp_path / "spool"),
+        sender_id="from-config",
+        spool_sync="batch",
+        spool_batch_seconds=0.25,
+        max_spool_bytes=123_456_789,
+        send_timeout_seconds=7.5,
+        compression="zstd",
+    )
+    with Producer.from_config(config) as p:
+        assert (p.ingest, p.api, p.sender_id) == (config.ingest, config.api, "from-config")
+        assert p.max_spool_bytes == 123_456_789 and p.send_timeout == 7.5
+        assert p.compression == "zstd" and p.keys is None
+
+
+def test_send_timeout_is_the_former_name_of_send_timeout_seconds(tmp_path) -> None:
+    from hidra_ng import ConfigError, Producer
+
+    endpoint = "tcp://127.0.0.1:9"
+    with Producer(endpoint, endpoint, tmp_path / "a", "old-name", send_timeout=2.5) as p:
+        assert p.send_timeout == 2.5
+    with Producer(endpoint, endpoint, tmp_path / "b", "new-name", send_timeout_seconds=3.5) as p:
+        assert p.send_timeout == 3.5
+    with pytest.raises(ConfigError, match="disagree"):
+        Producer(endpoint, endpoint, tmp_path / "c", "both", send_timeout=1, send_timeout_seconds=2)

@@ -24,12 +24,12 @@ from stream_v2_emitter import (
     trpx,
 )
 
-from hidra_ng import protocol as proto
-from hidra_ng.compression import Encoded, decompress, decompressed_size
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.compression import Encoded, decompress, decompressed_size
 from hidra_ng.errors import InvalidFrame
-from hidra_ng.sources._common import Refusals
-from hidra_ng.sources.dectris import DectrisSource, StreamV2Error, decode_message
-from hidra_ng.sources.dectris1 import Dectris1Source, StreamV1Error
+from hidra_ng.sender.sources._common import Refusals
+from hidra_ng.sender.sources.dectris import DectrisSource, StreamV2Error, decode_message
+from hidra_ng.sender.sources.dectris1 import Dectris1Source, StreamV1Error
 
 PRODUCER = SimpleNamespace(max_message_bytes=proto.MAX_DATA_BYTES, max_meta_bytes=64 << 10)
 CODECS = {"bslz4": "bslz4", "lz4": "lz4-hdf5", "bszstd": "bszstd", "trpx": "trpx"}
@@ -282,7 +282,7 @@ class Clock:
 def test_every_message_refused_for_a_minute_logs_one_warning(caplog):
     clock = Clock()
     refusals = Refusals("dectris:tcp://det:31001", clock=clock)
-    caplog.set_level(logging.WARNING, logger="hidra_ng.sources._common")
+    caplog.set_level(logging.WARNING, logger="hidra_ng.sender.sources._common")
 
     def warnings() -> list[str]:
         return [r.getMessage() for r in caplog.records if "every message refused" in r.getMessage()]
@@ -316,7 +316,7 @@ def test_source_refusing_everything_warns_through_its_refusals(caplog):
     source = DectrisSource("dectris:x", "tcp://x:1")
     clock = Clock()
     source.refusals = Refusals(source.name, all_refused_after=5, clock=clock)
-    caplog.set_level(logging.WARNING, logger="hidra_ng.sources._common")
+    caplog.set_level(logging.WARNING, logger="hidra_ng.sender.sources._common")
     bad = [SimpleNamespace(buffer=memoryview(b"\xff"))]
     for _ in range(10):
         for item in [bad]:
@@ -331,7 +331,7 @@ def test_source_refusing_everything_warns_through_its_refusals(caplog):
 def test_without_dectris_compression_bslz4_and_lz4_still_decode(monkeypatch):
     from stream_v2_emitter import bslz4, lz4_hdf5
 
-    import hidra_ng.compression as compression
+    import hidra_ng.wire.compression as compression
 
     monkeypatch.setattr(compression, "_DECTRIS", [None])  # as if the package were missing
     array = np.random.default_rng(4).poisson(2, (30, 40)).astype("<u2")

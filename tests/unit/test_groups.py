@@ -1,4 +1,4 @@
-"""Consumer-group state and logic (hidra_ng/groups.py) over a real Store, without a network.
+"""Consumer-group state and logic (hidra_ng/receiver/groups.py) over a real Store, no network.
 
 Time is passed explicitly (``now``), so ack timeouts and nack delays are tested
 without sleeping.
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hidra_ng import protocol as proto
 from hidra_ng.errors import InvalidInput, NotYetAvailable, StreamFinished
-from hidra_ng.groups import _KEY, Entry, GroupMeta, Groups
-from hidra_ng.store import Incoming, Store
+from hidra_ng.receiver.groups import _KEY, Entry, GroupMeta, Groups
+from hidra_ng.receiver.store import Incoming, Store
+from hidra_ng.wire import protocol as proto
 
 T0 = 1_700_000_000.0  # a wall-clock time; every call passes its own ``now``
 TIMEOUT = 10.0

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hidra_ng import protocol as proto
 from hidra_ng.errors import (
     InvalidFrame,
     InvalidInput,
@@ -20,7 +19,8 @@ from hidra_ng.errors import (
     ProtocolError,
     UnsupportedVersion,
 )
-from hidra_ng.frames import describe, frame_from_record
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.frames import describe, frame_from_record
 
 segment = st.text(alphabet=st.sampled_from("abcXYZ019._-"), min_size=1, max_size=20)
 stream_names = (
@@ -145,26 +145,53 @@ def test_bad_headers_are_refused_by_name(overrides, size, error, message):
 
 
 @pytest.mark.parametrize(
-    ("fields", "message"),
+    ("op", "fields", "message"),
     [
-        ({"timeout": float("nan")}, "get timeout nan is not valid"),
-        ({"timeout": float("inf")}, "get timeout inf is not valid"),
-        ({"timeout": -0.5}, "get timeout -0.5 is not valid"),
-        ({"delay": 1e308}, "get delay 1e+308 is not valid"),
-        ({"ack_timeout": float("-inf")}, "get ack_timeout -inf is not valid"),
-        ({"index": -1}, "get index -1 is not valid"),
-        ({"credit_frames": -3}, "get credit_frames -3 is not valid"),
-        ({"stop": -2}, "get stop -2 is not valid"),
-        ({"max_count": 10_001}, "get max_count 10001 is not valid"),
-        ({"max_count": -1}, "get max_count -1 is not valid"),
-        ({"indices": (3, 2**63)}, "get indices (2 of them) are not valid"),
-        ({"indices": tuple(range(10_001))}, "get indices (10001 of them) are not valid"),
+        ("get", {"timeout": float("nan")}, "get timeout nan is not valid"),
+        ("get", {"timeout": float("inf")}, "get timeout inf is not valid"),
+        ("last", {"timeout": -0.5}, "last timeout -0.5 is not valid"),
+        ("nack", {"delay": 1e308}, "nack delay 1e+308 is not valid"),
+        ("next", {"ack_timeout": float("-inf")}, "next ack_timeout -inf is not valid"),
+        ("get", {"index": -1}, "get index -1 is not valid"),
+        ("replay", {"credit_frames": -3}, "replay credit_frames -3 is not valid"),
+        ("credit", {"credit_bytes": -3}, "credit credit_bytes -3 is not valid"),
+        ("skipped", {"count": -1}, "skipped count -1 is not valid"),
+        ("query", {"limit": 2**63}, "query limit 9223372036854775808 is not valid"),
+        ("next", {"max_deliveries": -1}, "next max_deliveries -1 is not valid"),
+        ("replay", {"stop": -2}, "replay stop -2 is not valid"),
+        ("next", {"max_count": 10_001}, "next max_count 10001 is not valid"),
+        ("next", {"max_count": -1}, "next max_count -1 is not valid"),
+        ("ack", {"indices": (3, 2**63)}, "ack indices (2 of them) are not valid"),
+        ("next", {"indices": tuple(range(10_001))}, "next indices (10001 of them) are not valid"),
     ],
 )
-def test_requests_with_numbers_out_of_range_are_refused(fields, message):
+def test_requests_with_numbers_out_of_range_are_refused(op, fields, message):
     with pytest.raises(InvalidInput, match=re.escape(message)):
-        proto.check_request(proto.Request(1, "get", **fields))
-    proto.check_request(proto.Request(1, "get", timeout=5.0, index=3, stop=-1))
+        proto.check_request(proto.make_request(1, op, **fields))
+    proto.check_request(proto.GetRequest(1, timeout=5.0, index=3))
+    proto.check_request(proto.ReplayRequest(1, stop=-1, credit_frames=1, credit_bytes=1))
+
+
+def test_requests_are_a_tagged_union_with_one_handler_each():
+    """On the wire a request is a map with its op; every op has a type and a handler."""
+    from hidra_ng.receiver.requests import OPS
+
+    assert set(OPS) == set(proto.REQUEST_TYPES.values())
+    encoded = proto.encode_body(proto.GetRequest(5, stream="s", index=3))
+    assert msgspec.msgpack.decode(encoded) == {"op": "get", "id": 5, "stream": "s", "index": 3}
+    decoded = proto.decode_body(proto.Request, encoded)
+    assert decoded == proto.GetRequest(5, stream="s", index=3) and decoded.op == "get"
+    with pytest.raises(InvalidInput, match="operation 'fly' is unknown"):
+        proto.make_request(1, "fly")
+    with pytest.raises(InvalidInput, match="get request"):
+        proto.make_request(1, "get", group="g")
+
+
+def test_replay_events_travel_as_the_strings_of_before():
+    assert proto.encode_body(proto.ReplayEvent.END) == msgspec.msgpack.encode("end")
+    assert proto.decode_body(
+        proto.FrameRef | proto.ReplayEvent, msgspec.msgpack.encode("idle")
+    ) is (proto.ReplayEvent.IDLE)
 
 
 def test_oversized_payload_is_refused():

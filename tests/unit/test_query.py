@@ -1,4 +1,4 @@
-"""The metadata filter language (hidra_ng/query.py): grammar, errors, and a property test
+"""The metadata filter language (hidra_ng/receiver/query.py): grammar, errors, and a property test
 that compares every compiled query with a plain-Python predicate built from the same tree."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hidra_ng.errors import InvalidInput
-from hidra_ng.query import MAX_DEPTH, MAX_QUERY_CHARS, QueryError, compile_query
+from hidra_ng.receiver.query import MAX_DEPTH, MAX_QUERY_CHARS, QueryError, compile_query
 
 
 def row(meta: dict | None = None, index: int = 0, stored: float = 100.0, created: float = 50.0):

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from stream_v2_emitter import bslz4, multidim, typed_array_tag
 
-from hidra_ng import protocol as proto
-from hidra_ng.compression import Encoded
-from hidra_ng.sources._common import fit_meta, jsonable
-from hidra_ng.sources.dectris import (
+from hidra_ng.sender.sources._common import fit_meta, jsonable
+from hidra_ng.sender.sources.dectris import (
     DectrisSource,
     MultiDimArray,
     StreamV2Error,
     decode_message,
     typed_array_dtype,
 )
-from hidra_ng.sources.zmq_push import Finish, Refused, parse_message
+from hidra_ng.sender.sources.zmq_push import Finish, Refused, parse_message
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.compression import Encoded
 
 PRODUCER = SimpleNamespace(max_message_bytes=proto.MAX_DATA_BYTES, max_meta_bytes=1000)
 

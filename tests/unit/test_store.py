@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hidra_ng import protocol as proto
 from hidra_ng.errors import Gone, NotYetAvailable, StreamFinished
-from hidra_ng.store import Incoming, Store
+from hidra_ng.receiver.store import Incoming, Store
+from hidra_ng.wire import protocol as proto
 
 
 def incoming(sender, incarnation, seq, stream="s", floor=0, epoch=0, payload=None, finish=False):
@@ -48,7 +48,7 @@ def test_indices_are_consecutive_from_zero_per_stream(store):
 
 def test_stored_is_the_commit_time_one_clock_reading_per_commit(store, monkeypatch):
     clock = iter([1000.0, 2000.0])
-    monkeypatch.setattr("hidra_ng.store.time.time", lambda: next(clock))
+    monkeypatch.setattr("hidra_ng.receiver.store.time.time", lambda: next(clock))
     result = store.append([incoming("a", 1, i) for i in range(3)])
     store.append([incoming("a", 1, 3)])
 

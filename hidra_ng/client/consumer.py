@@ -1,0 +1,459 @@
+"""Consumer: requests to the receiver's api (get, last, info, streams, replay)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgspec
+import zmq
+
+from hidra_ng.errors import (
+    REMOTE_ERRORS,
+    ConfigError,
+    HidraError,
+    InvalidArgument,
+    InvalidArgumentType,
+    ProtocolError,
+    ReceiverUnavailable,
+)
+from hidra_ng.security import ClientKeys
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.frames import Frame, frame_from_record
+
+log = logging.getLogger(__name__)
+
+_record_decoder = msgspec.msgpack.Decoder(proto.Record)
+_ref_decoder = msgspec.msgpack.Decoder(proto.FrameRef)
+_replay_decoder = msgspec.msgpack.Decoder(proto.FrameRef | proto.ReplayEvent)
+_batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch)
+
+
+def decode_frame(
+    ref_body: bytes | memoryview | proto.FrameRef,
+    payload: bytes | memoryview,
+    *,
+    decode: bool = True,
+) -> Frame:
+    ref = ref_body if isinstance(ref_body, proto.FrameRef) else _ref_decoder.decode(ref_body)
+    record = _record_decoder.decode(ref.record)
+    return frame_from_record(
+        ref.stream,
+        ref.index,
+        record,
+        payload,
+        decode=decode,
+        group=ref.group,
+        deliveries=ref.deliveries,
+    )
+
+
+class Consumer:
+    """Read stored frames from a receiver (SPEC §4). Not thread-safe: one per thread."""
+
+    def __init__(
+        self,
+        api: str = "tcp://localhost:50101",
+        *,
+        request_timeout: float = 10.0,
+        keys_dir: str | None = None,
+        server_key_dir: str | None = None,
+    ) -> None:
+        self.api = api
+        self.request_timeout = request_timeout
+        self._keys = ClientKeys.load(keys_dir, server_key_dir)
+        self._ids = itertools.count(1)
+        self._replays: weakref.WeakSet[_Replay] = weakref.WeakSet()
+        self._ctx = zmq.Context()
+        try:
+            self._sock = self._dealer()
+        except ConfigError:
+            self._ctx.term()
+            raise
+
+    # ------------------------------------------------------------------- api
+
+    def ping(self, timeout: float | None = None) -> None:
+        """Raise ReceiverUnavailable unless the receiver answers within ``timeout``."""
+        self._call("ping", answer_within=timeout)
+
+    def streams(self) -> list[proto.StreamInfo]:
+        body, _ = self._call("streams")
+        return msgspec.msgpack.decode(body, type=list[proto.StreamInfo])
+
+    def info(self, stream: str) -> proto.StreamInfo:
+        body, _ = self._call("info", stream=proto.check_stream_name(stream))
+        return msgspec.msgpack.decode(body, type=proto.StreamInfo)
+
+    def last(self, stream: str, timeout: float = 0.0) -> Frame:
+        """The newest frame of ``stream``; waits up to ``timeout`` for a first one."""
+        body, payload = self._call("last", stream=proto.check_stream_name(stream), timeout=timeout)
+        return decode_frame(body, payload)
+
+    def get(self, stream: str, index: int, timeout: float = 5.0, *, decode: bool = True) -> Frame:
+        """Frame ``index`` of ``stream``; waits up to ``timeout`` for a future index.
+
+        ``decode=False`` returns the payload as stored: ``data`` holds the compressed
+        bytes, ``compression`` names the codec, ``dtype``/``shape`` describe the array.
+        """
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise InvalidArgumentType(f"index {index!r} is not an int")
+        body, payload = self._call(
+            "get", stream=proto.check_stream_name(stream), index=index, timeout=timeout
+        )
+        return decode_frame(body, payload, decode=decode)
+
+    # ------------------------------------------------------- consumer groups
+
+    def next(
+        self,
+        stream: str,
+        group: str,
+        timeout: float = 5.0,
+        *,
+        ack_timeout: float | None = None,
+        max_deliveries: int | None = None,
+        decode: bool = True,
+    ) -> Frame:
+        """The next message of ``stream`` for ``group``: redeliveries first, then new ones.
+
+        Each message goes to one member of the group at a time; ack it with
+        :meth:`ack` within the group's ack timeout (receiver ``--ack-timeout``, or
+        ``ack_timeout`` here, which sets it for the group) or it is handed out
+        again; after ``max_deliveries`` it is parked (see :meth:`parked`).
+        Raises ``StreamFinished`` once the stream is finished and every message
+        is acknowledged in the group, ``NotYetAvailable`` after ``timeout``.
+        """
+        fields = _next_fields(stream, group, timeout, ack_timeout, max_deliveries)
+        body, payload = self._call("next", **fields)
+        return decode_frame(body, payload, decode=decode)
+
+    def next_many(
+        self,
+        stream: str,
+        group: str,
+        max_count: int = 16,
+        timeout: float = 5.0,
+        *,
+        ack: Iterable[Frame] = (),
+        ack_timeout: float | None = None,
+        max_deliveries: int | None = None,
+        decode: bool = True,
+    ) -> list[Frame]:
+        """Like :meth:`next`, for up to ``max_count`` messages in one round trip.
+
+        Returns at once with what the group can hand out now (redeliveries first,
+        at most 64 MiB of payload), or waits up to ``timeout`` for at least one.
+        Every frame returned is handed to this member: ack each (or all with
+        :meth:`ack_many`) within the ack timeout. Fewer round trips and one
+        commit per batch on the receiver make this several times faster than
+        :meth:`next` for small messages.
+
+        ``ack``: frames of this stream and group to acknowledge first, in the same
+        round trip; a worker loops ``frames = c.next_many(s, g, ack=frames)``. The
+        acks hold even when the call then raises ``NotYetAvailable`` or
+        ``StreamFinished``; after ``ReceiverUnavailable`` ack them again (acks
+        are idempotent).
+        """
+        if not isinstance(max_count, int) or not 1 <= max_count <= proto.MAX_BATCH:
+            raise InvalidArgument(
+                f"max_count {max_count!r} is not valid; expected 1 to {proto.MAX_BATCH}"
+            )
+        ack = list(ack)
+        indices = []
+        for frame in ack:
+            fields = _group_fields(frame)
+            if (fields["stream"], fields["group"]) != (stream, group):
+                raise InvalidArgument(
+                    f"frame {frame.stream!r} #{frame.index} of group {frame.group!r} cannot be"
+                    f" acked with a next of group {group!r} of stream {stream!r}; use ack_many"
+                )
+            indices.append(frame.index)
+        if len(indices) > proto.MAX_BATCH:
+            self.ack_many(ack)  # too many for one request
+            indices = []
+        fields = _next_fields(stream, group, timeout, ack_timeout, max_deliveries)
+        body, payloads = self._call_all(
+            "next", max_count=max_count, indices=tuple(indices), **fields
+        )
+        batch = _batch_decoder.decode(body)
+        joined = payloads[0] if payloads else memoryview(b"")
+        views = proto.cut_payloads(joined, batch.sizes, len(batch.frames), "next reply")
+        return [
+            decode_frame(ref, view, decode=decode)
+            for ref, view in zip(batch.frames, views, strict=True)
+        ]
+
+    def ack(self, frame: Frame) -> None:
+        """Acknowledge a frame from :meth:`next`: its group will not hand it out again."""
+        self._call("ack", **_group_fields(frame))
+
+    def ack_many(self, frames: Iterable[Frame]) -> None:
+        """Acknowledge frames from :meth:`next` or :meth:`next_many`, one request per group."""
+        batches: dict[tuple[str, str], list[int]] = {}
+        for frame in frames:
+            fields = _group_fields(frame)
+            batches.setdefault((fields["stream"], fields["group"]), []).append(frame.index)
+        for (stream, group), indices in batches.items():
+            for start in range(0, len(indices), proto.MAX_BATCH):
+                chunk = tuple(indices[start : start + proto.MAX_BATCH])
+                self._call("ack", stream=stream, group=group, indices=chunk)
+
+    def nack(self, frame: Frame, delay: float = 0.0) -> None:
+        """Give a frame from :meth:`next` back to its group, to be handed out after ``delay``."""
+        self._call("nack", delay=delay, **_group_fields(frame))
+
+    def parked(self, stream: str, group: str) -> list[int]:
+        """Indices that ``group`` delivered ``max_deliveries`` times without an ack."""
+        body, _ = self._call("parked", stream=proto.check_stream_name(stream), group=group)
+        return msgspec.msgpack.decode(body, type=list[int])
+
+    def query(self, stream: str, expr: str, *, limit: int = 0) -> list[Frame]:
+        """Metadata-only frames (data None) of ``stream`` matching ``expr``, in index order.
+
+        The filter language is described in hidra_ng/receiver/query.py and the README; at
+        most ``limit`` results (default 10,000).
+        """
+        body, _ = self._call(
+            "query", stream=proto.check_stream_name(stream), expr=expr, limit=limit
+        )
+        refs = msgspec.msgpack.decode(body, type=list[proto.FrameRef])
+        return [
+            frame_from_record(r.stream, r.index, _record_decoder.decode(r.record), None)
+            for r in refs
+        ]
+
+    # --------------------------------------------------------------- replay
+
+    def replay(
+        self,
+        stream: str,
+        start: int = 0,
+        stop: int | None = None,
+        follow: bool = False,
+        *,
+        window_frames: int = 256,
+        window_bytes: int = 64 << 20,
+        decode: bool = True,
+    ) -> Iterator[Frame]:
+        """Stored frames of ``stream`` in index order, from ``start`` to ``stop`` (exclusive).
+
+        Flow-controlled: the receiver never has more than ``window_frames`` frames
+        or ``window_bytes`` bytes (plus one frame) in flight to this consumer.
+        ``follow=False`` ends at the last index stored when the replay gets there;
+        ``follow=True`` goes on with frames committed later and ends once a finished
+        stream is read to its end. A removed index raises ``Gone``.
+        """
+        proto.check_stream_name(stream)
+        if start < 0 or (stop is not None and stop < start):
+            raise InvalidArgument(f"replay range start={start} stop={stop} is not valid")
+        if window_frames <= 0 or window_bytes <= 0:
+            raise InvalidArgument(
+                f"window_frames={window_frames} and window_bytes={window_bytes} are not valid;"
+                " expected both positive"
+            )
+        return _Replay(self, stream, start, stop, follow, window_frames, window_bytes, decode)
+
+    # -------------------------------------------------------------- plumbing
+
+    def _call(
+        self, op: str, *, answer_within: float | None = None, **fields: Any
+    ) -> tuple[memoryview, memoryview]:
+        """(body, payload) of the reply: a request answered by at most one frame."""
+        body, payloads = self._call_all(op, answer_within=answer_within, **fields)
+        return body, payloads[0] if payloads else memoryview(b"")
+
+    def _call_all(
+        self, op: str, *, answer_within: float | None = None, **fields: Any
+    ) -> tuple[memoryview, list[memoryview]]:
+        """(body, payloads) of the reply to one request; waits its timeout + answer_within."""
+        req = proto.make_request(next(self._ids), op, **fields)
+        try:
+            self._sock.send(proto.encode(proto.Kind.REQUEST, req))
+        except zmq.ZMQError as err:
+            raise ReceiverUnavailable(f"cannot send {op!r} to {self.api}: {err}") from err
+        within = self.request_timeout if answer_within is None else answer_within
+        waits: float = getattr(req, "timeout", 0.0)
+        deadline = time.monotonic() + waits + within
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(left * 1000):  # type: ignore[arg-type]
+                raise ReceiverUnavailable(
+                    f"receiver at {self.api} did not answer {op!r} within {waits + within:.1f} s"
+                )
+            answer = _read_reply(self._sock, req.id)
+            if answer is not None:
+                return answer
+
+    def _dealer(self) -> zmq.Socket:
+        """A DEALER to the api, with CurveZMQ when keys are configured."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self._keys is not None:
+            self._keys.apply(sock)
+        try:
+            sock.connect(self.api)
+        except zmq.ZMQError as err:
+            sock.close(linger=0)
+            raise ConfigError(f"cannot connect to the receiver api {self.api!r}: {err}") from err
+        return sock
+
+    def close(self) -> None:
+        for replay in list(self._replays):
+            replay.close()
+        self._sock.close()  # with its LINGER option: 0 unless a last message must leave
+        self._ctx.term()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_reply(sock: zmq.Socket, request_id: int) -> tuple[memoryview, list[memoryview]] | None:
+    """(body, payloads) of the reply to ``request_id``; None for a stray (late) reply.
+
+    A reply carrying an error raises it as the class the receiver named.
+    """
+    frames = sock.recv_multipart(copy=False)
+    reply = proto.decode(proto.Kind.REPLY, proto.Reply, frames[0].buffer)
+    if reply.id != request_id:
+        return None  # the late answer to a request that timed out
+    if reply.error:
+        raise REMOTE_ERRORS.get(reply.error, HidraError)(reply.message)
+    return memoryview(reply.body), [f.buffer for f in frames[1:]]
+
+
+def _next_fields(
+    stream: str, group: str, timeout: float, ack_timeout: float | None, max_deliveries: int | None
+) -> dict:
+    """Request fields every next takes (0 for the receiver's defaults)."""
+    return {
+        "stream": proto.check_stream_name(stream),
+        "group": group,
+        "timeout": timeout,
+        "ack_timeout": ack_timeout or 0.0,
+        "max_deliveries": max_deliveries or 0,
+    }
+
+
+def _group_fields(frame: Frame) -> dict:
+    if not frame.group:
+        raise InvalidArgument(
+            f"frame {frame.stream!r} #{frame.index} did not come from Consumer.next(); only"
+            " those can be acked or nacked"
+        )
+    return {"stream": frame.stream, "group": frame.group, "index": frame.index}
+
+
+class _Replay:
+    """A replay iterator with its own DEALER, so other requests do not mix in."""
+
+    def __init__(self, consumer, stream, start, stop, follow, window_frames, window_bytes, decode):
+        self.consumer = consumer
+        self.stream = stream
+        self.next = start
+        self.stop = stop
+        self.follow = follow
+        self.window = (window_frames, window_bytes)
+        self.decode = decode
+        self._sock = consumer._dealer()
+        consumer._replays.add(self)
+        self._id = 0
+        self._owed = [0, 0]  # frames and bytes read since the last credit
+        self._resumed = False
+        self._done = False
+        self._request()
+
+    def _request(self) -> None:
+        self._id = next(self.consumer._ids)
+        self._owed = [0, 0]
+        req = proto.ReplayRequest(
+            id=self._id,
+            stream=self.stream,
+            index=self.next,
+            stop=-1 if self.stop is None else self.stop,
+            follow=self.follow,
+            credit_frames=self.window[0],
+            credit_bytes=self.window[1],
+        )
+        self._sock.send(proto.encode(proto.Kind.REQUEST, req))
+
+    def __iter__(self) -> _Replay:
+        return self
+
+    def __next__(self) -> Frame:
+        if self._done:
+            raise StopIteration
+        # a waiting follow replay hears "idle" every few seconds; silence is a failure
+        silence = self.consumer.request_timeout + (api_idle_seconds() if self.follow else 0)
+        while True:
+            if not self._sock.poll(silence * 1000):
+                if not self._resumed:
+                    self._resumed = True  # e.g. a receiver restart: ask again from here
+                    log.info("replay of %s silent; asking again from %d", self.stream, self.next)
+                    self._request()
+                    continue
+                self.close()
+                raise ReceiverUnavailable(
+                    f"receiver at {self.consumer.api} sent nothing for {silence:.0f} s while"
+                    f" replaying {self.stream!r} at index {self.next}"
+                )
+            try:
+                answer = _read_reply(self._sock, self._id)
+            except HidraError:
+                self.close()
+                raise
+            if answer is None:
+                continue
+            reply_body, payloads = answer
+            payload = payloads[0] if payloads else memoryview(b"")
+            try:
+                body = _replay_decoder.decode(reply_body)
+            except msgspec.DecodeError as err:
+                raise ProtocolError(f"malformed replay message: {err}") from err
+            if isinstance(body, proto.ReplayEvent):
+                if body is proto.ReplayEvent.END:
+                    self.close()
+                    raise StopIteration
+                continue  # idle: the receiver is alive and waiting for frames
+            frame = decode_frame(body, payload, decode=self.decode)
+            self.next = frame.index + 1
+            self._resumed = False
+            self._credit(len(payload))
+            return frame
+
+    def _credit(self, nbytes: int) -> None:
+        """Give back what was read, in chunks of half a window (fewer messages)."""
+        self._owed[0] += 1
+        self._owed[1] += nbytes
+        if self._owed[0] >= self.window[0] // 2 or self._owed[1] >= self.window[1] // 2:
+            req = proto.CreditRequest(
+                id=self._id, credit_frames=self._owed[0], credit_bytes=self._owed[1]
+            )
+            self._sock.send(proto.encode(proto.Kind.REQUEST, req))
+            self._owed = [0, 0]
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(zmq.ZMQError):
+            cancel = proto.CancelRequest(id=self._id)
+            self._sock.send(proto.encode(proto.Kind.REQUEST, cancel), zmq.NOBLOCK)
+        self._sock.close(linger=100)
+        self.consumer._replays.discard(self)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def api_idle_seconds() -> float:
+    return 3 * proto.REPLAY_IDLE_SECONDS

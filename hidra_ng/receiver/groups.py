@@ -1,0 +1,379 @@
+"""Consumer groups: hand each message to one member at a time, redeliver what is not acked.
+
+State of a group (stream, name), kept in its own LMDB environment::
+
+    groups    stream \\0 name          -> GroupMeta (id, position, ack timeout, max deliveries)
+    entries   group id | index (BE)    -> Entry (deliveries, due time, parked)
+
+``position`` is the next index never handed out. Every index below it that has
+no entry is acknowledged; an entry is a message handed out and not yet acked
+(in flight until ``due``, then due for redelivery), nacked (due after its
+delay) or parked (delivered ``max_deliveries`` times without an ack; listed, no
+longer handed out). Messages due for redelivery go out before new ones.
+
+Durability: operations change the state in memory; :meth:`Groups.write` commits
+every change made since the last one in one transaction, without fsync. The
+api calls it before it sends the replies that confirm those changes (a
+hand-out, an ack, a nack), so it never confirms what a killed receiver would
+forget, and one commit serves all the requests it took in one turn. The
+environment is fsynced at most every ``sync_seconds``. A killed process loses
+nothing (the page cache holds the commits); a crashed machine may lose the
+changes of the last interval, which can only cause redeliveries: a lost
+position or ack hands a message out again, nothing is ever skipped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from hidra_ng.errors import InvalidInput, NotYetAvailable, StreamFinished
+from hidra_ng.lmdbenv import Env
+from hidra_ng.receiver.store import Store
+from hidra_ng.wire.protocol import check_stream_name
+
+log = logging.getLogger(__name__)
+
+_KEY = struct.Struct(">IQ")
+MAX_GROUP_NAME = 100
+#: longest ack timeout and nack delay: a week; beyond it a due time is no time at all
+#: (and an infinite or NaN one would break the api thread's poll timeout)
+MAX_SECONDS = 7 * 24 * 3600.0
+MAX_DELIVERIES = 1_000_000
+
+
+class GroupMeta(msgspec.Struct, array_like=True):
+    id: int
+    position: int
+    ack_timeout: float
+    max_deliveries: int
+
+
+class Entry(msgspec.Struct, array_like=True):
+    deliveries: int
+    due: float  # wall clock: when it may be handed out (again)
+    parked: bool = False
+
+
+@dataclass
+class Group:
+    stream: str
+    name: str
+    meta: GroupMeta
+    entries: dict[int, Entry] = field(default_factory=dict)  # unacked
+    #: at most the earliest due time of an entry not parked: before it, none is due
+    earliest_due: float = -math.inf
+
+    def pending(self, next_index: int) -> int:
+        """Messages not acked and not parked (handed out or not yet)."""
+        live = sum(1 for e in self.entries.values() if not e.parked)
+        return live + max(0, next_index - self.meta.position)
+
+    def settled(self, next_index: int) -> bool:
+        """Everything handed out and acked (or parked)."""
+        return self.meta.position >= next_index and all(e.parked for e in self.entries.values())
+
+
+@dataclass
+class Handout:
+    """What next() gives a member: an index to send, or why not."""
+
+    index: int | None
+    redelivery: bool = False
+
+
+class Groups:
+    """All consumer groups of a receiver; used from the api thread only."""
+
+    def __init__(
+        self,
+        path: Path,
+        store: Store,
+        *,
+        ack_timeout: float = 30.0,
+        max_deliveries: int = 5,
+        sync_seconds: float = 0.1,
+    ) -> None:
+        self.store = store
+        self.ack_timeout = check_seconds("receiver ack_timeout", ack_timeout, positive=True)
+        self.max_deliveries = max_deliveries
+        self.sync_seconds = sync_seconds
+        self.env = Env(Path(path), ("groups", "entries"), sync=False, map_bytes=64 << 20)
+        self._groups: dict[tuple[str, str], Group] = {}
+        self._dirty_meta: set[tuple[str, str]] = set()
+        self._dirty_entries: dict[tuple[int, int], Entry | None] = {}
+        self._timers: list[tuple[float, str, str, int]] = []  # (due, stream, group, index)
+        self._next_sync = 0.0
+        self._unsynced = False
+        self.redelivered: list[tuple[str, str]] = []  # for metrics, drained by the caller
+        self.parked_now: list[tuple[str, str]] = []
+        self._load()
+
+    def _load(self) -> None:
+        meta_dec = msgspec.msgpack.Decoder(GroupMeta)
+        entry_dec = msgspec.msgpack.Decoder(Entry)
+        by_id: dict[int, Group] = {}
+        with self.env.read() as txn:
+            for key, value in txn.cursor(db=self.env.dbs["groups"]):
+                stream, name = bytes(key).decode().split("\0", 1)
+                group = Group(stream, name, meta_dec.decode(value))
+                self._groups[(stream, name)] = group
+                by_id[group.meta.id] = group
+            for key, value in txn.cursor(db=self.env.dbs["entries"]):
+                gid, index = _KEY.unpack(key)
+                entry = entry_dec.decode(value)
+                owner = by_id.get(gid)
+                if owner is not None:
+                    owner.entries[index] = entry
+                    if not entry.parked:
+                        self._arm(entry.due, owner, index)
+        self._next_id = max(by_id, default=-1) + 1
+        if self._groups:
+            log.info("consumer groups loaded: %d", len(self._groups))
+
+    # ------------------------------------------------------------ operations
+
+    def group(
+        self,
+        stream: str,
+        name: str,
+        ack_timeout: float | None = None,
+        max_deliveries: int | None = None,
+    ) -> Group:
+        """The group, created at the start of the stream if new; settings updated if given."""
+        check_stream_name(stream)
+        check_group_name(name)
+        # checked before anything changes: a bad request must not break the group
+        if ack_timeout is not None:
+            check_seconds(f"group {name!r}: ack_timeout", ack_timeout, positive=True)
+        if max_deliveries is not None and not (
+            isinstance(max_deliveries, int) and 1 <= max_deliveries <= MAX_DELIVERIES
+        ):
+            raise InvalidInput(
+                f"group {name!r}: max_deliveries {max_deliveries!r} is not valid; expected"
+                f" 1 to {MAX_DELIVERIES}"
+            )
+        key = (stream, name)
+        group = self._groups.get(key)
+        if group is None:
+            first = self.store.info(stream).first if self.store.next_index(stream) else 0
+            meta = GroupMeta(
+                self._next_id,
+                first,
+                self.ack_timeout if ack_timeout is None else ack_timeout,
+                self.max_deliveries if max_deliveries is None else max_deliveries,
+            )
+            self._next_id += 1
+            group = self._groups[key] = Group(stream, name, meta)
+            self._dirty_meta.add(key)
+        else:
+            if ack_timeout is not None and ack_timeout != group.meta.ack_timeout:
+                group.meta.ack_timeout = ack_timeout
+                self._dirty_meta.add(key)
+            if max_deliveries is not None and max_deliveries != group.meta.max_deliveries:
+                group.meta.max_deliveries = max_deliveries
+                self._dirty_meta.add(key)
+        return group
+
+    def hand_out(self, group: Group, now: float | None = None) -> int:
+        """The index to give a member now; raises NotYetAvailable / StreamFinished if none."""
+        now = time.time() if now is None else now
+        # redeliveries first: the lowest index that is due
+        for index in self._due(group, now):
+            entry = group.entries[index]
+            if entry.deliveries >= group.meta.max_deliveries:
+                entry.parked = True
+                self._set_entry(group, index, entry)
+                self.parked_now.append((group.stream, group.name))
+                log.warning(
+                    "group %s of %s: index %d parked after %d deliveries",
+                    group.name, group.stream, index, entry.deliveries,
+                )  # fmt: skip
+                continue
+            if index < self.store.info(group.stream).first:
+                self._set_entry(group, index, None)  # removed by retention meanwhile
+                continue
+            self._deliver(group, index, entry.deliveries + 1, now)
+            self.redelivered.append((group.stream, group.name))
+            return index
+        next_index = self.store.next_index(group.stream)
+        if group.meta.position < next_index:
+            first = self.store.info(group.stream).first
+            if group.meta.position < first:
+                log.warning(
+                    "group %s of %s: indices %d..%d were removed by retention before delivery",
+                    group.name, group.stream, group.meta.position, first - 1,
+                )  # fmt: skip
+                group.meta.position = first
+            index = group.meta.position
+            group.meta.position += 1
+            self._dirty_meta.add((group.stream, group.name))
+            self._deliver(group, index, 1, now)
+            return index
+        if self.store.is_finished(group.stream) and group.settled(next_index):
+            raise StreamFinished(
+                f"stream {group.stream!r} is finished and every message is acknowledged in"
+                f" group {group.name!r}"
+            )
+        raise NotYetAvailable(f"no message for group {group.name!r} of stream {group.stream!r} yet")
+
+    @staticmethod
+    def _due(group: Group, now: float) -> list[int]:
+        """Indices due for redelivery, lowest first; one scan, and none while nothing can be."""
+        if now < group.earliest_due:
+            return []
+        due = []
+        earliest = math.inf
+        for index, entry in group.entries.items():
+            if not entry.parked:
+                if entry.due <= now:
+                    due.append(index)
+                earliest = min(earliest, entry.due)
+        group.earliest_due = earliest
+        return sorted(due)
+
+    def _deliver(self, group: Group, index: int, deliveries: int, now: float) -> None:
+        entry = Entry(deliveries, now + group.meta.ack_timeout)
+        self._set_entry(group, index, entry)
+        self._arm(entry.due, group, index)
+
+    def ack(self, stream: str, name: str, index: int) -> bool:
+        """Acknowledge; False if it was not outstanding (acked before, or never handed out)."""
+        group = self._existing(stream, name)
+        entry = group.entries.get(index)
+        if entry is None:
+            return False
+        self._set_entry(group, index, None)
+        return True
+
+    def nack(self, stream: str, name: str, index: int, delay: float, now: float | None = None):
+        """Return a message to the group after ``delay`` seconds."""
+        delay = max(0.0, check_seconds("nack delay", delay, positive=False))
+        group = self._existing(stream, name)
+        entry = group.entries.get(index)
+        if entry is None or entry.parked:
+            return False
+        entry.due = (time.time() if now is None else now) + delay
+        self._set_entry(group, index, entry)
+        self._arm(entry.due, group, index)
+        return True
+
+    def parked(self, stream: str, name: str) -> list[int]:
+        group = self._existing(stream, name)
+        return sorted(i for i, e in group.entries.items() if e.parked)
+
+    def pending(self) -> dict[tuple[str, str], int]:
+        return {key: g.pending(self.store.next_index(g.stream)) for key, g in self._groups.items()}
+
+    def _existing(self, stream: str, name: str) -> Group:
+        group = self._groups.get((stream, name))
+        if group is None:
+            raise NotYetAvailable(f"stream {stream!r} has no group {name!r}")
+        return group
+
+    # -------------------------------------------------------- timers, commit
+
+    def _arm(self, due: float, group: Group, index: int) -> None:
+        heapq.heappush(self._timers, (due, group.stream, group.name, index))
+
+    def next_due(self) -> float | None:
+        """Wall-clock time of the next possible redelivery, if any."""
+        while self._timers:
+            due, stream, name, index = self._timers[0]
+            group = self._groups.get((stream, name))
+            entry = group.entries.get(index) if group else None
+            if entry is None or entry.parked or entry.due != due:
+                heapq.heappop(self._timers)  # stale timer
+                continue
+            return due
+        return None
+
+    def due_groups(self, now: float | None = None) -> set[tuple[str, str]]:
+        """Groups with a message due for redelivery now (their timers are consumed)."""
+        now = time.time() if now is None else now
+        found = set()
+        while (due := self.next_due()) is not None and due <= now:
+            _, stream, name, _ = heapq.heappop(self._timers)
+            found.add((stream, name))
+        return found
+
+    def _set_entry(self, group: Group, index: int, entry: Entry | None) -> None:
+        if entry is None:
+            group.entries.pop(index, None)
+        else:
+            group.entries[index] = entry
+            group.earliest_due = min(group.earliest_due, entry.due)
+        self._dirty_entries[(group.meta.id, index)] = entry
+
+    def write(self) -> None:
+        """Commit the changes made so far, without fsync: a kill -9 keeps them."""
+        if not (self._dirty_meta or self._dirty_entries):
+            return
+        metas = {k: self._groups[k].meta for k in self._dirty_meta}
+        entries = self._dirty_entries
+
+        def fill(txn) -> None:
+            for (stream, name), meta in metas.items():
+                key = f"{stream}\0{name}".encode()
+                txn.put(key, msgspec.msgpack.encode(meta), db=self.env.dbs["groups"])
+            for (gid, index), entry in entries.items():
+                key = _KEY.pack(gid, index)
+                if entry is None:
+                    txn.delete(key, db=self.env.dbs["entries"])
+                else:
+                    txn.put(key, msgspec.msgpack.encode(entry), db=self.env.dbs["entries"])
+
+        self.env.write(fill)
+        self._dirty_meta = set()
+        self._dirty_entries = {}
+        self._unsynced = True
+
+    def commit(self, now: float | None = None) -> None:
+        """Write what is left of this turn (parkings, new groups); fsync every ``sync_seconds``."""
+        now = time.monotonic() if now is None else now
+        self.write()
+        if self._unsynced and now >= self._next_sync:
+            self.env.sync()
+            self._unsynced = False
+            self._next_sync = now + self.sync_seconds
+
+    def close(self) -> None:
+        self.commit(now=float("inf"))
+        self.env.close()
+
+
+def check_seconds(what: str, value: object, *, positive: bool) -> float:
+    """A duration a request sets: finite, at most MAX_SECONDS (and > 0 if ``positive``)."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value > MAX_SECONDS
+        or (positive and value <= 0)
+    ):
+        low = "above 0" if positive else "0"
+        raise InvalidInput(
+            f"{what} {value!r} is not valid; expected seconds from {low} to {MAX_SECONDS:.0f}"
+        )
+    return float(value)
+
+
+def check_group_name(name: object) -> str:
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name) <= MAX_GROUP_NAME
+        or not all(c.isalnum() or c in "._-" for c in name)
+        or not name.isascii()
+    ):
+        raise InvalidInput(
+            f"group name {name!r} is not valid; use 1 to {MAX_GROUP_NAME} letters, digits,"
+            " '.', '_' and '-'"
+        )
+    return name

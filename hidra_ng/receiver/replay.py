@@ -1,0 +1,175 @@
+"""Replay sessions: a consumer's credit window, served round-robin a bounded slice a turn.
+
+A replay is a session with a credit window (frames and bytes the consumer said
+it can take); it is served a bounded slice per turn of the api loop, so one
+replay never stalls other consumers and the receiver never holds more than the
+window for one consumer. A follow replay that waits for new frames says it is
+alive (``ReplayEvent.IDLE``) every ``IDLE_SECONDS``; a replay whose consumer
+said nothing for ``SESSION_SECONDS`` is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import msgspec
+
+from hidra_ng.errors import HidraError, InvalidInput
+from hidra_ng.receiver.replies import Replies
+from hidra_ng.receiver.store import Store
+from hidra_ng.wire import protocol as proto
+
+log = logging.getLogger(__name__)
+
+#: per turn, one replay sends at most this much before the next one's turn
+TURN_BYTES = 8 << 20
+TURN_FRAMES = 64
+IDLE_SECONDS = proto.REPLAY_IDLE_SECONDS
+#: a replay whose consumer said nothing for this long is dropped
+SESSION_SECONDS = 600.0
+
+Key = tuple[bytes, int]  # (peer, request id)
+
+
+@dataclass
+class Session:
+    ident: bytes
+    id: int
+    stream: str
+    next: int
+    stop: int | None
+    follow: bool
+    credit_frames: int
+    credit_bytes: int
+    heard: float  # last message from the consumer
+    sent: float  # last message to the consumer
+
+
+class Replays:
+    def __init__(self, store: Store, replies: Replies) -> None:
+        self.store = store
+        self.replies = replies
+        self._sessions: dict[Key, Session] = {}
+        self._ready: set[Key] = set()  # replays that may send now
+
+    @property
+    def ready(self) -> bool:
+        """Some replay may send now: the api loop must not sleep."""
+        return bool(self._ready)
+
+    # ------------------------------------------------------------ requests
+
+    def start(self, ident: bytes, req: proto.ReplayRequest) -> None:
+        proto.check_stream_name(req.stream)
+        if req.index < 0 or req.credit_frames <= 0 or req.credit_bytes <= 0:
+            raise InvalidInput(
+                f"replay of {req.stream!r} from {req.index} with credit {req.credit_frames}"
+                f" frames / {req.credit_bytes} bytes; expected start >= 0 and positive credits"
+            )
+        if req.stop >= 0 and req.stop < req.index:
+            raise InvalidInput(f"replay stop {req.stop} is before its start {req.index}")
+        key = (ident, req.id)
+        now = time.monotonic()
+        self._sessions[key] = Session(
+            ident,
+            req.id,
+            req.stream,
+            req.index,
+            req.stop if req.stop >= 0 else None,
+            req.follow,
+            req.credit_frames,
+            req.credit_bytes,
+            now,
+            now,
+        )
+        self._ready.add(key)
+
+    def credit(self, ident: bytes, req: proto.CreditRequest) -> None:
+        replay = self._sessions.get((ident, req.id))
+        if replay is None:
+            return  # ended meanwhile
+        replay.heard = time.monotonic()
+        replay.credit_frames += max(0, req.credit_frames)
+        replay.credit_bytes += max(0, req.credit_bytes)
+        self._ready.add((ident, req.id))
+
+    def cancel(self, ident: bytes, req: proto.CancelRequest) -> None:
+        self.end((ident, req.id))
+
+    # -------------------------------------------------------------- events
+
+    def end(self, key: Key) -> None:
+        self._sessions.pop(key, None)
+        self._ready.discard(key)
+
+    def peer_gone(self, ident: bytes) -> None:
+        """A consumer disconnected: its replays end (ROUTER_MANDATORY tells us)."""
+        for key in [k for k in self._sessions if k[0] == ident]:
+            self.end(key)
+
+    def on_commit(self, streams: set[str]) -> None:
+        for key, replay in self._sessions.items():
+            if replay.stream in streams:
+                self._ready.add(key)
+
+    # ------------------------------------------------------------- serving
+
+    def serve(self) -> None:
+        """One turn of every replay that may send."""
+        for key in list(self._ready):
+            replay = self._sessions.get(key)
+            if replay is None:
+                self._ready.discard(key)
+                continue
+            try:
+                keep = self._serve(replay)
+            except HidraError as err:  # Gone, or the stream's own errors
+                self.replies.reply_error(replay.ident, replay.id, err)
+                keep = None
+            if keep is None:
+                self.end(key)
+            elif not keep:
+                self._ready.discard(key)
+
+    def _serve(self, r: Session) -> bool | None:
+        """One turn of a replay: True to go on, False to wait, None when it ended."""
+        if r.credit_frames <= 0 or r.credit_bytes <= 0:
+            return False  # the consumer grants more as it reads
+        available = self.store.next_index(r.stream)
+        end = available if r.stop is None else min(r.stop, available)
+        if r.next >= end:
+            if (r.stop is not None and r.next >= r.stop) or (
+                self.store.is_finished(r.stream) or not r.follow
+            ):
+                self.replies.reply(r.ident, r.id, proto.ReplayEvent.END)
+                return None
+            return False  # woken by the next commit of this stream
+        rows = self.store.read_range(
+            r.stream,
+            r.next,
+            end,
+            min(r.credit_frames, TURN_FRAMES),
+            min(r.credit_bytes, TURN_BYTES),
+        )
+        for index, record, payload in rows:
+            ref = proto.FrameRef(r.stream, index, msgspec.Raw(record))
+            if not self.replies.reply(r.ident, r.id, ref, [payload]):
+                return False  # full or gone: a later credit or the sweep decides
+            r.next = index + 1
+            r.credit_frames -= 1
+            r.credit_bytes -= len(payload)
+            r.sent = time.monotonic()
+        return True
+
+    def sweep(self, now: float) -> None:
+        """Keep follow replays that wait for frames alive; drop those whose consumer is silent."""
+        for key, r in list(self._sessions.items()):
+            if now - r.heard > SESSION_SECONDS:
+                log.info("replay of %s for a silent consumer dropped at index %d", r.stream, r.next)
+                self.end(key)
+            elif r.follow and r.credit_frames > 0 and now - r.sent > IDLE_SECONDS:
+                # waiting for new frames, not for credit: say we are alive
+                r.sent = now
+                self.replies.reply(r.ident, r.id, proto.ReplayEvent.IDLE)
