@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from stream_v2_emitter import bslz4
 
 from hidra_ng import Consumer, Producer
-from hidra_ng.wire.compression import Encoded
 from hidra_ng.config import WriterConfig
 from hidra_ng.testing import ReceiverProcess
+from hidra_ng.wire.compression import Encoded
 from hidra_ng.writer.daemon import WriterDaemon
 
 MiB = 1 << 20

@@ -131,12 +131,12 @@ class BrokerLink:
     async def last_publishing_id(self, name: str, reference: str = PUBLISHER_REFERENCE) -> int:
         """The highest publishing id the broker stored for our publisher on ``name`` (0: none)."""
         assert self.client is not None
-        return int(
-            await self._request(  # type: ignore[arg-type]
-                f"tell the sequence of {name}",
-                self.client.query_publisher_sequence(name, reference),
-            )
+        sequence = await self._request(
+            f"tell the sequence of {name}",
+            self.client.query_publisher_sequence(name, reference),
         )
+        assert isinstance(sequence, int), sequence
+        return sequence
 
     def has_free_publisher(self) -> bool:
         return bool(self._free_ids)

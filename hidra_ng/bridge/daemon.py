@@ -95,7 +95,7 @@ class Bridge:
         self._finished: set[str] = set()  # streams whose end message the broker has
         self._frame_slots: dict[str, threading.Semaphore] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._link = None
+        self._link: BrokerLink | None = None
         self._broker_up = False
         self._receiver_up = False
         self._unmatched_told: set[str] = set()

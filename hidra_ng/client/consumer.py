@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -240,7 +240,7 @@ class Consumer:
         window_frames: int = 256,
         window_bytes: int = 64 << 20,
         decode: bool = True,
-    ) -> Iterator[Frame]:
+    ) -> _Replay:
         """Stored frames of ``stream`` in index order, from ``start`` to ``stop`` (exclusive).
 
         Flow-controlled: the receiver never has more than ``window_frames`` frames

@@ -212,7 +212,7 @@ def browser_message(frame: Frame, *, live: bool, max_pixels: int) -> bytes:
     """
     info = frame_info(frame)
     info["live"] = live
-    body = b""
+    body: bytes | memoryview = b""
     if isinstance(frame.data, np.ndarray) and frame.data.size:
         plane = display_plane(frame.data, max_pixels)
         info["view"] = {

@@ -155,7 +155,7 @@ class ViewServer:
                 f"cannot listen on {self.settings.bind}:{self.settings.port}: {reason}"
             ) from None
         self._runner = runner
-        server = site._server
+        server: Any = site._server  # an asyncio Server: its sockets tell a port 0's number
         if server is not None and server.sockets:  # port 0: the port picked
             self.port = server.sockets[0].getsockname()[1]
         if started is not None:

@@ -42,6 +42,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import blosc2
 import lz4.block
@@ -158,10 +159,10 @@ def _trpx_size(payload: bytes | memoryview) -> int:
     return total
 
 
-_DECTRIS: list = []  # [dectris.compression or None], resolved on first use
+_DECTRIS: list[Any] = []  # [dectris.compression or None], resolved on first use
 
 
-def _dectris_compression():
+def _dectris_compression() -> Any:
     if not _DECTRIS:
         try:
             from dectris import compression
@@ -186,9 +187,9 @@ def decode_dectris(payload: bytes | memoryview, codec: str, itemsize: int) -> by
         )
     try:
         if algorithm == "lz4":
-            return module.decompress(payload, algorithm)
+            return bytes(module.decompress(payload, algorithm))
         # bslz4, bszstd: the bitshuffle element size; trpx: 0 takes the stream's
-        return module.decompress(payload, algorithm, elem_size=itemsize)
+        return bytes(module.decompress(payload, algorithm, elem_size=itemsize))
     except (RuntimeError, ValueError) as err:
         failure = err
     # dectris-compression says only "error decompressing stream": our own decoders

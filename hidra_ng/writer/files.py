@@ -152,7 +152,8 @@ def filter_options(codec: str) -> dict[str, Any]:
     if codec == "lz4-hdf5":
         return dict(hdf5plugin.LZ4(nbytes=0))
     if codec in ("lz4", "zstd"):
-        return dict(hdf5plugin.Blosc2(cname=codec, clevel=5, filters=hdf5plugin.Blosc2.BITSHUFFLE))
+        blosc = hdf5plugin.Blosc2(cname=codec, clevel=5, filters=hdf5plugin.Blosc2.BITSHUFFLE)  # type: ignore[arg-type]
+        return dict(blosc)
     raise InvalidFrame(f"compression {codec!r} has no HDF5 filter here")
 
 

@@ -396,7 +396,8 @@ class _Hdf5File:
         self.metadata.attrs["NX_class"] = "NXcollection"
         self.capacity = capacity
         self.data: h5py.Dataset | None = None
-        self.dtype, self.shape, self.codec, self.nbytes = "", (), "none", 0
+        self.dtype, self.codec, self.nbytes = "", "none", 0
+        self.shape: tuple[int, ...] = ()
         self.rows: dict[str, list] = {"index": [], "meta": [], "created": [], "stored": []}
         self.meta_rows: dict[str, list] = {"index": [], "meta": []}
         self.first: int | None = None

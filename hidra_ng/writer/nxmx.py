@@ -248,12 +248,12 @@ def _fill_master(h5: h5py.File, info: SeriesInfo) -> None:
     entry.attrs["default"] = "data"
     entry.attrs["version"] = NXMX_VERSION
     _text(entry, "definition", "NXmx")
-    start_time = iso_utc(s.get("arm_date")) or iso_utc(
-        datetime.datetime.now(datetime.UTC).isoformat()
-    )
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    start_time = iso_utc(s.get("arm_date")) or str(iso_utc(now))
     _text(entry, "start_time", start_time)
-    frame_time = number(s, "frame_time") or number(s, "count_time") or 0.0
-    expected = s.get("number_of_images") if isinstance(s.get("number_of_images"), int) else 0
+    frame_time: float = number(s, "frame_time") or number(s, "count_time") or 0.0
+    images = s.get("number_of_images")
+    expected: int = images if isinstance(images, int) else 0
     estimated = datetime.datetime.fromisoformat(start_time.replace("Z", "+00:00"))
     estimated += datetime.timedelta(seconds=frame_time * max(expected, info.images))
     _text(entry, "end_time_estimated", iso_utc(estimated.isoformat()) or start_time)
@@ -329,8 +329,9 @@ def _detector(det: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
     if number(s, "count_time") is not None:
         _value(det, "count_time", number(s, "count_time"), "s")
     _value(det, "frame_time", frame_time, "s")
-    if number(s, "count_time") is not None and frame_time:
-        _value(det, "detector_readout_time", max(0.0, frame_time - number(s, "count_time")), "s")
+    count_time = number(s, "count_time")
+    if count_time is not None and frame_time:
+        _value(det, "detector_readout_time", max(0.0, frame_time - count_time), "s")
     if isinstance(s.get("saturation_value"), int):
         _value(det, "saturation_value", np.int64(s["saturation_value"]))
     _value(det, "bit_depth_image", np.int32(np.dtype(info.dtype).itemsize * 8))

@@ -17,11 +17,11 @@ import pytest
 from stream_v1_emitter import ENCODINGS, header_parts, image_parts
 from stream_v2_emitter import CHANNELS, COMPRESSIONS, encode, image_message, start_message
 
-from hidra_ng.wire import protocol as proto
-from hidra_ng.wire.compression import Encoded, decompress
 from hidra_ng.errors import HidraError, InvalidFrame
 from hidra_ng.sender.sources.dectris import DectrisSource, StreamV2Error, decode_message
 from hidra_ng.sender.sources.dectris1 import Dectris1Source, StreamV1Error
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.compression import Encoded, decompress
 
 PRODUCER = SimpleNamespace(max_message_bytes=1 << 24, max_meta_bytes=64 << 10)
 

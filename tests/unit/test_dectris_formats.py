@@ -24,12 +24,12 @@ from stream_v2_emitter import (
     trpx,
 )
 
-from hidra_ng.wire import protocol as proto
-from hidra_ng.wire.compression import Encoded, decompress, decompressed_size
 from hidra_ng.errors import InvalidFrame
 from hidra_ng.sender.sources._common import Refusals
 from hidra_ng.sender.sources.dectris import DectrisSource, StreamV2Error, decode_message
 from hidra_ng.sender.sources.dectris1 import Dectris1Source, StreamV1Error
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.compression import Encoded, decompress, decompressed_size
 
 PRODUCER = SimpleNamespace(max_message_bytes=proto.MAX_DATA_BYTES, max_meta_bytes=64 << 10)
 CODECS = {"bslz4": "bslz4", "lz4": "lz4-hdf5", "bszstd": "bszstd", "trpx": "trpx"}

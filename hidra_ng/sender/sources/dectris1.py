@@ -77,8 +77,11 @@ def _json(part: zmq.Frame | bytes, what: str) -> dict[str, Any]:
 
 
 def _blob(part: zmq.Frame | bytes) -> bytes | memoryview:
-    """A part's bytes: a zmq.Frame (or anything with a ``buffer``) or bytes."""
-    return getattr(part, "buffer", part)
+    """A part's bytes: a zmq.Frame's buffer, or bytes as they are."""
+    if isinstance(part, bytes):
+        return part
+    blob: bytes | memoryview = part.buffer
+    return blob
 
 
 def array_of(header: dict[str, Any], what: str, limit: int) -> tuple[np.dtype, tuple[int, ...]]:
@@ -115,7 +118,7 @@ def image_data(
             " 'bs16-lz4<', 'bs32-lz4<' (or '>' for big endian)"
         )
     bits, lz4, order = match.groups()
-    dtype = dtype.newbyteorder(order)
+    dtype = dtype.newbyteorder("<" if order == "<" else ">")
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     size = dimage_d.get("size")
     if isinstance(size, int) and size != len(blob):
