@@ -22,6 +22,9 @@ class Running:
         except BaseException as err:
             self.error = err
 
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
     def close(self) -> None:
         self.stop.set()
         self.thread.join(30)

@@ -7,7 +7,6 @@ Imported as ``from writer_helpers import ...`` (tests/ is on the path).
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,36 +15,13 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle and LZ4 filters for h
 import msgspec
 import numpy as np
 from conftest import wait_for
+from source_helpers import Running
 from stream_v2_emitter import Emitter
 
-from hidra_ng import Consumer, Producer
+from hidra_ng import Consumer
 from hidra_ng.config import WriterConfig
 from hidra_ng.sender.sources import parse
 from hidra_ng.writer.daemon import WriterDaemon
-
-
-class Running:
-    """A source in its own thread, as the sender daemon runs it."""
-
-    def __init__(self, source, producer: Producer) -> None:
-        self.source = source
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(producer,), daemon=True)
-        self.thread.start()
-
-    def _run(self, producer: Producer) -> None:
-        try:
-            self.source.run(producer, self.stop)
-        except BaseException as err:
-            self.error = err
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "source did not stop"
-        if self.error is not None:
-            raise self.error
 
 
 def image(image_id: int, shape=(64, 48), dtype="<u2", salt: int = 0) -> np.ndarray:

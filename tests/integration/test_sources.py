@@ -15,9 +15,10 @@ import hdf5plugin
 import numpy as np
 import pytest
 import zmq
+from source_helpers import Running, count
 from stream_v2_emitter import Emitter, bslz4, lz4_hdf5
 
-from hidra_ng import Consumer, NotYetAvailable, Producer
+from hidra_ng import Consumer, Producer
 from hidra_ng.sender.sources import parse
 from tests.helpers import wait_for
 
@@ -26,40 +27,6 @@ from tests.helpers import wait_for
 def consumer(receiver):
     with Consumer(receiver.endpoints["api"]) as c:
         yield c
-
-
-class Running:
-    """A source in its own thread, as the sender daemon runs it."""
-
-    def __init__(self, source, producer: Producer) -> None:
-        self.source = source
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(producer,), daemon=True)
-        self.thread.start()
-
-    def _run(self, producer: Producer) -> None:
-        try:
-            self.source.run(producer, self.stop)
-        except BaseException as err:
-            self.error = err
-
-    def done(self) -> bool:
-        return not self.thread.is_alive()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "source did not stop"
-        if self.error is not None:
-            raise self.error
-
-
-def count(consumer: Consumer, stream: str) -> int:
-    try:
-        return consumer.info(stream).count
-    except NotYetAvailable:
-        return 0
 
 
 def read_all(consumer: Consumer, stream: str, **kw) -> list:
