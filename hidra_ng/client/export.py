@@ -148,22 +148,29 @@ def _decode(frame: Frame) -> np.ndarray:
     return np.frombuffer(raw, np.dtype(frame.dtype)).reshape(frame.shape)
 
 
+def nexus_groups(h5: h5py.File, stream: str) -> tuple[h5py.Group, h5py.Group]:
+    """The groups of the §10 layout in a new file: ``/entry/data`` (NXdata, signal
+    ``data``) and ``/entry/metadata`` (NXcollection); also used by ``hidra-ng write``."""
+    h5.attrs["default"] = "entry"
+    h5.attrs["creator"] = "hidra_ng"
+    h5.attrs["hidra_ng_stream"] = stream
+    entry = h5.create_group("entry")
+    entry.attrs["NX_class"] = "NXentry"
+    entry.attrs["default"] = "data"
+    data = entry.create_group("data")
+    data.attrs["NX_class"] = "NXdata"
+    data.attrs["signal"] = "data"
+    metadata = entry.create_group("metadata")
+    metadata.attrs["NX_class"] = "NXcollection"
+    return data, metadata
+
+
 class _Writer:
     """Appends frames to an open HDF5 file in the NeXus layout."""
 
     def __init__(self, h5: h5py.File, stream: str) -> None:
         self.h5 = h5
-        h5.attrs["default"] = "entry"
-        h5.attrs["creator"] = "hidra_ng"
-        h5.attrs["hidra_ng_stream"] = stream
-        entry = h5.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        entry.attrs["default"] = "data"
-        self.group = entry.create_group("data")
-        self.group.attrs["NX_class"] = "NXdata"
-        self.group.attrs["signal"] = "data"
-        self.metadata = entry.create_group("metadata")
-        self.metadata.attrs["NX_class"] = "NXcollection"
+        self.group, self.metadata = nexus_groups(h5, stream)
         self.data: h5py.Dataset | None = None
         self.codec = "none"
         self.count = 0

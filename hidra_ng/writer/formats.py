@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import h5py
 import numpy as np
 
+from hidra_ng.client.export import nexus_groups
 from hidra_ng.errors import Gone, HidraError
 from hidra_ng.wire.frames import Frame
 from hidra_ng.writer import nxmx
@@ -382,18 +383,7 @@ class _Hdf5File:
 
     def __init__(self, path: Path, stream: str, capacity: int) -> None:
         self.file = PartFile(path)
-        h5 = self.file.h5
-        h5.attrs["default"] = "entry"
-        h5.attrs["creator"] = "hidra_ng"
-        h5.attrs["hidra_ng_stream"] = stream
-        entry = h5.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        entry.attrs["default"] = "data"
-        self.group = entry.create_group("data")
-        self.group.attrs["NX_class"] = "NXdata"
-        self.group.attrs["signal"] = "data"
-        self.metadata = entry.create_group("metadata")
-        self.metadata.attrs["NX_class"] = "NXcollection"
+        self.group, self.metadata = nexus_groups(self.file.h5, stream)
         self.capacity = capacity
         self.data: h5py.Dataset | None = None
         self.dtype, self.codec, self.nbytes = "", "none", 0
