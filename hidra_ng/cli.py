@@ -94,8 +94,8 @@ def _config_command(section: str) -> Callable[[Callable[..., None]], Callable[..
 
         def command(**options: Any) -> None:
             path = options.pop("config")
-            flags = {key: options.pop(key) or None for key in keys}  # [] from typer: not given
-            flags = {key: value for key, value in flags.items() if value is not None}
+            flags = {key: options.pop(key) for key in keys}
+            flags = {k: v for k, v in flags.items() if v is not None and v != []}  # not given
             settings = cfg.load(section, path, flags)
             logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
             body(settings, **options)
@@ -128,7 +128,7 @@ def receiver(
     raise typer.Exit(service.run(daemon))
 
 
-def _write_ready_file(path: Path, endpoints: dict[str, str]) -> None:
+def _write_ready_file(path: Path, endpoints: dict[str, Any]) -> None:
     """The bound endpoints as JSON, renamed into place: a reader never sees half of it."""
     import json
     import os
@@ -145,6 +145,13 @@ def sender(
     exit_when_done: Annotated[
         bool, typer.Option(help="exit once every source is done and everything is acked")
     ] = False,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="once started and its sources bound, write the metrics port and the"
+            " sources' bound endpoints here as JSON"
+        ),
+    ] = None,
 ) -> None:
     """Run the sender daemon: spool frames from sources and push them to the receiver."""
     from hidra_ng import service
@@ -155,6 +162,14 @@ def sender(
     if not parsed:
         raise ConfigError("no sources given; add --source URI or [[sender.sources]] in the config")
     daemon = SenderDaemon(settings, parsed)
+    if ready_file is not None:
+        start = daemon.start
+
+        def start_and_report() -> None:
+            start()
+            _write_ready_file(ready_file, daemon.bound())
+
+        daemon.start = start_and_report  # type: ignore[method-assign]
 
     def done() -> bool:
         return exit_when_done and daemon.sources_done() and daemon.producer.spool_messages == 0
