@@ -151,6 +151,7 @@ class Receiver:
             self.groups,
             beat=lambda: self.heartbeats.beat("api"),
         )
+        self.api_server = api  # read-only from other threads: waiters.waiting(stream)
         for target, name in (
             (self._ingest_loop, "ingest"),
             (lambda: api.run(self._stop_api), "api"),
