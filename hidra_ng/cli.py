@@ -6,10 +6,12 @@ sentence on stderr; ``--debug`` shows tracebacks.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -52,24 +54,65 @@ def _main(
 # ------------------------------------------------------------------ daemons
 
 
+def _config_command(section: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Make a daemon command from ``body(settings, **own_options)``.
+
+    The command gets ``--config`` and one option per setting of the ``section``
+    config struct, named (:func:`config.flag_name`), typed and described (the
+    field's ``Meta(description=...)`` and its environment variable) by that
+    struct; they are loaded with :func:`config.load` (flag > environment > file >
+    default) and passed to ``body`` as ``settings``. A setting is declared once,
+    in config.py, and reaches the command line from there.
+    """
+    cls = cfg.config_class(section)
+    keys = list(cls.__struct_fields__)
+
+    def decorate(body: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(body, eval_str=True).parameters
+        params = [
+            inspect.Parameter(
+                "config", inspect.Parameter.KEYWORD_ONLY, annotation=ConfigOpt, default=None
+            )
+        ]
+        for key in keys:
+            kind = cfg.field_type(section, key)
+            env = "" if key == "sources" else f" (env {cfg.env_name(section, key)})"
+            option = typer.Option(cfg.flag_name(key), help=cfg.description(section, key) + env)
+            params.append(
+                inspect.Parameter(
+                    key,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Annotated[kind | None, option],
+                    default=None,
+                )
+            )
+        params += [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for n, p in own.items()
+            if n != "settings"
+        ]
+
+        def command(**options: Any) -> None:
+            path = options.pop("config")
+            flags = {key: options.pop(key) for key in keys}
+            flags = {k: v for k, v in flags.items() if v is not None and v != []}  # not given
+            settings = cfg.load(section, path, flags)
+            logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
+            body(settings, **options)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__, command.__qualname__ = body.__name__, body.__qualname__
+        command.__doc__, command.__module__ = body.__doc__, body.__module__
+        return command
+
+    return decorate
+
+
 @app.command()
+@_config_command("receiver")
 def receiver(
-    config: ConfigOpt = None,
-    data_dir: Annotated[str | None, typer.Option(help="LMDB store directory")] = None,
-    ingest: Annotated[str | None, typer.Option(help="PULL endpoint for frames")] = None,
-    api: Annotated[str | None, typer.Option(help="ROUTER endpoint for acks and requests")] = None,
-    publish: Annotated[str | None, typer.Option(help="PUB endpoint for live frames")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="HTTP /metrics port, 0: off")] = None,
-    ack_timeout: Annotated[float | None, typer.Option(help="consumer-group ack timeout, s")] = None,
-    max_store_bytes: Annotated[int | None, typer.Option(help="retention by size, 0: off")] = None,
-    max_age: Annotated[float | None, typer.Option(help="retention by age in s, 0: off")] = None,
-    keys_dir: Annotated[str | None, typer.Option(help="the receiver's CurveZMQ key pair")] = None,
-    authorized_keys_dir: Annotated[
-        str | None, typer.Option(help="client public keys to accept")
-    ] = None,
-    allow_ips: Annotated[
-        str | None, typer.Option(help="accept only these addresses/networks, comma-separated")
-    ] = None,
+    settings: cfg.ReceiverConfig,
     ready_file: Annotated[
         Path | None,
         typer.Option(help="once bound, write the endpoints here as JSON (e.g. for tcp://...:*)"),
@@ -79,31 +122,13 @@ def receiver(
     from hidra_ng import service
     from hidra_ng.receiver.daemon import Receiver
 
-    settings = cfg.load(
-        "receiver",
-        config,
-        {
-            "data_dir": data_dir,
-            "ingest": ingest,
-            "api": api,
-            "publish": publish,
-            "metrics_port": metrics_port,
-            "ack_timeout_seconds": ack_timeout,
-            "max_store_bytes": max_store_bytes,
-            "max_age_seconds": max_age,
-            "keys_dir": keys_dir,
-            "authorized_keys_dir": authorized_keys_dir,
-            "allow_ips": allow_ips,
-        },
-    )
-    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
     daemon = Receiver(settings)
     if ready_file is not None:
         _write_ready_file(ready_file, daemon.endpoints)
     raise typer.Exit(service.run(daemon))
 
 
-def _write_ready_file(path: Path, endpoints: dict[str, str]) -> None:
+def _write_ready_file(path: Path, endpoints: dict[str, Any]) -> None:
     """The bound endpoints as JSON, renamed into place: a reader never sees half of it."""
     import json
     import os
@@ -114,46 +139,37 @@ def _write_ready_file(path: Path, endpoints: dict[str, str]) -> None:
 
 
 @app.command()
+@_config_command("sender")
 def sender(
-    config: ConfigOpt = None,
-    ingest: Annotated[str | None, typer.Option(help="receiver ingest endpoint")] = None,
-    api: Annotated[str | None, typer.Option(help="receiver api endpoint")] = None,
-    spool_dir: Annotated[str | None, typer.Option(help="durable spool directory")] = None,
-    sender_id: Annotated[str | None, typer.Option(help="this sender's id")] = None,
-    source: Annotated[
-        list[str] | None, typer.Option("--source", help="a source URI; may be repeated")
-    ] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="HTTP /metrics port, 0: off")] = None,
-    keys_dir: Annotated[str | None, typer.Option(help="this sender's CurveZMQ key pair")] = None,
-    server_key_dir: Annotated[str | None, typer.Option(help="the receiver's public key")] = None,
+    settings: cfg.SenderConfig,
     exit_when_done: Annotated[
         bool, typer.Option(help="exit once every source is done and everything is acked")
     ] = False,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="once started and its sources bound, write the metrics port and the"
+            " sources' bound endpoints here as JSON"
+        ),
+    ] = None,
 ) -> None:
     """Run the sender daemon: spool frames from sources and push them to the receiver."""
     from hidra_ng import service
     from hidra_ng.sender import sources
     from hidra_ng.sender.daemon import SenderDaemon
 
-    settings = cfg.load(
-        "sender",
-        config,
-        {
-            "ingest": ingest,
-            "api": api,
-            "spool_dir": spool_dir,
-            "sender_id": sender_id,
-            "sources": source or None,
-            "metrics_port": metrics_port,
-            "keys_dir": keys_dir,
-            "server_key_dir": server_key_dir,
-        },
-    )
     parsed = [sources.parse(uri) for uri in settings.sources]
     if not parsed:
         raise ConfigError("no sources given; add --source URI or [[sender.sources]] in the config")
-    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
     daemon = SenderDaemon(settings, parsed)
+    if ready_file is not None:
+        start = daemon.start
+
+        def start_and_report() -> None:
+            start()
+            _write_ready_file(ready_file, daemon.bound())
+
+        daemon.start = start_and_report  # type: ignore[method-assign]
 
     def done() -> bool:
         return exit_when_done and daemon.sources_done() and daemon.producer.spool_messages == 0
@@ -162,92 +178,23 @@ def sender(
 
 
 @app.command()
-def write(
-    config: ConfigOpt = None,
-    api: Annotated[str | None, typer.Option(help="receiver api endpoint")] = None,
-    streams: Annotated[
-        list[str] | None,
-        typer.Option("--streams", help="glob pattern of streams to write; may be repeated"),
-    ] = None,
-    dir: Annotated[str | None, typer.Option("--dir", help="output directory")] = None,
-    format: Annotated[str | None, typer.Option(help="nxmx, hdf5 or tiff")] = None,
-    frames_per_file: Annotated[int | None, typer.Option(help="images per data file")] = None,
-    amqp: Annotated[str | None, typer.Option(help="AMQP URI for announcements")] = None,
-    queue: Annotated[str | None, typer.Option(help="AMQP queue for announcements")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="HTTP /metrics port, 0: off")] = None,
-    keys_dir: Annotated[str | None, typer.Option(help="this client's CurveZMQ key pair")] = None,
-    server_key_dir: Annotated[str | None, typer.Option(help="the receiver's public key")] = None,
-) -> None:
+@_config_command("writer")
+def write(settings: cfg.WriterConfig) -> None:
     """Write streams as files for legacy tools (NXmx, HDF5, TIFF) as frames arrive."""
     from hidra_ng import service
     from hidra_ng.writer.daemon import WriterDaemon
 
-    settings = cfg.load(
-        "writer",
-        config,
-        {
-            "api": api,
-            "streams": streams or None,
-            "dir": dir,
-            "format": format,
-            "frames_per_file": frames_per_file,
-            "amqp": amqp,
-            "queue": queue,
-            "metrics_port": metrics_port,
-            "keys_dir": keys_dir,
-            "server_key_dir": server_key_dir,
-        },
-    )
-    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
-    daemon = WriterDaemon(settings)
-    raise typer.Exit(service.run(daemon))
+    raise typer.Exit(service.run(WriterDaemon(settings)))
 
 
 @app.command()
-def bridge(
-    config: ConfigOpt = None,
-    api: Annotated[str | None, typer.Option(help="receiver api endpoint")] = None,
-    rabbitmq: Annotated[
-        str | None,
-        typer.Option(help="broker: rabbitmq-stream://user:password@host:5552/vhost"),
-    ] = None,
-    streams: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--streams", help="glob of stream names ('*' one segment, '**' any); may be repeated"
-        ),
-    ] = None,
-    payload: Annotated[
-        str | None, typer.Option(help="full: body = stored payload; record: empty body")
-    ] = None,
-    prefix: Annotated[str | None, typer.Option(help="broker stream names: PREFIX.name")] = None,
-    state_dir: Annotated[str | None, typer.Option(help="directory of the bridge's lock")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="HTTP /metrics port, 0: off")] = None,
-    keys_dir: KeysOpt = None,
-    server_key_dir: ServerKeyOpt = None,
-) -> None:
+@_config_command("bridge")
+def bridge(settings: cfg.BridgeConfig) -> None:
     """Republish every durable frame of chosen streams into RabbitMQ streams (SPEC §13)."""
     from hidra_ng import service
     from hidra_ng.bridge import Bridge
 
-    settings = cfg.load(
-        "bridge",
-        config,
-        {
-            "api": api,
-            "rabbitmq": rabbitmq,
-            "streams": streams or None,
-            "payload": payload,
-            "prefix": prefix,
-            "state_dir": state_dir,
-            "metrics_port": metrics_port,
-            "keys_dir": keys_dir,
-            "server_key_dir": server_key_dir,
-        },
-    )
-    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
-    daemon = Bridge(settings)
-    raise typer.Exit(service.run(daemon))
+    raise typer.Exit(service.run(Bridge(settings)))
 
 
 @app.command()
@@ -418,38 +365,11 @@ def export(
 
 
 @app.command()
-def view(
-    config: ConfigOpt = None,
-    api: Annotated[str | None, typer.Option(help="receiver api endpoint")] = None,
-    publish: Annotated[str | None, typer.Option(help="receiver publish endpoint")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP port (default 8080), 0: any")] = None,
-    bind: Annotated[
-        str | None, typer.Option(help="address to listen on (default 127.0.0.1)")
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(help="access token, required beyond loopback (or HIDRA_NG_VIEW_TOKEN)"),
-    ] = None,
-    keys_dir: KeysOpt = None,
-    server_key_dir: ServerKeyOpt = None,
-) -> None:
+@_config_command("view")
+def view(settings: cfg.ViewConfig) -> None:
     """Serve the live view: streams and their newest frames in a browser, until Ctrl-C."""
     from hidra_ng.view import ViewServer
 
-    settings = cfg.load(
-        "view",
-        config,
-        {
-            "api": api,
-            "publish": publish,
-            "port": port,
-            "bind": bind,
-            "token": token,
-            "keys_dir": keys_dir,
-            "server_key_dir": server_key_dir,
-        },
-    )
-    logging.getLogger("hidra_ng").setLevel(min(logging.INFO, logging.root.level))
     server = ViewServer(settings)
     server.link.check_keys()
 

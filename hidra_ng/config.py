@@ -27,10 +27,12 @@ import os
 import re
 import socket
 import tomllib
+import typing
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
+from msgspec import Meta
 
 from hidra_ng.errors import ConfigError, FieldError, InvalidInput
 from hidra_ng.wire.protocol import MAX_DATA_BYTES, MAX_META_BYTES, check_sender_id
@@ -50,6 +52,24 @@ _FLAG_NAMES = {
 }
 
 
+# Field declarations: Annotated[type, Meta(description=..., constraints)] = default.
+# ``D(text)`` is the description (the single source of --help); constraints are
+# msgspec's ge/le/gt, with extra={"expected": ...} where the wording of the error
+# is better than the one made from the numbers.
+Port = Annotated[
+    int, Meta(ge=0, le=65535, extra={"expected": "a port number from 0 (off) to 65535"})
+]
+
+
+def D(text: str, **constraints: Any) -> Meta:
+    """A field's description and constraints (the help text, the checks)."""
+    return Meta(description=text, **constraints)
+
+
+def _note(text: str) -> dict[str, str]:
+    return {"expected": text}
+
+
 class _Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=True):
     """Base of the daemons' configs; ``origins`` tells where each value came from."""
 
@@ -61,65 +81,87 @@ class ReceiverConfig(_Config):
     section: ClassVar[str] = "receiver"
     state_dir_key: ClassVar[str] = "data_dir"
 
-    data_dir: str = "/var/lib/hidra-ng"
-    ingest: str = "tcp://*:50100"
-    api: str = "tcp://*:50101"
-    publish: str = "tcp://*:50102"
-    metrics_port: int = 9610
-    ack_timeout_seconds: float = 30.0
-    max_store_bytes: int = 0  # 0: no size limit
-    max_age_seconds: float = 0.0  # 0: no age limit
-    max_message_bytes: int = MAX_DATA_BYTES
-    max_meta_bytes: int = MAX_META_BYTES
-    commit_max_messages: int = 10_000
-    commit_max_bytes: int = 128 * MiB
-    publish_hwm: int = 8
-    initial_map_bytes: int = 1 * GiB
-    keys_dir: str = ""
-    authorized_keys_dir: str = ""
-    allow_ips: str = ""  # comma-separated addresses or networks; "" allows every address
+    data_dir: Annotated[str, D("LMDB store directory")] = "/var/lib/hidra-ng"
+    ingest: Annotated[str, D("PULL endpoint for frames")] = "tcp://*:50100"
+    api: Annotated[str, D("ROUTER endpoint for acks and requests")] = "tcp://*:50101"
+    publish: Annotated[str, D("PUB endpoint for live frames")] = "tcp://*:50102"
+    metrics_port: Annotated[Port, D("HTTP /metrics port, 0: off")] = 9610
+    ack_timeout_seconds: Annotated[
+        float, D("consumer-group ack timeout, s", gt=0, le=7 * 24 * 3600)  # as groups allow
+    ] = 30.0
+    max_store_bytes: Annotated[
+        int, D("retention by size, 0: off", ge=0, extra=_note("0 (no limit) or more bytes"))
+    ] = 0
+    max_age_seconds: Annotated[
+        float, D("retention by age in s, 0: off", ge=0, extra=_note("0 (no limit) or more seconds"))
+    ] = 0.0
+    max_message_bytes: Annotated[
+        int, D("largest frame payload accepted", ge=1, le=MAX_DATA_BYTES)
+    ] = MAX_DATA_BYTES
+    max_meta_bytes: Annotated[
+        int, D("largest metadata (msgpack) accepted", ge=2, le=MAX_META_BYTES)
+    ] = MAX_META_BYTES
+    commit_max_messages: Annotated[int, D("frames per LMDB group commit, at most", ge=1)] = 10_000
+    commit_max_bytes: Annotated[int, D("bytes per LMDB group commit, at most", ge=1)] = 128 * MiB
+    publish_hwm: Annotated[int, D("live frames queued per slow subscriber", ge=1)] = 8
+    initial_map_bytes: Annotated[int, D("initial LMDB map size (it grows)", ge=MIN_MAP_BYTES)] = (
+        1 * GiB
+    )
+    keys_dir: Annotated[str, D("the receiver's CurveZMQ key pair")] = ""
+    authorized_keys_dir: Annotated[str, D("client public keys to accept")] = ""
+    allow_ips: Annotated[
+        list[str],
+        D(
+            "accept only these addresses/networks (may be repeated, or comma-separated);"
+            " none: every address"
+        ),
+    ] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         c = _Checker(self)
+        self.allow_ips = _split_commas(self.allow_ips)
         c.path("data_dir")
-        for item in self.allow_ips.split(","):
-            if item.strip():
-                try:
-                    ipaddress.ip_network(item.strip(), strict=False)
-                except ValueError:
-                    c.fail("allow_ips", "comma-separated IP addresses or networks like 10.0.0.0/8")
+        for item in self.allow_ips:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise FieldError(
+                    self.section,
+                    "allow_ips",
+                    self.allow_ips,
+                    f"IP addresses or networks like 10.0.0.0/8; {item!r} is neither",
+                ) from None
         for name in ("ingest", "api", "publish"):
             c.endpoint(name, bind=True)
         c.distinct_endpoints("ingest", "api", "publish")
-        c.port("metrics_port")
-        c.number("ack_timeout_seconds", above=0, high=7 * 24 * 3600)  # as groups allow
-        c.number("max_store_bytes", low=0, note="0 (no limit) or more bytes")
-        c.number("max_age_seconds", low=0, note="0 (no limit) or more seconds")
-        c.number("max_message_bytes", low=1, high=MAX_DATA_BYTES)
-        c.number("max_meta_bytes", low=2, high=MAX_META_BYTES)
-        c.number("commit_max_messages", low=1)
-        c.number("commit_max_bytes", low=1)
-        c.number("publish_hwm", low=1)
-        c.number("initial_map_bytes", low=MIN_MAP_BYTES)
+        c.constraints()
 
 
 class SenderConfig(_Config):
     section: ClassVar[str] = "sender"
     state_dir_key: ClassVar[str] = "spool_dir"
 
-    ingest: str = "tcp://localhost:50100"
-    api: str = "tcp://localhost:50101"
-    spool_dir: str = "/var/spool/hidra-ng"
-    sender_id: str = ""  # default: the host name
-    spool_sync: str = "always"
-    spool_batch_seconds: float = 0.5
-    max_spool_bytes: int = 16 * GiB
-    send_timeout_seconds: float = 30.0
-    compression: str = "none"
-    metrics_port: int = 9611
-    keys_dir: str = ""
-    server_key_dir: str = ""
-    sources: list[str] = msgspec.field(default_factory=list)
+    ingest: Annotated[str, D("receiver ingest endpoint")] = "tcp://localhost:50100"
+    api: Annotated[str, D("receiver api endpoint")] = "tcp://localhost:50101"
+    spool_dir: Annotated[str, D("durable spool directory")] = "/var/spool/hidra-ng"
+    sender_id: Annotated[str, D("this sender's id (default: the host name)")] = ""
+    spool_sync: Annotated[str, D("always: fsync each frame; batch: every spool_batch_seconds")] = (
+        "always"
+    )
+    spool_batch_seconds: Annotated[
+        float, D("fsync interval of the spool with spool_sync = batch, s", gt=0)
+    ] = 0.5
+    max_spool_bytes: Annotated[int, D("spool size at which send() blocks", ge=1)] = 16 * GiB
+    send_timeout_seconds: Annotated[float, D("how long send() waits for spool space, s", gt=0)] = (
+        30.0
+    )
+    compression: Annotated[str, D("none, lz4 or zstd (arrays only)")] = "none"
+    metrics_port: Annotated[Port, D("HTTP /metrics port, 0: off")] = 9611
+    keys_dir: Annotated[str, D("this sender's CurveZMQ key pair")] = ""
+    server_key_dir: Annotated[str, D("the receiver's public key")] = ""
+    sources: Annotated[list[str], D("a source URI; may be repeated")] = msgspec.field(
+        default_factory=list
+    )
 
     def __post_init__(self) -> None:
         if not self.sender_id:
@@ -136,11 +178,8 @@ class SenderConfig(_Config):
                 "1 to 100 letters, digits, '.', '_', ':', '@' and '-', e.g. 'eiger-p11'",
             )
         c.choice("spool_sync", ("always", "batch"))
-        c.number("spool_batch_seconds", above=0)
-        c.number("max_spool_bytes", low=1)
-        c.number("send_timeout_seconds", above=0)
         c.choice("compression", ("none", "lz4", "zstd"))
-        c.port("metrics_port")
+        c.constraints()
         for i, uri in enumerate(self.sources):
             if not isinstance(uri, str) or ":" not in uri:
                 raise FieldError(
@@ -154,22 +193,32 @@ class ViewConfig(_Config):
     section: ClassVar[str] = "view"
     state_dir_key: ClassVar[str] = ""  # the view keeps no state
 
-    api: str = "tcp://localhost:50101"  # the receiver's api, for streams and stored frames
-    publish: str = "tcp://localhost:50102"  # the receiver's publish socket, for live frames
-    port: int = 8080  # HTTP port; 0 picks a free one (printed at start)
-    bind: str = "127.0.0.1"  # address to listen on; beyond loopback a token is required
-    token: str = ""  # access token for the page and the API (required beyond loopback)
-    keys_dir: str = ""  # this client's CurveZMQ key pair, when the receiver uses keys
-    server_key_dir: str = ""  # the receiver's public key
-    wait_seconds: float = 2.0  # how long a request for a future index waits before 404
-    request_timeout_seconds: float = 2.0  # a receiver silent this long is reported down (503)
-    max_pixels: int = 8_388_608  # larger frames reach the browser binned (true values on hover)
+    api: Annotated[str, D("receiver api endpoint (streams and stored frames)")] = (
+        "tcp://localhost:50101"
+    )
+    publish: Annotated[str, D("receiver publish endpoint (live frames)")] = "tcp://localhost:50102"
+    port: Annotated[Port, D("HTTP port, 0: any free one (printed at start)")] = 8080
+    bind: Annotated[str, D("address to listen on; beyond loopback a token is required")] = (
+        "127.0.0.1"
+    )
+    token: Annotated[str, D("access token for the page and the API, required beyond loopback")] = ""
+    keys_dir: Annotated[str, D("this client's CurveZMQ key pair")] = ""
+    server_key_dir: Annotated[str, D("the receiver's public key")] = ""
+    wait_seconds: Annotated[
+        float, D("how long a request for a future index waits before 404, s", ge=0, le=10)
+    ] = 2.0
+    request_timeout_seconds: Annotated[
+        float, D("a receiver silent this long is reported down (503), s", gt=0)
+    ] = 2.0
+    max_pixels: Annotated[
+        int, D("larger frames reach the browser binned (true values on hover)", ge=65_536)
+    ] = 8_388_608
 
     def __post_init__(self) -> None:
         c = _Checker(self)
         c.endpoint("api", bind=False)
         c.endpoint("publish", bind=False)
-        c.port("port")
+        c.constraints(("port",))
         if not self.bind.strip() or any(ch.isspace() for ch in self.bind):
             c.fail("bind", "an address to listen on, such as '127.0.0.1' or '0.0.0.0'")
         if self.token and (len(self.token) < 16 or any(ch.isspace() for ch in self.token)):
@@ -183,9 +232,7 @@ class ViewConfig(_Config):
                 " wider bind shows every frame to the network, so give --token (or"
                 " HIDRA_NG_VIEW_TOKEN) of at least 16 characters",
             )
-        c.number("wait_seconds", low=0, high=10)
-        c.number("request_timeout_seconds", above=0)
-        c.number("max_pixels", low=65_536)
+        c.constraints()
 
 
 def is_loopback(host: str) -> bool:
@@ -204,21 +251,40 @@ class WriterConfig(_Config):
     section: ClassVar[str] = "writer"
     state_dir_key: ClassVar[str] = "dir"
 
-    api: str = "tcp://localhost:50101"  # the receiver's api endpoint
-    streams: list[str] = msgspec.field(default_factory=lambda: ["**"])  # glob patterns
-    dir: str = "/var/lib/hidra-ng-writer"  # output root; files of STREAM go to DIR/STREAM/
-    format: str = "nxmx"  # "nxmx" (DECTRIS series), "hdf5" (§10 layout) or "tiff"
-    frames_per_file: int = 1000  # images per data file (nxmx) or frames per file (hdf5)
-    file_idle_seconds: float = 10.0  # hdf5: complete a file after this long without frames
-    name_pattern: str = "series_$id"  # nxmx file prefix; $id is the series id
-    instrument_name: str = ""  # NXmx /entry/instrument/name; "" = the stream's first segment
-    source_name: str = ""  # NXmx /entry/source/name; "" = "unknown"
-    amqp: str = ""  # amqp://user:password@host:5672/vhost; "" = no announcements
-    queue: str = ""  # the queue announcements go to
-    recipes: list[str] = msgspec.field(default_factory=lambda: ["hidra-ng-files"])
-    metrics_port: int = 9613
-    keys_dir: str = ""
-    server_key_dir: str = ""
+    api: Annotated[str, D("receiver api endpoint")] = "tcp://localhost:50101"
+    streams: Annotated[list[str], D("glob pattern of streams to write; may be repeated")] = (
+        msgspec.field(default_factory=lambda: ["**"])
+    )
+    dir: Annotated[str, D("output directory; files of STREAM go to DIR/STREAM/")] = (
+        "/var/lib/hidra-ng-writer"
+    )
+    format: Annotated[str, D("nxmx (DECTRIS series), hdf5 (SPEC §10 layout) or tiff")] = "nxmx"
+    frames_per_file: Annotated[
+        int, D("images per data file (nxmx) or frames per file (hdf5)", ge=1, le=1_000_000)
+    ] = 1000
+    file_idle_seconds: Annotated[
+        float,
+        D(
+            "hdf5: complete a file after this long without frames, s; 0: never",
+            ge=0,
+            extra=_note("0 (never) or more seconds"),
+        ),
+    ] = 10.0
+    name_pattern: Annotated[str, D("nxmx file prefix; $id is the series id")] = "series_$id"
+    instrument_name: Annotated[
+        str, D("NXmx /entry/instrument/name; empty: the stream's first segment")
+    ] = ""
+    source_name: Annotated[str, D("NXmx /entry/source/name; empty: 'unknown'")] = ""
+    amqp: Annotated[str, D("AMQP URI for announcements (amqp://user:password@host:5672/vhost)")] = (
+        ""
+    )
+    queue: Annotated[str, D("AMQP queue for announcements")] = ""
+    recipes: Annotated[list[str], D("recipes named in each announcement")] = msgspec.field(
+        default_factory=lambda: ["hidra-ng-files"]
+    )
+    metrics_port: Annotated[Port, D("HTTP /metrics port, 0: off")] = 9613
+    keys_dir: Annotated[str, D("this client's CurveZMQ key pair")] = ""
+    server_key_dir: Annotated[str, D("the receiver's public key")] = ""
 
     def __post_init__(self) -> None:
         c = _Checker(self)
@@ -230,8 +296,7 @@ class WriterConfig(_Config):
         c.path("dir")
         c.patterns("streams")
         c.choice("format", ("nxmx", "hdf5", "tiff"))
-        c.number("frames_per_file", low=1, high=1_000_000)
-        c.number("file_idle_seconds", low=0, note="0 (never) or more seconds")
+        c.constraints(("frames_per_file", "file_idle_seconds"))
         if "/" in self.name_pattern or not self.name_pattern.strip():
             c.fail("name_pattern", "a file name prefix without '/', e.g. 'series_$id'")
         if self.amqp and not self.queue:
@@ -240,7 +305,7 @@ class WriterConfig(_Config):
             c.fail("queue", "an amqp broker URI given with it (amqp, --amqp), or no queue")
         if self.amqp and not self.amqp.startswith(("amqp://", "amqps://")):
             c.fail("amqp", "an AMQP URI such as 'amqp://user:password@broker:5672/%2F'")
-        c.port("metrics_port")
+        c.constraints()
 
 
 class BridgeConfig(_Config):
@@ -249,18 +314,28 @@ class BridgeConfig(_Config):
     section: ClassVar[str] = "bridge"
     state_dir_key: ClassVar[str] = "state_dir"
 
-    api: str = "tcp://localhost:50101"  # the receiver's api endpoint
-    rabbitmq: str = "rabbitmq-stream://guest:guest@localhost:5552/%2F"
-    streams: list[str] = msgspec.field(default_factory=lambda: ["**"])  # glob patterns
-    payload: str = "full"  # "full": body = stored payload; "record": empty body
-    prefix: str = "hidra"  # broker stream = prefix + "." + the coded hidra name
-    state_dir: str = "/var/lib/hidra-ng-bridge"  # the lock file lives here
-    metrics_port: int = 9612
-    keys_dir: str = ""
-    server_key_dir: str = ""
-    poll_seconds: float = 2.0  # how often the receiver's stream list is read
-    max_inflight_bytes: int = 256 * MiB  # payload read but not yet confirmed, all streams
-    max_inflight_frames: int = 4096  # per stream
+    api: Annotated[str, D("receiver api endpoint")] = "tcp://localhost:50101"
+    rabbitmq: Annotated[str, D("broker: rabbitmq-stream://user:password@host:5552/vhost")] = (
+        "rabbitmq-stream://guest:guest@localhost:5552/%2F"
+    )
+    streams: Annotated[
+        list[str], D("glob of stream names ('*' one segment, '**' any); may be repeated")
+    ] = msgspec.field(default_factory=lambda: ["**"])
+    payload: Annotated[str, D("full: body = stored payload; record: empty body")] = "full"
+    prefix: Annotated[str, D("broker stream names: PREFIX.name")] = "hidra"
+    state_dir: Annotated[str, D("directory of the bridge's lock")] = "/var/lib/hidra-ng-bridge"
+    metrics_port: Annotated[Port, D("HTTP /metrics port, 0: off")] = 9612
+    keys_dir: Annotated[str, D("this client's CurveZMQ key pair")] = ""
+    server_key_dir: Annotated[str, D("the receiver's public key")] = ""
+    poll_seconds: Annotated[
+        float, D("how often the receiver's stream list is read, s", gt=0, le=3600)
+    ] = 2.0
+    max_inflight_bytes: Annotated[
+        int, D("payload read but not yet confirmed, all streams", ge=MiB)
+    ] = 256 * MiB
+    max_inflight_frames: Annotated[
+        int, D("frames not yet confirmed, per stream", ge=1, le=1 << 20)
+    ] = 4096
 
     def __post_init__(self) -> None:
         from hidra_ng.bridge.names import check_prefix
@@ -282,10 +357,7 @@ class BridgeConfig(_Config):
                 " with 'amq', e.g. 'hidra'",
             )
         c.path("state_dir")
-        c.port("metrics_port")
-        c.number("poll_seconds", above=0, high=3600)
-        c.number("max_inflight_bytes", low=MiB)
-        c.number("max_inflight_frames", low=1, high=1 << 20)
+        c.constraints()
 
 
 _SECTIONS: dict[str, type[_Config]] = {
@@ -336,9 +408,17 @@ def load(
         values[key], origins[key] = value, "flag"
 
     try:
-        config = cls(**values)
+        config = msgspec.convert(values, cls)
     except FieldError as err:
         raise ConfigError(_locate(err, origins, path)) from None
+    except msgspec.ValidationError as err:  # a Meta constraint, e.g. `$.metrics_port`
+        key = str(err).rpartition("$.")[2].rstrip("`").split("[")[0]
+        if key not in values:
+            raise ConfigError(f"{section} config: {err}") from None
+        expected = _constraint_problem(cls, key, values[key]) or str(err)
+        raise ConfigError(
+            _locate(FieldError(section, key, values[key], expected), origins, path)
+        ) from None
     config.origins = origins  # type: ignore[attr-defined]  # every section struct has it
     return config
 
@@ -382,6 +462,21 @@ def to_toml(section: str, config: _Config) -> str:
 def env_name(section: str, key: str) -> str:
     """The environment variable of a setting, e.g. ``HIDRA_NG_RECEIVER_DATA_DIR``."""
     return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+def config_class(section: str) -> type[_Config]:
+    """The config struct of ``section`` ("receiver", "sender", "view", "writer", "bridge")."""
+    return _SECTIONS[section]
+
+
+def field_type(section: str, key: str) -> Any:
+    """The plain type of a setting: int, float, str or list[str]."""
+    return _field_type(_SECTIONS[section], key)
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a setting: ``--`` + the key with dashes, or its short form."""
+    return _flag(key)
 
 
 def settings(section: str) -> list[str]:
@@ -448,6 +543,8 @@ def _read_file(path: Path, cls: type[_Config]) -> dict[str, Any]:
         if key == "sources":
             table[key] = _source_uris(path, value)
             continue
+        if key == "allow_ips" and isinstance(value, str):  # files before the list: "a, b"
+            table[key] = value = _split_commas(value)
         expected = _type_problem(cls, key, value)
         if expected:
             raise ConfigError(f"{section}.{key} = {_show(value)} in {path}: expected {expected}")
@@ -541,10 +638,56 @@ def _parse_env(cls: type[_Config], key: str, var: str, text: str) -> Any:
 
 
 def _field_type(cls: type[_Config], key: str) -> Any:
+    """The field's type without its ``Annotated`` metadata (int, float, str, list[str])."""
+    kind = _field(cls, key).type
+    return typing.get_args(kind)[0] if typing.get_origin(kind) is Annotated else kind
+
+
+def _field(cls: type[_Config], key: str) -> msgspec.structs.FieldInfo:
     for field in msgspec.structs.fields(cls):
         if field.name == key:
-            return field.type
+            return field
     raise KeyError(key)
+
+
+def _metas(cls: type[_Config], key: str) -> list[Meta]:
+    kind = _field(cls, key).type
+    if typing.get_origin(kind) is not Annotated:
+        return []
+    return [m for m in kind.__metadata__ if isinstance(m, Meta)]
+
+
+def description(section: str, key: str) -> str:
+    """The setting's description: the one text of its --help."""
+    return " ".join(m.description for m in _metas(_SECTIONS[section], key) if m.description)
+
+
+def _constraint_problem(cls: type[_Config], key: str, value: float) -> str:
+    """What the field's ``Meta`` constraints expect if ``value`` breaks them, else ''."""
+    metas = _metas(cls, key)
+    ge = next((m.ge for m in metas if m.ge is not None), None)
+    le = next((m.le for m in metas if m.le is not None), None)
+    gt = next((m.gt for m in metas if m.gt is not None), None)
+    note = next((m.extra["expected"] for m in metas if m.extra and "expected" in m.extra), "")
+    unit = " bytes" if key.endswith("_bytes") else " seconds" if key.endswith("_seconds") else ""
+    if not math.isfinite(value):
+        return f"a finite number{unit and ' of' + unit}"
+    if gt is not None and not value > gt:
+        return note or f"more than {gt}{unit}"
+    if ge is not None and le is not None and not ge <= value <= le:
+        return note or f"{ge} to {le}{unit}{_mib(le)}"
+    if ge is not None and value < ge:
+        return note or f"{ge}{unit}{_mib(ge)} or more"
+    if le is not None and value > le:
+        return note or f"at most {le}{unit}{_mib(le)}"
+    return ""
+
+
+def _split_commas(value: list[str] | str) -> list[str]:
+    """``allow_ips`` as a list: a comma-separated string (environment, older files) or
+    list items that hold commas are split."""
+    items = value.split(",") if isinstance(value, str) else value
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
 
 
 def _type_problem(cls: type[_Config], key: str, value: Any) -> str:
@@ -585,27 +728,15 @@ class _Checker:
     def fail(self, key: str, expected: str) -> None:
         raise FieldError(self.section, key, getattr(self.config, key), expected)
 
-    def number(
-        self,
-        key: str,
-        *,
-        low: float | None = None,
-        high: float | None = None,
-        above: float | None = None,
-        note: str = "",
-    ) -> None:
-        value = getattr(self.config, key)
-        unit = (
-            " bytes" if key.endswith("_bytes") else " seconds" if key.endswith("_seconds") else ""
-        )
-        if not math.isfinite(value):
-            self.fail(key, f"a finite number{unit and ' of' + unit}")
-        if above is not None and not value > above:
-            self.fail(key, note or f"more than {above}{unit}")
-        if low is not None and high is not None and not low <= value <= high:
-            self.fail(key, note or f"{low} to {high}{unit}{_mib(high)}")
-        if low is not None and high is None and value < low:
-            self.fail(key, note or f"{low}{unit}{_mib(low)} or more")
+    def constraints(self, keys: tuple[str, ...] | None = None) -> None:
+        """The ``Meta`` constraints of the fields (all, or ``keys``), as ``msgspec.convert``
+        checks them in :func:`load`; here too, so a config built in code is checked alike."""
+        for key in keys or self.config.__struct_fields__:
+            value = getattr(self.config, key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                expected = _constraint_problem(type(self.config), key, value)
+                if expected:
+                    self.fail(key, expected)
 
     def patterns(self, key: str) -> None:
         """One or more glob patterns of stream names (SPEC §13's rule)."""
@@ -625,11 +756,6 @@ class _Checker:
                     "a glob of stream names: segments of letters, digits, '.', '_', '-',"
                     " '*' (within a segment) and '**' (across segments) joined by '/'",
                 ) from None
-
-    def port(self, key: str) -> None:
-        value = getattr(self.config, key)
-        if not 0 <= value <= 65535:
-            self.fail(key, "a port number from 0 (off) to 65535")
 
     def choice(self, key: str, choices: tuple[str, ...]) -> None:
         if getattr(self.config, key) not in choices:
@@ -703,7 +829,8 @@ def _locate(err: FieldError, origins: dict[str, str], path: Any) -> str:
     if origin == "file":
         return f"{err.section}.{err.key} = {_show(err.value)} in {path}: expected {err.expected}"
     if origin.startswith("env:"):
-        return f"environment variable {origin[4:]}={str(err.value)!r}: expected {err.expected}"
+        text = ", ".join(err.value) if isinstance(err.value, list) else str(err.value)
+        return f"environment variable {origin[4:]}={text!r}: expected {err.expected}"
     if origin == "flag":
         return f"{_flag(err.key)} {_show(err.value)}: expected {err.expected}"
     if origin == "state":

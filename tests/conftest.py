@@ -17,8 +17,21 @@ from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.sender.producer import Producer
 from hidra_ng.testing import ReceiverProcess
 from scripts.rabbitmq_node import RabbitNode
+from tests import helpers
 from tests.helpers import digest, finish_transfer, wait_for  # noqa: F401  (see above)
 from tests.rabbitmq import started_node
+
+helpers.install_socket_tracking()
+
+
+@pytest.fixture(autouse=True)
+def leak_check() -> Iterator[None]:
+    """Fail a test that leaves a zmq socket open or a thread running (tests/helpers.py)."""
+    check = helpers.LeakCheck()
+    yield
+    problems = check.problems()
+    if problems:
+        pytest.fail("test leaked: " + "; ".join(problems), pytrace=False)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ and a /metrics scraper. Imported as ``from tests.ops_helpers import ...``."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -135,6 +136,17 @@ class DaemonProcess:
             assert self.proc is not None
             self.proc.kill()
             self.proc.wait()
+
+    def ready(self, path: Path, timeout: float = 30.0) -> dict:
+        """The JSON of the daemon's ``--ready-file`` PATH, once written (renamed into place)."""
+        from tests.helpers import wait_for
+
+        def written() -> bool:
+            assert self.running(), f"the daemon exited: {self.read_log()}"
+            return path.exists()
+
+        wait_for(written, timeout=timeout, what=f"{path.name} of {self.args[0]}")
+        return json.loads(path.read_text())
 
     def __enter__(self) -> DaemonProcess:
         return self.start()

@@ -92,7 +92,7 @@ class Receiver:
                     " (CurveZMQ on every socket) or neither (no security)"
                 )
             self._keys = load_keypair(c.keys_dir)
-        allow_ips = [ip.strip() for ip in c.allow_ips.split(",") if ip.strip()]
+        allow_ips = c.allow_ips
         if self._keys is not None or allow_ips:
             # the ZAP handler must listen before any socket can take a handshake
             self.authenticator = Authenticator(
@@ -151,6 +151,7 @@ class Receiver:
             self.groups,
             beat=lambda: self.heartbeats.beat("api"),
         )
+        self.api_server = api  # read-only from other threads: waiters.waiting(stream)
         for target, name in (
             (self._ingest_loop, "ingest"),
             (lambda: api.run(self._stop_api), "api"),

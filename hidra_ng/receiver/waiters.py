@@ -61,6 +61,10 @@ class Waiters:
         self._by_stream.setdefault(req.stream, []).append(waiter)
         heapq.heappush(self._deadlines, waiter)
 
+    def waiting(self, stream: str) -> int:
+        """How many requests of ``stream`` are parked (for tests and status; any thread)."""
+        return sum(not w.done for w in list(self._by_stream.get(stream, ())))
+
     def next_deadline(self) -> float | None:
         return self._deadlines[0].deadline if self._deadlines else None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from hidra_ng.config import SenderConfig
 from hidra_ng.errors import HidraError
@@ -15,6 +16,7 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 2.0
 STOP_SOURCES_SECONDS = 10.0
+BIND_WAIT_SECONDS = 10.0
 
 
 class SenderDaemon:
@@ -44,6 +46,29 @@ class SenderDaemon:
             )
             thread.start()
             self._threads.append(thread)
+
+    def bound(self, timeout: float = BIND_WAIT_SECONDS) -> dict[str, object]:
+        """What the daemon listens on, once the sources that bind have bound (or ``timeout``).
+
+        ``{"metrics_port": N, "sources": {uri: endpoint}}``: the metrics port actually
+        served (0: off) and the endpoint each binding source resolved (``tcp://...:*``
+        gets its port here); what ``hidra-ng sender --ready-file`` writes.
+        """
+        binding = [s for s in self.sources if hasattr(s, "bound_endpoint")]
+        deadline = time.monotonic() + timeout
+        for source, thread in zip(self.sources, self._threads, strict=True):
+            while (
+                source in binding
+                and not getattr(source, "bound_endpoint", "")
+                and thread.is_alive()
+                and time.monotonic() < deadline
+            ):
+                self._stop.wait(0.01)  # polls the source's bind, with the deadline above
+        port = self.metrics_server.server_address[1] if self.metrics_server else 0
+        return {
+            "metrics_port": port,
+            "sources": {s.name: getattr(s, "bound_endpoint", "") for s in binding},
+        }
 
     def _run_source(self, source: Source) -> None:
         """Run a source to its end; after an error wait and resume from its checkpoint."""

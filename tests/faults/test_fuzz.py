@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -159,9 +158,24 @@ def sending(endpoint: str, kind: int, messages: list[list[bytes]]) -> Iterator[N
         ctx.term()
 
 
-def send_all(endpoint: str, kind: int, messages: list[list[bytes]]) -> None:
-    with sending(endpoint, kind, messages):
-        time.sleep(0.5)  # the oversized-frame test: only that it arrives, not a count
+def send_until_dropped(endpoint: str, parts: list[bytes], timeout: float = 30.0) -> None:
+    """Push one message and wait until the receiver drops the connection (a monitor event)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(parts)
+        assert monitor.poll(timeout * 1000), f"the receiver kept the connection for {timeout} s"
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close()
+        ctx.term()
 
 
 @pytest.mark.parametrize("socket_name", ["ingest", "api"])
@@ -208,7 +222,7 @@ def test_oversized_frames_never_reach_python(tmp_path):
     rx = ReceiverProcess(tmp_path / "store", "--config", str(_config(tmp_path, 1 << 20)))
     rx.start()
     try:
-        send_all(rx.ingest, zmq.PUSH, [[valid_envelope(), header(), bytes(2 << 20)]])
+        send_until_dropped(rx.ingest, [valid_envelope(), header(), bytes(2 << 20)])
         with Producer(rx.ingest, rx.api, tmp_path / "spool", "after") as p:
             p.send("ok", b"small")
             p.flush(30)

@@ -75,14 +75,16 @@ def refused_total(port: int) -> float:
 
 def test_garbage_on_the_zmq_source_is_refused_and_valid_frames_arrive(receiver_process, tmp_path):
     rx = receiver_process
-    source_port, metrics_port = free_port(), free_port()
+    metrics_port = free_port()  # metrics_port = 0 means off: no "any port" to read back
+    ready = tmp_path / "sender-ready.json"
+    source = "zmq:tcp://127.0.0.1:*?stream=z"
     sender = subprocess.Popen(
         [
             sys.executable, "-m", "hidra_ng", "sender",
             "--ingest", rx.ingest, "--api", rx.api,
             "--spool-dir", str(tmp_path / "spool"), "--sender-id", "fuzzed",
-            "--source", f"zmq:tcp://127.0.0.1:{source_port}?stream=z",
-            "--metrics-port", str(metrics_port),
+            "--source", source, "--metrics-port", str(metrics_port),
+            "--ready-file", str(ready),
         ],
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "sender.log").open("wb"),
@@ -90,9 +92,11 @@ def test_garbage_on_the_zmq_source_is_refused_and_valid_frames_arrive(receiver_p
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 5000)
-    push.connect(f"tcp://127.0.0.1:{source_port}")
     try:
-        wait_for(lambda: _metrics_up(metrics_port), timeout=30, what="the sender daemon")
+        wait_for(ready.exists, timeout=30, what="the sender daemon's ready file")
+        bound = json.loads(ready.read_text())
+        assert bound["metrics_port"] == metrics_port
+        push.connect(bound["sources"][source])
         proc = psutil.Process(sender.pid)
         rss_before = proc.memory_info().rss
         rng = random.Random(7)
@@ -124,14 +128,6 @@ def test_garbage_on_the_zmq_source_is_refused_and_valid_frames_arrive(receiver_p
         ctx.term()
         sender.terminate()
         sender.wait(30)
-
-
-def _metrics_up(port: int) -> bool:
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
-        return True
-    except OSError:
-        return False
 
 
 def _count(c: Consumer, stream: str) -> int:

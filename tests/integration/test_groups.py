@@ -20,7 +20,7 @@ from hidra_ng import (
     StreamFinished,
 )
 from hidra_ng.lmdbenv import DiskFull
-from tests.helpers import digest
+from tests.helpers import digest, wait_for
 from tests.unit.test_query import TREES, python_predicate, render
 
 STREAM = "grp/scan"
@@ -149,7 +149,13 @@ def test_parked_after_max_deliveries(producer, consumer):
         consumer.parked(STREAM, "nobody")
 
 
-def test_next_waits_for_new_data(producer, api):
+def parked(receiver, stream: str) -> None:
+    """Wait until a request of ``stream`` is parked on the in-process receiver."""
+    waiters = receiver.api_server.waiters
+    wait_for(lambda: waiters.waiting(stream) > 0, timeout=20, what=f"a waiter on {stream}")
+
+
+def test_next_waits_for_new_data(producer, api, receiver):
     got: list = []
 
     def member() -> None:
@@ -162,15 +168,15 @@ def test_next_waits_for_new_data(producer, api):
     thread = threading.Thread(target=member)
     started = time.monotonic()
     thread.start()
-    time.sleep(0.3)  # the member is waiting by now; the message comes later
+    parked(receiver, "grp/later")  # the message comes after the member waits
     send(producer, 1, stream="grp/later")
     thread.join(20)
     assert len(got) == 1 and not isinstance(got[0], Exception), got
     assert (got[0].index, got[0].data) == (0, b"payload 0")
-    assert 0.3 <= time.monotonic() - started < 10
+    assert time.monotonic() - started < 10
 
 
-def test_stream_finished_only_after_every_message_is_acked(producer, api):
+def test_stream_finished_only_after_every_message_is_acked(producer, api, receiver):
     send(producer, 2, finish=True)
     with Consumer(api) as a, Consumer(api) as b:
         f0 = a.next(STREAM, "fin", timeout=2.0)
@@ -191,7 +197,7 @@ def test_stream_finished_only_after_every_message_is_acked(producer, api):
 
         thread = threading.Thread(target=waiting)
         thread.start()
-        time.sleep(0.3)  # the waiter is parked on the receiver by now
+        parked(receiver, STREAM)
         assert outcome == []
         b.ack(f1)  # the last ack settles the group: the waiter hears StreamFinished
         thread.join(20)
@@ -303,7 +309,7 @@ def test_next_many_shares_batches_once_each(producer, api):
     assert sizes == [8] * 6 + [2]  # as many as asked while there are, then the rest
 
 
-def test_next_many_gives_redeliveries_first_and_waits_for_new_data(producer, api):
+def test_next_many_gives_redeliveries_first_and_waits_for_new_data(producer, api, receiver):
     send(producer, 5)
     with Consumer(api) as a, Consumer(api) as b:
         first = a.next_many(STREAM, "re", max_count=3, timeout=2.0)
@@ -322,7 +328,7 @@ def test_next_many_gives_redeliveries_first_and_waits_for_new_data(producer, api
 
         thread = threading.Thread(target=member)
         thread.start()
-        time.sleep(0.3)  # the member is waiting by now
+        parked(receiver, STREAM)
         send(producer, 2)  # indices 5 and 6, in one commit
         thread.join(20)
         woken = [f.index for f in got[0]]
@@ -373,7 +379,7 @@ def test_acks_given_to_next_many_hold_when_nothing_is_handed_out(producer, consu
     assert [f.index for f in frames] == [0, 1, 2]
     with pytest.raises(NotYetAvailable):
         consumer.next_many(STREAM, "hold", timeout=0.2, ack=frames)
-    time.sleep(0.6)  # past the ack timeout: unacked frames would be due again
+    time.sleep(0.6)  # simulated time, not a wait: past the ack timeout (due again if unacked)
     with pytest.raises(NotYetAvailable):
         consumer.next_many(STREAM, "hold", timeout=0.3)
     other = consumer.next_many(STREAM, "other", max_count=1, timeout=2.0)

@@ -270,7 +270,7 @@ WRITER = textwrap.dedent(
             for part in range(3):
                 f.write(bytes([i % 256, part]) * 500)
                 f.flush()
-                time.sleep(0.01)
+                time.sleep(0.01)  # pacing the writer, not a wait
     with open(os.path.join(root, "notes.txt"), "w") as f:
         f.write("not a frame")
     tmp = os.path.join(root, ".partial.cbf")

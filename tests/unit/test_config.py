@@ -465,3 +465,54 @@ def test_send_timeout_is_the_former_name_of_send_timeout_seconds(tmp_path) -> No
         assert p.send_timeout == 3.5
     with pytest.raises(ConfigError, match="disagree"):
         Producer(endpoint, endpoint, tmp_path / "c", "both", send_timeout=1, send_timeout_seconds=2)
+
+
+# ------------------------------------------------- each setting declared once
+
+
+@pytest.mark.parametrize("section", ["receiver", "sender", "view", "writer", "bridge"])
+def test_every_setting_has_a_description_and_a_flag(section: str) -> None:
+    """The struct is the one declaration: the CLI's flags and --help text come from it."""
+    from typer.main import get_command
+
+    from hidra_ng.cli import app
+
+    command = {"writer": "write"}.get(section, section)
+    click_command = get_command(app).commands[command]  # type: ignore[attr-defined]
+    options = {name: p for p in click_command.params for name in p.opts}
+    for key in cfg.settings(section):
+        text = cfg.description(section, key)
+        assert text, f"{section}.{key} has no description"
+        param = options[cfg.flag_name(key)]
+        assert param.help.startswith(text)
+        if key != "sources":
+            assert cfg.env_name(section, key) in param.help
+
+
+def test_constraints_come_from_the_declaration() -> None:
+    """The Meta constraints are checked by msgspec.convert in load and by the struct."""
+    message = error_of(cfg.load, "receiver", flags={"ack_timeout_seconds": 1e9}, environ={})
+    assert message == "--ack-timeout 1000000000.0: expected at most 604800 seconds"
+    assert error_of(cfg.BridgeConfig, poll_seconds=7200.0) == (
+        "bridge.poll_seconds = 7200.0: expected at most 3600 seconds"
+    )
+    message = error_of(cfg.load, "sender", flags={"max_spool_bytes": 0}, environ={})
+    assert message == "--max-spool-bytes 0: expected 1 bytes or more"
+
+
+def test_allow_ips_is_a_list_and_still_reads_a_comma_string(tmp_path: Path) -> None:
+    as_list = write(tmp_path, '[receiver]\nallow_ips = ["10.0.0.0/8", "127.0.0.1"]\n', "l.toml")
+    as_text = write(tmp_path, '[receiver]\nallow_ips = "10.0.0.0/8, 127.0.0.1"\n', "t.toml")
+    expected = ["10.0.0.0/8", "127.0.0.1"]
+    assert cfg.load("receiver", as_list, environ={}).allow_ips == expected
+    assert cfg.load("receiver", as_text, environ={}).allow_ips == expected
+    env = {"HIDRA_NG_RECEIVER_ALLOW_IPS": "10.0.0.0/8,127.0.0.1"}
+    assert cfg.load("receiver", environ=env).allow_ips == expected
+    flags = {"allow_ips": ["10.0.0.0/8,127.0.0.1"]}  # --allow-ips A,B (before: one string)
+    assert cfg.load("receiver", flags=flags, environ={}).allow_ips == expected
+    assert cfg.load("receiver", environ={}).allow_ips == []
+    bad = {"HIDRA_NG_RECEIVER_ALLOW_IPS": "10.0.0.0/8, nowhere"}
+    assert error_of(cfg.load, "receiver", environ=bad) == (
+        "environment variable HIDRA_NG_RECEIVER_ALLOW_IPS='10.0.0.0/8, nowhere': expected IP"
+        " addresses or networks like 10.0.0.0/8; 'nowhere' is neither"
+    )
