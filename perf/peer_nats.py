@@ -19,10 +19,9 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 from payloads import FRAME_BYTES, frame_buffers
-from peer_services import CpuMeter, NatsServer, nats_version, supports_sync_always
+from peer_services import AsyncClientLoop, CpuMeter, NatsServer, nats_version, supports_sync_always
 from peer_stats import Sample
 
-TIMEOUT = 600.0
 WINDOW_BYTES = 64 << 20  # unacknowledged bytes in flight, as for RabbitMQ
 WINDOW_MESSAGES = 4000  # and messages (nats-py's default for publish_async)
 FETCH_BATCH = 16
@@ -43,24 +42,18 @@ def durability(version: tuple[int, ...], sync_always: bool) -> str:
     )
 
 
-class NatsSystem:
+class NatsSystem(AsyncClientLoop):
     def __init__(self, server: NatsServer, name: str = "nats_jetstream") -> None:
         self.name = name
         self.server = server
         self.version = nats_version(server.binary)
         self.durability = durability(self.version, server.sync_always)
-        self._loop = asyncio.Runner()
+        super().__init__()
         self._nc = self._run(nats.connect(server.url, pending_size=WINDOW_BYTES))
         self._payloads = [bytes(b) for b in frame_buffers()]
 
-    def _run(self, coro, timeout: float = TIMEOUT):
-        return self._loop.run(asyncio.wait_for(coro, timeout))
-
-    def close(self) -> None:
-        try:
-            self._run(self._nc.close(), 30)
-        finally:
-            self._loop.close()
+    def _close_client(self):
+        return self._nc.close()
 
     def server_pids(self) -> list[int]:
         assert self.server.proc is not None

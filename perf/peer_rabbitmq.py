@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from payloads import FRAME_BYTES, frame_buffers
-from peer_services import CpuMeter
+from peer_services import AsyncClientLoop, CpuMeter
 from peer_stats import Sample
 from rstream import (
     ConfirmationStatus,
@@ -32,7 +32,6 @@ from rstream import (
 
 from scripts.rabbitmq_node import STREAM_FRAME_MAX, RabbitNode
 
-TIMEOUT = 600.0
 WINDOW_BYTES = 64 << 20  # unconfirmed bytes in flight, as for NATS
 WINDOW_MESSAGES = 4000  # and messages (nats-py's default for publish_async)
 
@@ -47,13 +46,13 @@ MOST_DURABLE = (
 )
 
 
-class RabbitStreamsSystem:
+class RabbitStreamsSystem(AsyncClientLoop):
     name = "rabbitmq_streams"
     durability = DURABILITY
 
     def __init__(self, node: RabbitNode) -> None:
         self.node = node
-        self._loop = asyncio.Runner()
+        super().__init__()
         self._producer = Producer(
             "127.0.0.1",
             node.stream_port,
@@ -64,14 +63,8 @@ class RabbitStreamsSystem:
         self._run(self._producer.start())
         self._payloads = [bytes(b) for b in frame_buffers()]  # rstream sends bytes
 
-    def _run(self, coro, timeout: float = TIMEOUT):
-        return self._loop.run(asyncio.wait_for(coro, timeout))
-
-    def close(self) -> None:
-        try:
-            self._run(self._producer.close(), 30)
-        finally:
-            self._loop.close()
+    def _close_client(self):
+        return self._producer.close()
 
     def server_pids(self) -> list[int]:
         assert self.node.server is not None

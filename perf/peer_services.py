@@ -14,6 +14,7 @@ Everything started here is stopped by pid, also on Ctrl-C or an exception.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -203,3 +204,26 @@ class CpuMeter:
     def read(self) -> tuple[float, float]:
         """(client, server) CPU seconds since the meter was made."""
         return time.process_time() - self._client0, self.server_seconds() - self._server0
+
+
+# ------------------------------------------------------------------ async clients
+class AsyncClientLoop:
+    """One asyncio loop that runs an async client's calls with a timeout, for the
+    synchronous workload code; ``close`` closes the client (``_close_client``), then the loop."""
+
+    TIMEOUT = 600.0
+
+    def __init__(self) -> None:
+        self._loop = asyncio.Runner()
+
+    def _run(self, coro, timeout: float = TIMEOUT):
+        return self._loop.run(asyncio.wait_for(coro, timeout))
+
+    def _close_client(self):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        try:
+            self._run(self._close_client(), 30)
+        finally:
+            self._loop.close()
