@@ -28,8 +28,12 @@ from hidra_ng.client.consumer import Consumer
 from hidra_ng.client.subscriber import Subscriber
 from hidra_ng.errors import HidraError, ReceiverUnavailable
 from hidra_ng.wire.frames import Frame
+from hidra_ng.wire.protocol import StreamInfo
 
 log = logging.getLogger(__name__)
+
+# a live feed that got nothing this long while the store has newer frames catches up
+CATCH_UP_SECONDS = 1.0
 
 
 class ReceiverLink:
@@ -143,6 +147,7 @@ class LiveFeed:
         self.users = 0
         self.received = 0  # live frames taken from the Subscriber
         self._latest: Frame | None = None
+        self.updated = time.monotonic()  # when the newest frame last changed
         self._listeners: set[Callable[[], None]] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -161,7 +166,7 @@ class LiveFeed:
         with self._lock:
             if self._latest is not None and frame.index <= self._latest.index:
                 return
-            self._latest = frame
+            self._latest, self.updated = frame, time.monotonic()
             listeners = list(self._listeners)
         for wake in listeners:
             wake()
@@ -259,7 +264,23 @@ class StreamTable:
             del self._samples[gone]
         self._rows, self._fetched = rows, now
         self._set_up(True, "")
+        await self._catch_up(infos, now)
         return rows
+
+    async def _catch_up(self, infos: list[StreamInfo], now: float) -> None:
+        """A watched stream whose live feed fell behind what is stored, and got nothing for
+        CATCH_UP_SECONDS, gets its newest stored frame: live frames published while the
+        Subscriber was reconnecting (a receiver restart) are not resent, and a page must not
+        stay on an old frame of a stream that moved on."""
+        feeds = self.link.feeds()
+        for info in infos:
+            feed = feeds.get(info.name)
+            if feed is None or info.last is None or now - feed.updated < CATCH_UP_SECONDS:
+                continue
+            latest = feed.latest
+            if latest is None or latest.index < info.last:
+                with contextlib.suppress(HidraError):
+                    feed.offer(await self.link.call("last", info.name))
 
     def _set_up(self, up: bool, error: str) -> None:
         if up != self.up:

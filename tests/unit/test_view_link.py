@@ -18,14 +18,57 @@ class FakeLink:
     def __init__(self) -> None:
         self.infos: list[StreamInfo] | None = []
         self.calls = 0
+        self.watched: dict[str, FakeFeed] = {}
+        self.lasts: list[str] = []
 
-    async def call(self, method: str):
+    def feeds(self) -> dict[str, FakeFeed]:
+        return dict(self.watched)
+
+    async def call(self, method: str, *args):
+        if method == "last":
+            self.lasts.append(args[0])
+            return FakeFrame(args[0], next(i.last for i in self.infos if i.name == args[0]))
         assert method == "streams"
         self.calls += 1
         await asyncio.sleep(0)  # let concurrent callers join this request
         if self.infos is None:
             raise ReceiverUnavailable(f"receiver at {self.api} did not answer 'streams'")
         return self.infos
+
+
+class FakeFrame:
+    def __init__(self, stream: str, index: int) -> None:
+        self.stream, self.index = stream, index
+
+
+class FakeFeed:
+    """The parts of a LiveFeed the catch-up uses: the newest frame, when it came, offer()."""
+
+    def __init__(self, latest: FakeFrame | None, updated: float) -> None:
+        self.latest, self.updated = latest, updated
+
+    def offer(self, frame: FakeFrame) -> None:
+        if self.latest is None or frame.index > self.latest.index:
+            self.latest = frame
+
+
+def test_a_feed_behind_the_store_and_idle_catches_up(monkeypatch):
+    """Live frames missed while the Subscriber reconnected: the newest stored one is offered,
+    but only to a feed that is behind and got nothing for CATCH_UP_SECONDS."""
+    now = [1000.0]
+    monkeypatch.setattr(view_link.time, "monotonic", lambda: now[0])
+    fake = FakeLink()
+    fake.infos = [info("behind", 7), info("busy", 9), info("current", 4)]
+    fake.watched = {
+        "behind": FakeFeed(FakeFrame("behind", 3), updated=now[0] - 5),
+        "busy": FakeFeed(FakeFrame("busy", 8), updated=now[0] - 0.2),  # frames flowing
+        "current": FakeFeed(FakeFrame("current", 4), updated=now[0] - 5),
+    }
+    table = view_link.StreamTable(fake, max_age=0.5)
+    asyncio.run(table.rows())
+    assert fake.lasts == ["behind"]
+    assert fake.watched["behind"].latest.index == 7
+    assert (fake.watched["busy"].latest.index, fake.watched["current"].latest.index) == (8, 4)
 
 
 def info(name: str, last: int) -> StreamInfo:
