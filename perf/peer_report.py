@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness import text_table
+
 TITLES = {
     "hidra_ng": "hidra_ng",
     "rabbitmq_streams": "RabbitMQ streams",
@@ -46,15 +48,6 @@ def _ratio(name: str, ratios: dict[str, float | None] | None) -> str:
     return _fmt(ratios[name])
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def _when(results: dict[str, Any]) -> str:
     load = results["load_average_1min"]
     return (
@@ -87,7 +80,7 @@ def render_text(results: dict[str, Any]) -> str:
                 [workload, name, _value(entry["unit"], summary), unit, summary["stat"],
                  _cpu(summary), _ratio(workload, ratios), cpu_ratio]
             )  # fmt: skip
-    out.append(_table(header, rows))
+    out.append(text_table(header, rows))
     out.append(
         "hidra_ng / peer: above 1 is better for hidra_ng in throughput, below 1 in latency"
         " and CPU per GB"

@@ -45,6 +45,7 @@ from harness import (
     progress,
     rerun_at,
     summarize,
+    text_table,
 )
 
 RESULTS_JSON = PERF_DIR / "results.json"
@@ -249,15 +250,6 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def _spread(samples: list[float]) -> str:
     return f"{_fmt(min(samples))} .. {_fmt(max(samples))}" if samples else ""
 
@@ -275,7 +267,7 @@ def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> s
         [name, _fmt(m.value), m.unit, m.stat, _spread(m.samples or m.detail.get("per_run", []))]
         for name, m in baselines.items()
     ]
-    out.append(_table(["baseline", "value", "unit", "stat", "runs min .. max"], rows))
+    out.append(text_table(["baseline", "value", "unit", "stat", "runs min .. max"], rows))
     rows = [_figure_row(name, f) for name, f in results["figures"].items()]
     rows += [
         [name, "not measured yet", "", entry["baseline"], "", "", ""]
@@ -283,14 +275,14 @@ def render_text(results: dict[str, Any], baselines: dict[str, Measurement]) -> s
     ]
     header = ["figure", "value", "unit", "baseline", "baseline value", "ratio", "ratio per round"]
     if rows:
-        out += ["", "hidra_ng figures (ratio = figure / baseline)", _table(header, rows)]
+        out += ["", "hidra_ng figures (ratio = figure / baseline)", text_table(header, rows)]
     if results["scaling"]:
         out += ["", "Scaling (ratio = figure / baseline of the same frame size or count)"]
         rows = [
             [*_figure_row(name, f), f"{f.get('work', '')}; {f['stat']}"]
             for name, f in results["scaling"].items()
         ]
-        out.append(_table([*header, "one run; stat"], rows))
+        out.append(text_table([*header, "one run; stat"], rows))
     for name, err in results["errors"].items():
         out.append(f"FAILED {name}: {err}")
     return "\n".join(out)
