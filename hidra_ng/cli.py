@@ -286,6 +286,40 @@ def get(
 
 
 @app.command()
+def query(
+    stream: str,
+    expr: Annotated[str, typer.Argument(help='filter, e.g. "meta.exposure_s > 0.005"')],
+    limit: Annotated[
+        int, typer.Option(min=0, help="print at most this many matches, 0: all")
+    ] = 10_000,
+    start: Annotated[int, typer.Option(min=0, help="examine records from this index on")] = 0,
+    scan_limit: Annotated[
+        int, typer.Option(min=0, help="records the receiver examines per page, 0: its default")
+    ] = 0,
+    api: ApiOpt = DEFAULT_API,
+    keys_dir: KeysOpt = None,
+    server_key_dir: ServerKeyOpt = None,
+) -> None:
+    """Print the frames of STREAM whose metadata match EXPR, one line each, in index order.
+
+    The receiver answers in pages; this goes on from page to page, printing as they come.
+    """
+    from hidra_ng.errors import QueryError
+    from hidra_ng.receiver.query import compile_query
+
+    try:
+        compile_query(expr)  # a syntax error is bad usage: said before any connection
+    except QueryError as err:
+        raise typer.BadParameter(str(err), param_hint="EXPR") from None
+    shown = 0
+    with _consumer(api, keys_dir, server_key_dir) as c:
+        for frame in c.iter_query(stream, expr, limit=limit, start=start, scan_limit=scan_limit):
+            typer.echo(f"{frame.index:>8}  {_short_meta(frame.meta, width=100)}")
+            shown += 1
+    typer.echo(f"{shown} match{'es' if shown != 1 else ''}", err=True)
+
+
+@app.command()
 def tail(
     stream: str,
     publish: Annotated[str, typer.Option("--publish", help="receiver publish endpoint")] = (

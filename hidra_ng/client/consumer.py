@@ -7,7 +7,8 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -32,6 +33,21 @@ _record_decoder = msgspec.msgpack.Decoder(proto.Record)
 _ref_decoder = msgspec.msgpack.Decoder(proto.FrameRef)
 _replay_decoder = msgspec.msgpack.Decoder(proto.FrameRef | proto.ReplayEvent)
 _batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch)
+_query_decoder = msgspec.msgpack.Decoder(proto.QueryResult)
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    """One reply to a query: its matches, and where a query goes on (:meth:`Consumer.query_page`).
+
+    ``next`` is the first index the receiver did not examine; ``more`` is True when a
+    bound (``limit`` or ``scan_limit``) stopped it before the last record stored when
+    the query began: a query with ``start=next`` continues it.
+    """
+
+    frames: list[Frame]
+    next: int
+    more: bool
 
 
 def decode_frame(
@@ -213,20 +229,69 @@ class Consumer:
         body, _ = self._call("parked", stream=proto.check_stream_name(stream), group=group)
         return msgspec.msgpack.decode(body, type=list[int])
 
-    def query(self, stream: str, expr: str, *, limit: int = 0) -> list[Frame]:
+    def query(
+        self, stream: str, expr: str, *, limit: int = 0, start: int = 0, scan_limit: int = 0
+    ) -> list[Frame]:
         """Metadata-only frames (data None) of ``stream`` matching ``expr``, in index order.
 
-        The filter language is described in hidra_ng/receiver/query.py and the README; at
-        most ``limit`` results (default 10,000).
+        The filter language is described in hidra_ng/receiver/query.py and the README. At
+        most ``limit`` results (default 10,000), from index ``start`` on. The receiver
+        answers a query in pages of at most ``scan_limit`` records examined (default
+        100,000); this asks page after page until it has ``limit`` matches or has
+        examined the last record stored. :meth:`iter_query` yields them as they come.
         """
-        body, _ = self._call(
-            "query", stream=proto.check_stream_name(stream), expr=expr, limit=limit
+        want = limit or proto.DEFAULT_QUERY_LIMIT
+        return list(
+            itertools.islice(
+                self.iter_query(stream, expr, limit=want, start=start, scan_limit=scan_limit),
+                want,
+            )
         )
-        refs = msgspec.msgpack.decode(body, type=list[proto.FrameRef])
-        return [
+
+    def iter_query(
+        self, stream: str, expr: str, *, limit: int = 0, start: int = 0, scan_limit: int = 0
+    ) -> Iterator[Frame]:
+        """The matches of :meth:`query`, page by page: at most ``limit`` in all, 0 for no
+        limit (it goes on to the last record stored when the last page began)."""
+        left = limit
+        while True:
+            page = self.query_page(
+                stream,
+                expr,
+                start=start,
+                limit=min(left, proto.MAX_QUERY_LIMIT) if limit else 0,
+                scan_limit=scan_limit,
+            )
+            yield from page.frames
+            left -= len(page.frames)
+            if not page.more or (limit and left <= 0):
+                return
+            start = page.next
+
+    def query_page(
+        self, stream: str, expr: str, *, start: int = 0, limit: int = 0, scan_limit: int = 0
+    ) -> QueryPage:
+        """One request of a query: the matches among at most ``scan_limit`` records from
+        ``start`` (at most ``limit`` of them), and where to go on (:class:`QueryPage`)."""
+        for name, value in (("start", start), ("limit", limit), ("scan_limit", scan_limit)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(
+                    f"query {name} {value!r} is not valid; expected an integer >= 0"
+                )
+        body, _ = self._call(
+            "query",
+            stream=proto.check_stream_name(stream),
+            expr=expr,
+            start=start,
+            limit=limit,
+            scan_limit=scan_limit,
+        )
+        result = _query_decoder.decode(body)
+        frames = [
             frame_from_record(r.stream, r.index, _record_decoder.decode(r.record), None)
-            for r in refs
+            for r in result.frames
         ]
+        return QueryPage(frames, result.next, result.more)
 
     # --------------------------------------------------------------- replay
 

@@ -236,10 +236,20 @@ class ParkedRequest(_Request, tag="parked", frozen=True):
     group: str = ""
 
 
+#: matches in one query reply: the default of ``limit``, and its most
+DEFAULT_QUERY_LIMIT = 10_000
+MAX_QUERY_LIMIT = 1_000_000
+#: records a query examines for one reply: the default of ``scan_limit``, and its most
+DEFAULT_SCAN_LIMIT = 100_000
+MAX_SCAN_LIMIT = 100_000_000
+
+
 class QueryRequest(_Request, tag="query", frozen=True):
     stream: str = ""
     expr: str = ""  # the filter expression
     limit: int = 0  # at most this many results, 0 for the default
+    start: int = 0  # the first index examined: 0, or the ``next`` of the last QueryResult
+    scan_limit: int = 0  # at most this many records examined, 0 for the default
 
 
 Request = (
@@ -318,6 +328,20 @@ class FrameRef(msgspec.Struct, array_like=True, frozen=True):
     record: msgspec.Raw
     group: str = ""  # set when handed out by a consumer group
     deliveries: int = 0  # how often the group handed this message out
+
+
+class QueryResult(msgspec.Struct, array_like=True, frozen=True):
+    """Body of a query's reply: the matches among the records examined, and where to go on.
+
+    The receiver examines records from ``start`` until it has ``limit`` matches, has
+    examined ``scan_limit`` records, or reaches the last record stored when the query
+    began. ``next`` is the first index not examined; ``more`` says a bound stopped the
+    scan before that last record, so a query from ``next`` continues it.
+    """
+
+    frames: list[FrameRef]
+    next: int
+    more: bool
 
 
 class FrameBatch(msgspec.Struct, array_like=True, frozen=True):
@@ -591,7 +615,8 @@ def check_request(req: Request) -> None:
             raise InvalidInput(
                 f"{req.op} {name} {value!r} is not valid; expected seconds from 0 to one week"
             )
-    for name in ("index", "credit_frames", "credit_bytes", "count", "limit", "max_deliveries"):
+    counts = ("index", "credit_frames", "credit_bytes", "count", "limit", "max_deliveries")
+    for name in (*counts, "start", "scan_limit"):
         value = getattr(req, name, 0)
         if not 0 <= value < SEQ_LIMIT:
             raise InvalidInput(
