@@ -74,6 +74,7 @@ class Env:
         dbs: tuple[str, ...],
         *,
         sync: bool = True,
+        metasync: bool | None = None,
         map_bytes: int = 256 * 1024 * 1024,
         max_map_bytes: int = 1 << 44,
     ) -> None:
@@ -86,7 +87,9 @@ class Env:
                 map_size=max(map_bytes, MIN_MAP_BYTES),
                 max_dbs=len(dbs) + 1,
                 sync=sync,
-                metasync=sync,
+                # False: a commit flushes its pages, not the meta page that makes it
+                # current; integrity holds on a crash, and a sync() makes it durable
+                metasync=sync if metasync is None else metasync,
                 readahead=False,
                 max_readers=256,
                 max_spare_txns=4,

@@ -13,8 +13,8 @@ longer handed out). Messages due for redelivery go out before new ones.
 
 Durability: operations change the state in memory; at the end of each api
 turn the changes are handed to the :class:`~hidra_ng.receiver.groupsync.GroupWriter`,
-which commits them durably in its own thread (pages, then the meta page, flushed,
-as the store commits frames), and the replies that confirm them (a hand-out, an
+which commits them durably in its own thread (pages, then the meta page, flushed),
+and the replies that confirm them (a hand-out, an
 ack, a nack) are sent only once it reports them durable. So a confirmed change
 survives a machine crash (SPEC G8), one commit serves every request of a turn,
 and under load one commit serves every turn that queued while the last one
@@ -104,7 +104,10 @@ class Groups:
         self.store = store
         self.ack_timeout = check_seconds("receiver ack_timeout", ack_timeout, positive=True)
         self.max_deliveries = max_deliveries
-        self.env = Env(Path(path), ("groups", "entries"), sync=True, map_bytes=64 << 20)
+        # metasync=False: hidra_ng/receiver/groupsync.py flushes the meta page
+        self.env = Env(
+            Path(path), ("groups", "entries"), sync=True, metasync=False, map_bytes=64 << 20
+        )
         self.writer = GroupWriter(self.env)
         self._groups: dict[tuple[str, str], Group] = {}
         self._dirty_meta: set[tuple[str, str]] = set()
@@ -329,8 +332,8 @@ class Groups:
         """Commit the changes made so far in this thread, durably (without the writer:
         tests, and :meth:`close` once the writer stopped)."""
         changes = self.take_changes()
-        if changes is not None:
-            commit(self.env, changes)
+        if changes is not None and commit(self.env, changes):
+            self.env.sync()
 
     def close(self) -> None:
         self.writer.stop()  # commits what it was handed

@@ -1,18 +1,21 @@
 """The durable commit of consumer-group state, in a thread of its own (SPEC G8).
 
 A reply that confirms a change of group state (a hand-out, an ack, a nack) may
-only leave once that change would survive a machine crash: committed by LMDB
-with its pages and then its meta page flushed, as the store commits frames.
-Two flushes take milliseconds; done in the api thread they would stop every
-other request meanwhile. So the api thread hands each turn's changes (encoded:
-nothing shared with it is touched here) to this writer and goes on; the writer
-commits everything handed to it since its last commit in one transaction, then
-reports which turns are durable, and the api thread sends the replies of those
-turns. Under load one commit covers all the turns that queued while the last
-one flushed: one sync per turn at most, fewer when busy.
+only leave once that change would survive a machine crash, as stored frames do.
+The api thread hands each turn's changes (encoded: nothing shared with it is
+touched here) to this writer and goes on serving; the writer commits everything
+handed to it since its last commit in one transaction and reports which turns
+are durable, and the api thread then sends the replies of those turns.
+
+Flushes: the environment commits with ``metasync=False``: a commit flushes its
+pages, then writes the meta page that makes it current without flushing it;
+LMDB's integrity holds on a crash, and the commit is durable once that meta page
+is flushed. Under load the next commit's page flush does that, so a stream of
+commits costs one flush each; when no commit follows, the writer syncs. Turns
+that queue while a commit runs share the next one.
 
 A failed commit (a full disk) is reported for its turns, whose replies are
-withheld (the members ask again), and its changes are retried with the next.
+withheld (the members ask again); its changes are retried with the next.
 """
 
 from __future__ import annotations
@@ -44,19 +47,22 @@ class Changes:
         return bool(self.groups or self.entries)
 
 
-def commit(env: Env, changes: Changes) -> None:
-    """One write transaction with every change; durable when it returns if ``env`` syncs."""
+def commit(env: Env, changes: Changes) -> bool:
+    """One write transaction with every change; whether it changed anything (LMDB writes
+    and flushes nothing for a transaction that changed nothing)."""
 
-    def fill(txn) -> None:
+    def fill(txn) -> bool:
+        changed = False
         for name, puts in (("groups", changes.groups), ("entries", changes.entries)):
             db = env.dbs[name]
             for key, value in puts.items():
                 if value is None:
-                    txn.delete(key, db=db)
+                    changed = txn.delete(key, db=db) or changed
                 else:
-                    txn.put(key, value, db=db)
+                    changed = txn.put(key, value, db=db) or changed
+        return changed
 
-    env.write(fill)
+    return env.write(fill)
 
 
 class GroupWriter:
@@ -80,7 +86,8 @@ class GroupWriter:
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
         self._thread: threading.Thread | None = None
-        self.commits = 0  # durable commits done (status, tests)
+        self.commits = 0  # commits that wrote pages (status, tests)
+        self.syncs = 0  # syncs of a commit's meta page that no next commit flushed
 
     def fileno(self) -> int:
         """Readable when results wait: the api thread polls it beside its sockets."""
@@ -134,31 +141,63 @@ class GroupWriter:
         os.close(self._write_fd)
 
     def _run(self) -> None:
+        unflushed = 0  # the last turn committed whose meta page is not flushed yet
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stopping)
-                if not self._queue:
-                    return
+                if not unflushed:
+                    self._cond.wait_for(lambda: self._queue or self._stopping)
+                    if not self._queue:
+                        return
                 batch, self._queue = self._queue, []
+            if not batch:  # nothing came while the last commit ran: flush its meta page
+                self._report(unflushed, self._flush())
+                unflushed = 0
+                continue
+            turn = batch[-1][0]
             merged = self._retry or Changes()
             for _, changes in batch:
                 if changes:
                     merged.update(changes)
-            error: StorageError | None = None
-            if merged:
-                try:
-                    commit(self.env, merged)
-                    self.commits += 1
-                    self._retry = None
-                except StorageError as err:
-                    error, self._retry = err, merged
-                except Exception as err:  # a bug must cost these replies, not the thread
-                    log.exception("group commit failed")
-                    error = StorageError(f"group commit failed: {err!r}")
-                    self._retry = merged
-            with self._cond:
-                self._results.append((batch[-1][0], error))
-                self._done_through = batch[-1][0]
-                self._cond.notify_all()
-            with contextlib.suppress(BlockingIOError):  # full of wake-ups already
-                os.write(self._write_fd, b"!")
+            wrote, error = self._commit(merged) if merged else (False, None)
+            if wrote:
+                # this commit flushed its pages and, with them, the last commit's meta page
+                if unflushed:
+                    self._report(unflushed, None)
+                unflushed = turn
+                continue
+            if unflushed:  # nothing flushed by this batch: the last commit needs a sync
+                self._report(unflushed, self._flush())
+                unflushed = 0
+            self._report(turn, error)
+
+    def _commit(self, changes: Changes) -> tuple[bool, StorageError | None]:
+        """(whether LMDB wrote and flushed pages, the error)."""
+        try:
+            wrote = commit(self.env, changes)
+        except StorageError as err:
+            self._retry = changes
+            return False, err
+        except Exception as err:  # a bug must cost these replies, not the thread
+            log.exception("group commit failed")
+            self._retry = changes
+            return False, StorageError(f"group commit failed: {err!r}")
+        self._retry = None
+        self.commits += wrote
+        return wrote, None
+
+    def _flush(self) -> StorageError | None:
+        try:
+            self.env.sync()
+        except StorageError as err:
+            return err
+        self.syncs += 1
+        return None
+
+    def _report(self, turn: int, error: StorageError | None) -> None:
+        """Turns up to ``turn`` are durable (or failed): tell the api thread."""
+        with self._cond:
+            self._results.append((turn, error))
+            self._done_through = turn
+            self._cond.notify_all()
+        with contextlib.suppress(BlockingIOError):  # full of wake-ups already
+            os.write(self._write_fd, b"!")
