@@ -87,6 +87,7 @@ class ApiServer:
                 self._take_requests()
             self.replies.release_held()
             if stop and not events:
+                self.replays.held.release_all()  # ingest has stopped; zmq ends before the store
                 return  # every notice is handled: the last acks are out
             self.replays.serve()
             for stream, _ in self.groups.due_groups():
@@ -100,7 +101,8 @@ class ApiServer:
                 self.replies.group_storage_error(err, "")
 
     def _poll_timeout(self) -> int:
-        timeout = 100
+        # read transactions held for zmq's sends end soon after zmq is done with them
+        timeout = 5 if self.replays.held else 100
         first = self.waiters.next_deadline()
         deadlines = [] if first is None else [first]
         due = self.groups.next_due()
