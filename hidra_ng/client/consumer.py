@@ -409,8 +409,14 @@ class _Replay:
 
         Raises StopIteration at the end of the replay, like ``next()``.
         """
-        if self._ready:
+        if self._ready or self._wait(timeout):
             return self._take()
+        return None
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` (None: for ever) for frames; False if none came."""
+        if self._ready:
+            return True
         if self._done:
             raise StopIteration
         called = time.monotonic()
@@ -424,10 +430,10 @@ class _Replay:
             if wait > 0 and self._sock.poll(wait * 1000):
                 self._heard = time.monotonic()
                 if self._receive():
-                    return self._take()
+                    return True
                 continue
             if deadline is not None and time.monotonic() >= deadline:
-                return None
+                return False
             if time.monotonic() < quiet_until:
                 continue
             if not self._resumed:
@@ -446,6 +452,21 @@ class _Replay:
         out = []
         while self._ready and len(out) < max_count:
             out.append(self._take())
+        return out
+
+    def next_records(self, max_count: int) -> list[tuple[int, proto.Record, memoryview]]:
+        """The next frames as received: (index, Record, payload as stored), at least one
+        (waiting like ``next()``), at most ``max_count``; StopIteration at the end.
+
+        For a reader that forwards what is stored (the bridge): no Frame is made, the
+        meta stays JSON text, the payload a view of the received message.
+        """
+        while not self._ready:
+            self._wait(None)
+        out = []
+        while self._ready and len(out) < max_count:
+            ref, payload = self._take_raw()
+            out.append((ref.index, _record_decoder.decode(ref.record), payload))
         return out
 
     def _receive(self) -> bool:
@@ -479,12 +500,15 @@ class _Replay:
         return True
 
     def _take(self) -> Frame:
+        ref, payload = self._take_raw()
+        return decode_frame(ref, payload, decode=self.decode)
+
+    def _take_raw(self) -> tuple[proto.FrameRef, memoryview]:
         ref, payload = self._ready.popleft()
-        frame = decode_frame(ref, payload, decode=self.decode)
-        self.next = frame.index + 1
+        self.next = ref.index + 1
         self._resumed = False
         self._credit(len(payload))
-        return frame
+        return ref, payload
 
     def _credit(self, nbytes: int) -> None:
         """Give back what was read, in chunks of half a window (fewer messages)."""
