@@ -15,7 +15,8 @@ process, then per frame size (4 MiB, 1 KiB):
   confirm of the end message;
 * ratio = bridge / raw (goal >= 0.7).
 
-Then the lag: a producer sends 4 MiB frames at 100 Hz while the bridge runs,
+Then the lag: a producer (its own process, paced_send.py) sends 4 MiB frames at
+100 Hz while the bridge runs,
 into a receiver whose store (and the producer's spool) is on tmpfs, since this
 VM's disk takes only ~150 MB/s; the lag (frames the receiver stored and the
 broker has not confirmed, and how long the oldest of them has been stored) is
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import subprocess
 import sys
 import tempfile
 import threading
@@ -137,7 +140,6 @@ def lag_run(node: RabbitNode, seconds: float, size: int, rate: float = 100.0) ->
     what the receiver stored and what the broker confirmed."""
     stream = f"perf/lag-{size}"
     count = int(seconds * rate)
-    payload = np.random.default_rng(2).bytes(size)
     with fast_dir("hidra-perf-bridge-lag-") as tmp:
         work = Path(tmp)
         rx = ReceiverProcess(work / "store")
@@ -165,31 +167,31 @@ def lag_run(node: RabbitNode, seconds: float, size: int, rate: float = 100.0) ->
                     link = bridge._links.get(stream)
                     if last is not None:
                         stored = last + 1
-                        done = stored if stream in bridge._finished else (
+                        done = stored if bridged(bridge, stream) else (
                             link.confirmed_next if link else 0)  # fmt: skip
                         lag.add(time.perf_counter(), stored, done)
                     stop.wait(0.02)
 
         sampler = threading.Thread(target=sample)
+        sender = None
         try:
-            with HidraProducer(rx.ingest, rx.api, work / "lag-spool", "perf-lag") as p:
-                p.send(stream, payload)  # the stream exists before sampling starts
-                p.flush(timeout=60)
-                sampler.start()
-                t0 = time.perf_counter()
-                for i in range(1, count):
-                    delay = t0 + i / rate - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                    p.send(stream, payload)
-                sent_s = time.perf_counter() - t0
-                p.finish(stream)
-                p.flush(timeout=600)
-                stored_s = time.perf_counter() - t0
-            while stream not in bridge._finished:
+            sender = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("paced_send.py")), rx.ingest,
+                 rx.api, str(work / "lag-spool"), stream, str(size), str(rate), str(count)],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert sender.stdout is not None
+            sender.stdout.readline()  # the first frame is stored: the stream exists
+            sampler.start()
+            t0 = time.perf_counter()
+            report = json.loads(sender.stdout.readline())
+            sender.wait(60)
+            while not bridged(bridge, stream):
                 time.sleep(0.005)
             caught_up_s = time.perf_counter() - t0
         finally:
+            if sender is not None and sender.poll() is None:
+                sender.kill()
             stop.set()
             if sampler.is_alive():
                 sampler.join()
@@ -198,12 +200,18 @@ def lag_run(node: RabbitNode, seconds: float, size: int, rate: float = 100.0) ->
     return {
         "size": size,
         "frames": count,
-        "send_hz": (count - 1) / sent_s,
-        "stored_hz": (count - 1) / stored_s,
-        "stored_s": stored_s,
+        "send_hz": report["send_hz"],
+        "stored_hz": report["stored_hz"],
+        "stored_s": report["stored_s"],
         "bridged_s": caught_up_s,
         **lag.summary(),
     }
+
+
+def bridged(bridge: Bridge, stream: str) -> bool:
+    """The end message of ``stream`` is confirmed (the stream is retired a tick later)."""
+    link = bridge._links.get(stream)
+    return stream in bridge._finished or (link is not None and link.done)
 
 
 def lag_runs(node: RabbitNode, seconds: float) -> list[dict]:
