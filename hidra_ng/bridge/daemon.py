@@ -69,7 +69,7 @@ class Bridge:
             self._stop,
             start_reader=self._start_reader,
             drop=self._drop,
-            forget=lambda name: self._frame_slots.pop(name, None),
+            forget=self._forget,
         )
         self._lock = StateLock(
             config.state_dir, api=config.api, rabbitmq=str(self.address), prefix=config.prefix
@@ -196,6 +196,10 @@ class Bridge:
         )
         link.reader = reader
         reader.start()
+
+    def _forget(self, name: str) -> None:
+        """A stream is retired: its frame slots go."""
+        self._frame_slots.pop(name, None)
 
     def _set_receiver(self, up: bool) -> None:
         if up != self._receiver_up:

@@ -449,7 +449,7 @@ class _Replay:
 
     def buffered(self, max_count: int) -> list[Frame]:
         """Up to ``max_count`` frames already received, without waiting (maybe none)."""
-        out = []
+        out: list[Frame] = []
         while self._ready and len(out) < max_count:
             out.append(self._take())
         return out
@@ -463,7 +463,7 @@ class _Replay:
         """
         while not self._ready:
             self._wait(None)
-        out = []
+        out: list[tuple[int, proto.Record, memoryview]] = []
         while self._ready and len(out) < max_count:
             ref, payload = self._take_raw()
             out.append((ref.index, _record_decoder.decode(ref.record), payload))
