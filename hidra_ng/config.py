@@ -335,7 +335,7 @@ class BridgeConfig(_Config):
     ] = 256 * MiB
     max_inflight_frames: Annotated[
         int, D("frames not yet confirmed, per stream", ge=1, le=1 << 20)
-    ] = 4096
+    ] = 65536
 
     def __post_init__(self) -> None:
         from hidra_ng.bridge.names import check_prefix

@@ -28,22 +28,36 @@ MIN_MAP_BYTES = 64 * 1024 * 1024
 
 
 class _Gate:
-    """Shared/exclusive gate: many readers, or one resizer."""
+    """Shared/exclusive gate: many readers, or one resizer.
+
+    Shared is reentrant per thread: a thread that holds it (the receiver's api
+    keeps read transactions open while zmq sends views of the map) enters again
+    without waiting for a resize that waits for it, which would never come.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._resizing = False
+        self._mine = threading.local()
+
+    @property
+    def resize_waiting(self) -> bool:
+        """A resize waits for the readers to leave: hold nothing longer than needed."""
+        return self._resizing
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
+        depth = getattr(self._mine, "depth", 0)
         with self._cond:
-            while self._resizing:
+            while self._resizing and not depth:
                 self._cond.wait()
             self._readers += 1
+        self._mine.depth = depth + 1
         try:
             yield
         finally:
+            self._mine.depth -= 1
             with self._cond:
                 self._readers -= 1
                 if not self._readers:
@@ -98,6 +112,10 @@ class Env:
         except lmdb.Error as err:
             raise StorageError(f"cannot open LMDB environment at {path}: {err}") from err
         self._gate = _Gate()
+
+    @property
+    def resize_waiting(self) -> bool:
+        return self._gate.resize_waiting
 
     @property
     def map_bytes(self) -> int:

@@ -7,6 +7,7 @@ import itertools
 import logging
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 _record_decoder = msgspec.msgpack.Decoder(proto.Record)
 _ref_decoder = msgspec.msgpack.Decoder(proto.FrameRef)
 _replay_decoder = msgspec.msgpack.Decoder(proto.FrameRef | proto.ReplayEvent)
+_replay_batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch | proto.ReplayEvent)
 _batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch)
 _query_decoder = msgspec.msgpack.Decoder(proto.QueryResult)
 
@@ -418,7 +420,11 @@ def _group_fields(frame: Frame) -> dict:
 
 
 class _Replay:
-    """A replay iterator with its own DEALER, so other requests do not mix in."""
+    """A replay iterator with its own DEALER, so other requests do not mix in.
+
+    It asks for batched replies (several small frames per reply); frames of a
+    batch wait in ``_ready`` and are credited back as they are taken.
+    """
 
     def __init__(self, consumer, stream, start, stop, follow, window_frames, window_bytes, decode):
         self.consumer = consumer
@@ -432,6 +438,8 @@ class _Replay:
         consumer._replays.add(self)
         self._id = 0
         self._owed = [0, 0]  # frames and bytes read since the last credit
+        self._ready: deque[tuple[proto.FrameRef, memoryview]] = deque()
+        self._heard = 0.0  # when the receiver last said something (or was asked)
         self._resumed = False
         self._done = False
         self._request()
@@ -439,6 +447,7 @@ class _Replay:
     def _request(self) -> None:
         self._id = next(self.consumer._ids)
         self._owed = [0, 0]
+        self._heard = time.monotonic()
         req = proto.ReplayRequest(
             id=self._id,
             stream=self.stream,
@@ -447,6 +456,7 @@ class _Replay:
             follow=self.follow,
             credit_frames=self.window[0],
             credit_bytes=self.window[1],
+            batch=True,
         )
         self._sock.send(proto.encode(proto.Kind.REQUEST, req))
 
@@ -454,45 +464,116 @@ class _Replay:
         return self
 
     def __next__(self) -> Frame:
+        while True:
+            frame = self.next_frame(None)
+            if frame is not None:
+                return frame
+
+    def next_frame(self, timeout: float | None) -> Frame | None:
+        """The next frame, or None when none came within ``timeout`` seconds (None: wait).
+
+        Raises StopIteration at the end of the replay, like ``next()``.
+        """
+        if self._ready or self._wait(timeout):
+            return self._take()
+        return None
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` (None: for ever) for frames; False if none came."""
+        if self._ready:
+            return True
         if self._done:
             raise StopIteration
+        called = time.monotonic()
+        deadline = None if timeout is None else called + timeout
         # a waiting follow replay hears "idle" every few seconds; silence is a failure
         silence = self.consumer.request_timeout + (api_idle_seconds() if self.follow else 0)
         while True:
-            if not self._sock.poll(silence * 1000):
-                if not self._resumed:
-                    self._resumed = True  # e.g. a receiver restart: ask again from here
-                    log.info("replay of %s silent; asking again from %d", self.stream, self.next)
-                    self._request()
-                    continue
-                self.close()
-                raise ReceiverUnavailable(
-                    f"receiver at {self.consumer.api} sent nothing for {silence:.0f} s while"
-                    f" replaying {self.stream!r} at index {self.next}"
-                )
-            try:
-                answer = _read_reply(self._sock, self._id)
-            except HidraError:
-                self.close()
-                raise
-            if answer is None:
+            now = time.monotonic()
+            quiet_until = max(self._heard, called) + silence
+            wait = quiet_until - now if deadline is None else min(quiet_until, deadline) - now
+            if wait > 0 and self._sock.poll(wait * 1000):
+                self._heard = time.monotonic()
+                if self._receive():
+                    return True
                 continue
-            reply_body, payloads = answer
-            payload = payloads[0] if payloads else memoryview(b"")
-            try:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if time.monotonic() < quiet_until:
+                continue
+            if not self._resumed:
+                self._resumed = True  # e.g. a receiver restart: ask again from here
+                log.info("replay of %s silent; asking again from %d", self.stream, self.next)
+                self._request()
+                continue
+            self.close()
+            raise ReceiverUnavailable(
+                f"receiver at {self.consumer.api} sent nothing for {silence:.0f} s while"
+                f" replaying {self.stream!r} at index {self.next}"
+            )
+
+    def buffered(self, max_count: int) -> list[Frame]:
+        """Up to ``max_count`` frames already received, without waiting (maybe none)."""
+        out: list[Frame] = []
+        while self._ready and len(out) < max_count:
+            out.append(self._take())
+        return out
+
+    def next_records(self, max_count: int) -> list[tuple[int, proto.Record, memoryview]]:
+        """The next frames as received: (index, Record, payload as stored), at least one
+        (waiting like ``next()``), at most ``max_count``; StopIteration at the end.
+
+        For a reader that forwards what is stored (the bridge): no Frame is made, the
+        meta stays JSON text, the payload a view of the received message.
+        """
+        while not self._ready:
+            self._wait(None)
+        out: list[tuple[int, proto.Record, memoryview]] = []
+        while self._ready and len(out) < max_count:
+            ref, payload = self._take_raw()
+            out.append((ref.index, _record_decoder.decode(ref.record), payload))
+        return out
+
+    def _receive(self) -> bool:
+        """Read one reply; True if it brought frames. StopIteration at the end."""
+        try:
+            answer = _read_reply(self._sock, self._id)
+        except HidraError:
+            self.close()
+            raise
+        if answer is None:
+            return False
+        reply_body, payloads = answer
+        joined = payloads[0] if payloads else memoryview(b"")
+        try:
+            body = _replay_batch_decoder.decode(reply_body)
+        except msgspec.DecodeError:
+            try:  # a receiver that sends one FrameRef per reply
                 body = _replay_decoder.decode(reply_body)
             except msgspec.DecodeError as err:
                 raise ProtocolError(f"malformed replay message: {err}") from err
-            if isinstance(body, proto.ReplayEvent):
-                if body is proto.ReplayEvent.END:
-                    self.close()
-                    raise StopIteration
-                continue  # idle: the receiver is alive and waiting for frames
-            frame = decode_frame(body, payload, decode=self.decode)
-            self.next = frame.index + 1
-            self._resumed = False
-            self._credit(len(payload))
-            return frame
+        if isinstance(body, proto.ReplayEvent):
+            if body is proto.ReplayEvent.END:
+                self.close()
+                raise StopIteration
+            return False  # idle: the receiver is alive and waiting for frames
+        if isinstance(body, proto.FrameRef):
+            self._ready.append((body, joined))
+            return True
+        views = proto.cut_payloads(joined, body.sizes, len(body.frames), "replay reply")
+        self._ready.extend(zip(body.frames, views, strict=True))
+        return True
+
+    def _take(self) -> Frame:
+        ref, payload = self._take_raw()
+        return decode_frame(ref, payload, decode=self.decode)
+
+    def _take_raw(self) -> tuple[proto.FrameRef, memoryview]:
+        ref, payload = self._ready.popleft()
+        self.next = ref.index + 1
+        self._resumed = False
+        self._credit(len(payload))
+        return ref, payload
 
     def _credit(self, nbytes: int) -> None:
         """Give back what was read, in chunks of half a window (fewer messages)."""

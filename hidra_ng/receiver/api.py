@@ -95,6 +95,7 @@ class ApiServer:
                 self._take_requests()
             if stop and not events:
                 self.replies.settle(5.0)  # the replies of group changes still being written
+                self.replays.held.release_all()  # ingest has stopped; zmq ends before the store
                 return  # every notice is handled: the last acks are out
             for stream, _ in self.groups.due_groups():
                 self.waiters.wake(stream)  # a redelivery is due
@@ -109,7 +110,8 @@ class ApiServer:
         self.scans.peer_gone(ident)
 
     def _poll_timeout(self) -> int:
-        timeout = 100
+        # read transactions held for zmq's sends end soon after zmq is done with them
+        timeout = 5 if self.replays.held else 100
         first = self.waiters.next_deadline()
         deadlines = [] if first is None else [first]
         due = self.groups.next_due()

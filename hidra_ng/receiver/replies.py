@@ -69,6 +69,23 @@ class Replies:
         reply = proto.Reply(req_id, body=msgspec.Raw(proto.encode_body(body)))
         return self._answer([ident, proto.encode(proto.Kind.REPLY, reply), *payloads], after_commit)
 
+    def reply_tracked(
+        self, ident: bytes, req_id: int, body: Any, payload: Any
+    ) -> zmq.MessageTracker | None:
+        """Send a reply whose payload is a view zmq sends without a copy; its tracker
+        says when zmq is done with the view (None: not sent, the peer is full or gone)."""
+        reply = proto.Reply(req_id, body=msgspec.Raw(proto.encode_body(body)))
+        frames = [ident, proto.encode(proto.Kind.REPLY, reply), payload]
+        try:
+            return self.router.send_multipart(frames, zmq.NOBLOCK, copy=False, track=True)
+        except zmq.Again:
+            return None
+        except zmq.ZMQError as err:
+            if err.errno != errno.EHOSTUNREACH:
+                raise
+            self.peer_gone(ident)
+            return None
+
     def reply_error(
         self, ident: bytes, req_id: int, err: HidraError, *, after_commit: bool = False
     ) -> None:

@@ -190,6 +190,7 @@ class ReplayRequest(_Request, tag="replay", frozen=True):
     follow: bool = False  # keep going with frames committed later
     credit_frames: int = 0  # frames the consumer can take
     credit_bytes: int = 0  # payload bytes the consumer can take
+    batch: bool = False  # frames come as FrameBatch bodies, small ones several per reply
 
 
 class CreditRequest(_Request, tag="credit", frozen=True):
@@ -345,11 +346,12 @@ class QueryResult(msgspec.Struct, array_like=True, frozen=True):
 
 
 class FrameBatch(msgspec.Struct, array_like=True, frozen=True):
-    """Body of a reply that carries several frames (a batched next).
+    """Body of a reply that carries several frames (a batched next, a batched replay).
 
     Their payloads follow in one frame, joined in order; ``sizes`` cuts it apart
     (one zmq frame per reply instead of one per message: small messages are
-    cheaper that way).
+    cheaper that way). A batched replay sends a large frame as a batch of one,
+    its payload frame a view of the store, not a copy.
     """
 
     frames: list[FrameRef]
