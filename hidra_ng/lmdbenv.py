@@ -65,6 +65,17 @@ class _Gate:
                 self._cond.notify_all()
 
 
+class Held:
+    """A read transaction left open by :meth:`Env.hold`; ``close()`` ends it once."""
+
+    def __init__(self, txn: lmdb.Transaction, stack: contextlib.ExitStack) -> None:
+        self.txn = txn
+        self._stack = stack
+
+    def close(self) -> None:
+        self._stack.close()  # an ExitStack runs its callbacks once
+
+
 class Env:
     """One LMDB environment with named databases and map growth."""
 
@@ -109,6 +120,23 @@ class Env:
                 yield txn
             finally:
                 txn.abort()
+
+    def hold(self) -> Held:
+        """A read transaction (``buffers=True``) that stays open until ``Held.close()``.
+
+        For buffers of the map lent to another thread (zmq's I/O thread): the map
+        cannot grow or close while it is open, and ``close()`` may come from any
+        thread (LMDB runs without thread-local reader slots here).
+        """
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._gate.shared())
+        try:
+            txn = self._env.begin(buffers=True)
+        except BaseException:
+            stack.close()
+            raise
+        stack.callback(txn.abort)
+        return Held(txn, stack)
 
     def write(self, fill: Callable[[lmdb.Transaction], T], *, buffers: bool = False) -> T:
         """Run ``fill`` in a write transaction and commit it; grow the map and retry if full.

@@ -39,7 +39,8 @@ from hidra_ng.errors import (
 from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
 from hidra_ng.sender.gobackn import GoBackN
-from hidra_ng.sender.spool import Spool, entry_bytes
+from hidra_ng.sender.lending import Lender, Loan
+from hidra_ng.sender.spool import Outgoing, Spool, entry_bytes
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.compression import Encoded, check_compression, compress
 from hidra_ng.wire.frames import Data, describe
@@ -358,6 +359,7 @@ class _Link(threading.Thread):
         self.spool = producer._spool
         self.heartbeat = heartbeat
         self.window = GoBackN(self.spool.lowest, window_bytes, resend_after, time.monotonic())
+        self._lender = Lender(self.spool.env)
         #: the window's ``acked``, for other threads (they wait on ``_acked_cond``)
         self.acked = self.window.acked
         self._released = self.acked
@@ -544,16 +546,38 @@ class _Link(threading.Thread):
         with self.p._space:
             self.p._space.notify_all()
 
+    def _read(self, start: int, max_bytes: int) -> tuple[list[Outgoing], Loan | None]:
+        """Spooled messages to send; large payloads as views of the spool's map, lent to zmq.
+
+        The loan must be ended once the send call is done (see lending.py); without
+        one (too many open) the messages are copies.
+        """
+        loan = self._lender.open()
+        if loan is None:
+            return self.spool.read(start, self.MAX_BATCH_MESSAGES, max_bytes), None
+        try:
+            batch = self.spool.read_views(loan.txn, start, self.MAX_BATCH_MESSAGES, max_bytes)
+        except BaseException:
+            loan.end()
+            raise
+        for out in batch:
+            if len(out.payload) >= ZERO_COPY_BYTES:
+                out.payload = loan.lend(out.payload)
+        return batch, loan
+
     def _pump(self) -> bool:
         """Send spooled messages within the window; True if the socket pushed back."""
         window = self.window
         while (send := window.next_send(self.spool.next_seq - 1, self.MAX_BATCH_BYTES)) is not None:
-            batch = self.spool.read(send.seq, self.MAX_BATCH_MESSAGES, send.max_bytes)
+            batch, loan = self._read(send.seq, send.max_bytes)
             if not batch:
+                if loan is not None:
+                    loan.end()
                 return False
             envelope = proto.Envelope(
                 self.spool.sender_id, self.spool.incarnation, send.floor, send.epoch
             )
+            frames: list[bytes | memoryview]
             if all(len(out.payload) < PACK_BELOW_BYTES for out in batch):
                 frames = [
                     proto.encode(proto.Kind.DATA_PACKED, envelope),
@@ -571,6 +595,9 @@ class _Link(threading.Thread):
                 send_parts(self._push, frames)
             except zmq.Again:
                 return True
+            finally:
+                if loan is not None:
+                    loan.end()  # zmq holds what it still needs: lent views (lending.py)
             window.on_sent([(out.seq, len(out.payload)) for out in batch])
             if self.p.metrics is not None:
                 self.p.metrics.sent.inc(len(batch))
