@@ -171,11 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=128, help="4 MiB frames per run")
     ap.add_argument("--passes", action="store_true", help="also time each pass alone")
+    ap.add_argument("--lz4-threads", type=int, help="blosc2 threads per compression")
     ap.add_argument("--at", metavar="REV", help="measure hidra_ng as committed at REV")
     args = ap.parse_args(argv)
     if args.at:
         return rerun_at(args.at, Path(__file__), argv if argv is not None else sys.argv[1:])
     frames_4mib()
+    if args.lz4_threads:
+        from hidra_ng.wire import compression
+
+        compression.THREADS = args.lz4_threads
     if args.passes:
         passes()
     ingest(args.rounds, args.frames)
