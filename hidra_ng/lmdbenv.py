@@ -49,6 +49,24 @@ class _Gate:
                 if not self._readers:
                     self._cond.notify_all()
 
+    def try_enter(self) -> bool:
+        """A reader's share without waiting: False while a resize is pending."""
+        with self._cond:
+            if self._resizing:
+                return False
+            self._readers += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    @property
+    def resizing(self) -> bool:
+        return self._resizing
+
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
@@ -121,15 +139,23 @@ class Env:
             finally:
                 txn.abort()
 
-    def hold(self) -> Held:
+    @property
+    def growing(self) -> bool:
+        """A resize waits for the read transactions open now (``hold()`` gives none)."""
+        return self._gate.resizing
+
+    def hold(self) -> Held | None:
         """A read transaction (``buffers=True``) that stays open until ``Held.close()``.
 
         For buffers of the map lent to another thread (zmq's I/O thread): the map
         cannot grow or close while it is open, and ``close()`` may come from any
-        thread (LMDB runs without thread-local reader slots here).
+        thread (LMDB runs without thread-local reader slots here). None, without
+        waiting, while the map waits to grow.
         """
+        if not self._gate.try_enter():
+            return None
         stack = contextlib.ExitStack()
-        stack.enter_context(self._gate.shared())
+        stack.callback(self._gate.leave)
         try:
             txn = self._env.begin(buffers=True)
         except BaseException:

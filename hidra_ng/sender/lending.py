@@ -15,7 +15,13 @@ garbage-collector thread, typically). Nothing in the link thread waits for it,
 so a map that must grow waits only for zmq, never for the link thread.
 
 At most :data:`MAX_LOANS` transactions are open at once (each takes an LMDB
-reader slot); beyond that the link reads copies as before.
+reader slot); beyond that the link waits for loans to come back.
+
+A map that must grow (``Env.growing``) waits for every loan. zmq keeps a view
+as long as the receiver does not read (a receiver whose disk is full stops
+reading), so the link then drops what zmq queued, by opening a new PUSH socket,
+and resends it later as after a broken connection (producer.py); meanwhile it
+neither lends nor blocks on the spool, so nothing it holds delays the growth.
 """
 
 from __future__ import annotations
@@ -83,17 +89,21 @@ class Lender:
         self.loans = 0  # opened in all, for tests and diagnostics
 
     def open(self) -> Loan | None:
-        """A new loan, or None when ``limit`` are open (read a copy instead)."""
+        """A new loan; None when ``limit`` are open or the map waits to grow."""
         with self._lock:
             if self.open_loans >= self._limit:
                 return None
             self.open_loans += 1
-            self.loans += 1
         try:
-            return Loan(self._env.hold(), self)
+            held = self._env.hold()
         except BaseException:
             self.returned()
             raise
+        if held is None:
+            self.returned()
+            return None
+        self.loans += 1
+        return Loan(held, self)
 
     def returned(self) -> None:
         with self._lock:

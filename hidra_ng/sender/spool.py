@@ -70,7 +70,7 @@ class Spool:
         self.sync_mode = sync
         self.env = Env(Path(path), self.DBS, sync=sync == "always", map_bytes=map_bytes)
         self._db = self.env.dbs
-        self._lock = threading.Lock()  # serializes appends (seq assignment)
+        self._lock = threading.RLock()  # serializes appends (seq assignment)
         try:
             self._load(sender_id)
         except BaseException:
@@ -204,6 +204,15 @@ class Spool:
             self.count -= removed
             self.bytes -= freed
             return freed
+
+    def try_release(self, up_to: int) -> int | None:
+        """:meth:`release`, or None at once if another thread holds the spool (an append)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.release(up_to)
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ reads
 

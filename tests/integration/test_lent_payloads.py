@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
+import zmq
 
 from hidra_ng import Consumer, Producer
 from hidra_ng.receiver.daemon import Receiver
@@ -32,3 +34,40 @@ def test_frames_sent_from_the_spools_map_arrive_intact(tmp_path: Path, receiver:
     for i, want in enumerate(expected):
         assert np.array_equal(got[i].data, want) and got[i].meta == {"i": i}
     assert [f.data for f in got[len(frames) :]] == small
+
+
+def test_the_spool_map_grows_while_a_stalled_receiver_holds_lent_frames(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """zmq keeps lent views while the receiver does not read; the map must still grow."""
+    frames = [bytes([i]) * (1 << 20) for i in range(24)]
+    ctx = zmq.Context()
+    stalled = ctx.socket(zmq.PULL)  # takes one message, then reads nothing more
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    stalled.setsockopt(zmq.RCVBUF, 4096)
+    silent_api = ctx.socket(zmq.ROUTER)
+    try:
+        ingest = f"tcp://127.0.0.1:{stalled.bind_to_random_port('tcp://127.0.0.1')}"
+        api = f"tcp://127.0.0.1:{silent_api.bind_to_random_port('tcp://127.0.0.1')}"
+        with Producer(ingest, api, tmp_path / "spool", "stalled") as p:
+            for frame in frames:
+                p.send("grow", frame)
+            lender = p._link._lender
+            wait_for(
+                lambda: lender.open_loans > 0, 30, "frames lent to zmq, which cannot send them"
+            )
+            env = p._spool.env
+            before = env.map_bytes
+            grower = threading.Thread(target=env._grow)  # what an append does when the map is full
+            grower.start()
+            wait_for(lambda: not grower.is_alive(), 30, "the map growing despite the lent frames")
+            assert env.map_bytes == 2 * before
+    finally:
+        stalled.close(0)
+        silent_api.close(0)
+        ctx.term()
+    ep = receiver.endpoints  # a receiver that reads: everything spooled arrives, intact
+    with Producer(ep["ingest"], ep["api"], tmp_path / "spool", "stalled") as p:
+        p.flush(60)
+    with Consumer(ep["api"]) as c:
+        assert [c.get("grow", i).data for i in range(len(frames))] == frames
