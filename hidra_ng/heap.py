@@ -18,7 +18,6 @@ process belongs to its caller.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -36,9 +35,8 @@ TOP_PAD = 64 << 20
 
 def keep_frame_buffers() -> bool:
     """Tune glibc's malloc for frame-sized buffers; False where there is no glibc."""
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError, TypeError):
         return False  # not glibc (musl, macOS): nothing to tune
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

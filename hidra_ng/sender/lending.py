@@ -2,7 +2,8 @@
 
 A large payload is sent from the spool's memory map itself (``copy=False``),
 not from a ``bytes()`` copy of it, which saves one pass over every frame (a
-4 MiB copy costs ~1.8 ms on the 2-core VM; perf/NOTES.md "CPU per byte").
+4 MiB copy took 0.2-1.8 ms on the 2-core VM, with its load; perf/NOTES.md "CPU
+per byte").
 
 The views are valid only while the read transaction they came from is open:
 after it ends, a later write may reuse the pages, and a growing map moves.
@@ -11,8 +12,7 @@ dropped with a closed connection), which may be after the link thread went
 on. So each lent view is a memoryview object that pyzmq keeps until libzmq
 frees the message; when the last view of a transaction and the reader are
 done with it, the transaction ends, in whichever thread let go last (pyzmq's
-garbage-collector thread, typically). Nothing in the link thread waits for it,
-so a map that must grow waits only for zmq, never for the link thread.
+garbage-collector thread, typically). The link thread never waits for it.
 
 At most :data:`MAX_LOANS` transactions are open at once (each takes an LMDB
 reader slot); beyond that the link waits for loans to come back.
