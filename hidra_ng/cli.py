@@ -119,9 +119,10 @@ def receiver(
     ] = None,
 ) -> None:
     """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
-    from hidra_ng import service
+    from hidra_ng import heap, service
     from hidra_ng.receiver.daemon import Receiver
 
+    heap.keep_frame_buffers()
     daemon = Receiver(settings)
     if ready_file is not None:
         _write_ready_file(ready_file, daemon.endpoints)
@@ -154,9 +155,11 @@ def sender(
     ] = None,
 ) -> None:
     """Run the sender daemon: spool frames from sources and push them to the receiver."""
-    from hidra_ng import service
+    from hidra_ng import heap, service
     from hidra_ng.sender import sources
     from hidra_ng.sender.daemon import SenderDaemon
+
+    heap.keep_frame_buffers()
 
     parsed = [sources.parse(uri) for uri in settings.sources]
     if not parsed:

@@ -63,6 +63,20 @@ class _Gate:
                 if not self._readers:
                     self._cond.notify_all()
 
+    def try_enter(self) -> bool:
+        """A reader's share without waiting: False while a resize is pending."""
+        with self._cond:
+            if self._resizing:
+                return False
+            self._readers += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
@@ -77,6 +91,17 @@ class _Gate:
             with self._cond:
                 self._resizing = False
                 self._cond.notify_all()
+
+
+class Held:
+    """A read transaction left open by :meth:`Env.hold`; ``close()`` ends it once."""
+
+    def __init__(self, txn: lmdb.Transaction, stack: contextlib.ExitStack) -> None:
+        self.txn = txn
+        self._stack = stack
+
+    def close(self) -> None:
+        self._stack.close()  # an ExitStack runs its callbacks once
 
 
 class Env:
@@ -115,6 +140,7 @@ class Env:
 
     @property
     def resize_waiting(self) -> bool:
+        """A resize waits for the read transactions open now (``hold()`` gives none)."""
         return self._gate.resize_waiting
 
     @property
@@ -130,6 +156,26 @@ class Env:
                 yield txn
             finally:
                 txn.abort()
+
+    def hold(self) -> Held | None:
+        """A read transaction (``buffers=True``) that stays open until ``Held.close()``.
+
+        For buffers of the map lent to another thread (zmq's I/O thread): the map
+        cannot grow or close while it is open, and ``close()`` may come from any
+        thread (LMDB runs without thread-local reader slots here). None, without
+        waiting, while the map waits to grow.
+        """
+        if not self._gate.try_enter():
+            return None
+        stack = contextlib.ExitStack()
+        stack.callback(self._gate.leave)
+        try:
+            txn = self._env.begin(buffers=True)
+        except BaseException:
+            stack.close()
+            raise
+        stack.callback(txn.abort)
+        return Held(txn, stack)
 
     def write(self, fill: Callable[[lmdb.Transaction], T], *, buffers: bool = False) -> T:
         """Run ``fill`` in a write transaction and commit it; grow the map and retry if full.

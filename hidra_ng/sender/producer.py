@@ -39,7 +39,8 @@ from hidra_ng.errors import (
 from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
 from hidra_ng.sender.gobackn import GoBackN
-from hidra_ng.sender.spool import Spool, entry_bytes
+from hidra_ng.sender.lending import Lender, Loan
+from hidra_ng.sender.spool import Outgoing, Spool, entry_bytes
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.compression import Encoded, check_compression, compress
 from hidra_ng.wire.frames import Data, describe
@@ -358,6 +359,7 @@ class _Link(threading.Thread):
         self.spool = producer._spool
         self.heartbeat = heartbeat
         self.window = GoBackN(self.spool.lowest, window_bytes, resend_after, time.monotonic())
+        self._lender = Lender(self.spool.env)
         #: the window's ``acked``, for other threads (they wait on ``_acked_cond``)
         self.acked = self.window.acked
         self._released = self.acked
@@ -368,16 +370,10 @@ class _Link(threading.Thread):
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._ctx = zmq.Context()
-        self._push = self._ctx.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.LINGER, 0)
-        self._push.setsockopt(zmq.IMMEDIATE, 1)
-        self._push.setsockopt(zmq.SNDHWM, 1000)
-        # a broken connection drops what sat in its queue: resend at once, not after a stall
-        self._monitor = self._push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._push, self._monitor = self._new_push()
         self._dealer = self._ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
         if producer.keys is not None:
-            producer.keys.apply(self._push)
             producer.keys.apply(self._dealer)
         try:
             self._push.connect(producer.ingest)
@@ -385,6 +381,18 @@ class _Link(threading.Thread):
         except zmq.ZMQError as err:
             self._close_sockets()
             raise ConfigError(f"cannot connect to receiver: {err}") from err
+
+    def _new_push(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """A PUSH socket for the receiver's ingest (not connected yet) and its monitor."""
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.setsockopt(zmq.IMMEDIATE, 1)
+        push.setsockopt(zmq.SNDHWM, 1000)
+        # a broken connection drops what sat in its queue: resend at once, not after a stall
+        monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        if self.p.keys is not None:
+            self.p.keys.apply(push)
+        return push, monitor
 
     # --------------------------------------------------------- other threads
 
@@ -423,6 +431,7 @@ class _Link(threading.Thread):
         poller.register(self._monitor, zmq.POLLIN)
         next_hello = 0.0
         blocked = False
+        revoked = False  # lent views taken back for the map's growth now pending
         try:
             while not self._stopping.is_set():
                 now = time.monotonic()
@@ -444,6 +453,12 @@ class _Link(threading.Thread):
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 4096)
                 self._check_stall()
+                if self.spool.env.resize_waiting:
+                    if not revoked and self._lender.open_loans:
+                        self._revoke_loans(poller)
+                        revoked = True
+                else:
+                    revoked = False
                 self._release()
                 blocked = self._pump()
             self._take_replies()
@@ -488,6 +503,24 @@ class _Link(threading.Thread):
                     log.warning("unexpected %s message from receiver ignored", kind.name)
             except ProtocolError as err:
                 log.warning("malformed message from receiver ignored: %s", err)
+
+    def _revoke_loans(self, poller: zmq.Poller) -> None:
+        """The spool's map waits to grow for views zmq still holds: drop zmq's queue.
+
+        A new PUSH socket replaces the old one, whose queued messages libzmq then
+        frees (and with them the lent views); they are resent as after a broken
+        connection (lending.py).
+        """
+        log.info("spool map must grow; resending from seq %d on a new connection", self.acked + 1)
+        poller.unregister(self._monitor)
+        with contextlib.suppress(zmq.ZMQError):
+            self._push.disable_monitor()
+        self._monitor.close(linger=0)
+        self._push.close(linger=0)
+        self._push, self._monitor = self._new_push()
+        self._push.connect(self.p.ingest)
+        poller.register(self._monitor, zmq.POLLIN)
+        self.window.on_disconnect(time.monotonic())
 
     def _take_disconnects(self) -> None:
         """The PUSH connection broke: whatever sat in its queue is lost, so resend it now."""
@@ -539,21 +572,51 @@ class _Link(threading.Thread):
         idle = not self.window.in_flight
         if not (force or waiting or self.acked - self._released >= 256 or idle):
             return
-        self.spool.release(self.acked)
+        if force:
+            self.spool.release(self.acked)
+        elif self.spool.try_release(self.acked) is None:
+            return  # an append holds the spool, maybe growing its map: never wait for it here
         self._released = self.acked
         with self.p._space:
             self.p._space.notify_all()
+
+    def _read(self, start: int, max_bytes: int) -> tuple[list[Outgoing] | None, Loan | None]:
+        """Spooled messages to send; large payloads as views of the spool's map, lent to zmq.
+
+        The loan must be ended once the send call is done (see lending.py). None
+        (try again shortly) while loans are out and none can be opened: too many,
+        or the map waits to grow, which a blocking read would wait for too.
+        """
+        loan = self._lender.open()
+        if loan is None:
+            if self._lender.open_loans:
+                return None, None
+            return self.spool.read(start, self.MAX_BATCH_MESSAGES, max_bytes), None
+        try:
+            batch = self.spool.read_views(loan.txn, start, self.MAX_BATCH_MESSAGES, max_bytes)
+        except BaseException:
+            loan.end()
+            raise
+        for out in batch:
+            if len(out.payload) >= ZERO_COPY_BYTES:
+                out.payload = loan.lend(out.payload)
+        return batch, loan
 
     def _pump(self) -> bool:
         """Send spooled messages within the window; True if the socket pushed back."""
         window = self.window
         while (send := window.next_send(self.spool.next_seq - 1, self.MAX_BATCH_BYTES)) is not None:
-            batch = self.spool.read(send.seq, self.MAX_BATCH_MESSAGES, send.max_bytes)
+            batch, loan = self._read(send.seq, send.max_bytes)
+            if batch is None:
+                return True
             if not batch:
+                if loan is not None:
+                    loan.end()
                 return False
             envelope = proto.Envelope(
                 self.spool.sender_id, self.spool.incarnation, send.floor, send.epoch
             )
+            frames: list[bytes | memoryview]
             if all(len(out.payload) < PACK_BELOW_BYTES for out in batch):
                 frames = [
                     proto.encode(proto.Kind.DATA_PACKED, envelope),
@@ -571,6 +634,9 @@ class _Link(threading.Thread):
                 send_parts(self._push, frames)
             except zmq.Again:
                 return True
+            finally:
+                if loan is not None:
+                    loan.end()  # zmq holds what it still needs: lent views (lending.py)
             window.on_sent([(out.seq, len(out.payload)) for out in batch])
             if self.p.metrics is not None:
                 self.p.metrics.sent.inc(len(batch))

@@ -48,7 +48,7 @@ class Outgoing:
 
     seq: int
     header: bytes  # encoded Header
-    payload: bytes
+    payload: bytes | memoryview  # a view of the map from read_views()
 
 
 class Spool:
@@ -70,7 +70,7 @@ class Spool:
         self.sync_mode = sync
         self.env = Env(Path(path), self.DBS, sync=sync == "always", map_bytes=map_bytes)
         self._db = self.env.dbs
-        self._lock = threading.Lock()  # serializes appends (seq assignment)
+        self._lock = threading.RLock()  # serializes appends (seq assignment)
         try:
             self._load(sender_id)
         except BaseException:
@@ -205,6 +205,15 @@ class Spool:
             self.bytes -= freed
             return freed
 
+    def try_release(self, up_to: int) -> int | None:
+        """:meth:`release`, or None at once if another thread holds the spool (an append)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.release(up_to)
+        finally:
+            self._lock.release()
+
     # ------------------------------------------------------------------ reads
 
     def read(self, start: int, max_count: int, max_bytes: int) -> list[Outgoing]:
@@ -229,6 +238,26 @@ class Spool:
                     )
                 )
                 total += size
+        return out
+
+    def read_views(self, txn, start: int, max_count: int, max_bytes: int) -> list[Outgoing]:
+        """:meth:`read` in ``txn`` (``Env.hold()``): payloads are views of the map, no copy.
+
+        The views are valid while ``txn`` is open (hidra_ng/sender/lending.py).
+        """
+        out: list[Outgoing] = []
+        total = 0
+        headers = txn.cursor(db=self._db["headers"])
+        payload_db = self._db["payloads"]
+        if not headers.set_range(_SEQ.pack(start)):
+            return out
+        for key, header in headers:
+            payload = txn.get(key, db=payload_db)
+            size = 0 if payload is None else len(payload)
+            if out and (len(out) >= max_count or total + size > max_bytes):
+                break
+            out.append(Outgoing(_SEQ.unpack(key)[0], bytes(header), payload or b""))
+            total += size
         return out
 
     def checkpoint(self, name: str) -> bytes | None:
