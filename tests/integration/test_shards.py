@@ -1,0 +1,193 @@
+"""Several receivers behind one shard map (SPEC §14), in-process receivers on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hidra_ng import Consumer, NotYetAvailable, Producer, StreamFinished, Subscriber
+from hidra_ng.shards import load_shard_map, part_name
+from hidra_ng.testing import free_port
+from tests.helpers import wait_for
+from tests.ops_helpers import DaemonProcess, clean_env, scrape
+from tests.shard_helpers import in_process_receivers, write_shard_map
+
+NAMES = ("r0", "r1", "r2")
+
+
+@pytest.fixture
+def three(tmp_path: Path):
+    with in_process_receivers(tmp_path, NAMES) as rxs:
+        yield rxs
+
+
+def payload(stream: str, k: int) -> bytes:
+    return f"{stream}#{k}".encode() * 32
+
+
+def test_each_stream_goes_to_and_is_read_from_its_receiver(tmp_path: Path, three) -> None:
+    shards = write_shard_map(tmp_path / "shards.toml", three, [["a/**"], ["b/**"], ["**"]])
+    streams = [f"{p}/s{i}" for p in "abc" for i in range(4)]
+    with Producer(shards=shards, spool_dir=tmp_path / "spool", sender_id="det") as producer:
+        for stream in streams:
+            producer.send_many(stream, [(payload(stream, k), {"k": k}) for k in range(5)])
+            producer.finish(stream)
+        producer.flush(30)
+        assert producer.spool_messages == 0 or wait_for(lambda: producer.spool_messages == 0)
+    held = {}
+    for name, rx in three.items():
+        with Consumer(rx.endpoints["api"]) as c:
+            held[name] = sorted(info.name for info in c.streams())
+    assert held == {
+        "r0": [s for s in streams if s.startswith("a/")],
+        "r1": [s for s in streams if s.startswith("b/")],
+        "r2": [s for s in streams if s.startswith("c/")],
+    }
+    with Consumer(shards=shards) as c:
+        assert sorted(info.name for info in c.streams()) == sorted(streams)
+        assert {n for n, _ in c.streams_by_receiver()} == set(NAMES)
+        for stream in streams:
+            assert c.info(stream).count == 5
+            assert c.get(stream, 3).data == payload(stream, 3)
+            assert [f.meta["k"] for f in c.replay(stream)] == list(range(5))
+            with pytest.raises(StreamFinished):
+                c.get(stream, 5, timeout=1)
+        c.ping()
+
+
+def test_streams_cli_lists_every_receiver_with_a_receiver_column(tmp_path: Path, three) -> None:
+    shards = write_shard_map(tmp_path / "shards.toml", three, [["a/**"], ["b/**"], ["**"]])
+    with Producer(shards=shards, spool_dir=tmp_path / "spool", sender_id="det") as producer:
+        for stream in ("a/x", "b/y", "c/z"):
+            producer.send(stream, b"1234")
+        producer.flush(30)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "hidra_ng", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+        )
+
+    out = cli("streams", "--shards", str(shards))
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert rows[0][:2] == ["receiver", "stream"]
+    assert [row[:2] for row in rows[1:]] == [["r0", "a/x"], ["r1", "b/y"], ["r2", "c/z"]]
+    got = cli("get", "b/y", "0", "--shards", str(shards))
+    assert got.returncode == 0, got.stderr
+    assert "b/y #0: 4 bytes" in got.stdout
+    info = cli("info", "c/z", "--shards", str(shards))
+    assert info.returncode == 0 and info.stdout.splitlines()[1].split()[:2] == ["r2", "c/z"]
+    three.pop("r1").stop()  # a receiver down: the others are listed, the missing one named
+    down = subprocess.run(
+        [sys.executable, "-m", "hidra_ng", "streams", "--shards", str(shards)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+    )
+    assert down.returncode == 1
+    assert "a/x" in down.stdout and "c/z" in down.stdout and "b/y" not in down.stdout
+    assert "receiver r1 did not answer" in down.stderr
+
+
+def test_subscriber_follows_live_frames_of_streams_on_two_receivers(tmp_path: Path, three) -> None:
+    shards = write_shard_map(tmp_path / "shards.toml", three, [["a/**"], ["b/**"], ["**"]])
+    with (
+        Subscriber(streams=["a/live", "b/live"], shards=shards) as sub,
+        Producer(shards=shards, spool_dir=tmp_path / "spool", sender_id="det") as producer,
+    ):
+        seen: set[str] = set()
+
+        def both() -> bool:
+            producer.send("a/live", b"x")
+            producer.send("b/live", b"y")
+            frame = sub.receive(timeout=0.2)
+            if frame is not None:
+                seen.add(frame.stream)
+            return seen == {"a/live", "b/live"}
+
+        wait_for(both, timeout=30, what="live frames from r0 and r1")
+        assert sub.latest(stream="b/live").stream == "b/live"
+
+
+def test_split_series_is_read_back_merged_in_image_order(tmp_path: Path, three) -> None:
+    shards = write_shard_map(tmp_path / "shards.toml", three, [["**"], ["**"], ["**"]])
+    series = "p21/run_0001"
+    images = [np.full((4, 4), k, dtype=np.uint32) for k in range(300)]
+    with Producer(
+        shards=shards,
+        spool_dir=tmp_path / "spool",
+        sender_id="det",
+        split_parts=3,
+        split_block_images=10,
+        split_streams=["p21/**"],
+    ) as producer:
+        for first in range(0, 300, 25):  # batches that cross block boundaries
+            producer.send_many(
+                series, [(im, {"k": int(im[0, 0])}) for im in images[first : first + 25]]
+            )
+        producer.send("other/unsplit", b"x")  # split_streams: p21/** only
+        producer.finish(series)
+        producer.flush(30)
+    m = load_shard_map(shards)
+    homes = {m.place(part_name(series, p)).name for p in range(3)}
+    assert homes == set(NAMES)  # the three parts on three receivers
+    with Consumer(shards=shards) as c:
+        for p in range(3):
+            info = c.info(part_name(series, p))
+            assert (info.count, info.finished) == (100, True)
+        assert c.info("other/unsplit").count == 1
+        merged = list(c.replay_merged(series, follow=True, window_frames=8))
+        assert [int(f.data[0, 0]) for f in merged] == list(range(300))
+        assert [f.meta["hidra_split"] for f in merged[:2]] == [[0, 3, 10], [1, 3, 10]]
+        assert [f.meta["k"] for f in merged] == list(range(300))
+        part = [int(f.data[0, 0]) for f in c.replay_merged(series, 95, 131)]
+        assert part == list(range(95, 131))
+        assert list(c.replay_merged("p21/none")) == []
+
+
+def count(c: Consumer, stream: str) -> int:
+    """Messages stored in ``stream``; -1 before the first."""
+    try:
+        return c.info(stream).count
+    except NotYetAvailable:
+        return -1
+
+
+def test_sender_daemon_with_shards_reports_each_receiver_up(tmp_path: Path, three) -> None:
+    shards = write_shard_map(tmp_path / "shards.toml", three, [["a/**"], ["b/**"], ["**"]])
+    ready = tmp_path / "sender-ready.json"
+    args = [
+        "sender", "--shards", str(shards), "--spool-dir", str(tmp_path / "spool"),
+        "--sender-id", "daemon", "--metrics-port", str(free_port()), "--ready-file", str(ready),
+        "--split-parts", "3", "--split-block-images", "4", "--split-streams", "c/**",
+        "--source", "simulate:?shape=8x8&dtype=uint16&rate=0&count=20&stream=a/sim",
+        "--source", "simulate:?shape=8x8&dtype=uint16&rate=0&count=20&stream=c/sim",
+    ]  # fmt: skip
+    with DaemonProcess(args, tmp_path / "sender.log") as daemon:
+        port = daemon.ready(ready)["metrics_port"]
+
+        def up(samples: dict, name: str) -> float | None:
+            return samples.get(("hidra_ng_sender_receiver_up", (("receiver", name),)))
+
+        wait_for(lambda: all(up(scrape(port), n) == 1 for n in NAMES), timeout=30)
+        with Consumer(shards=shards) as c:
+            # c/** is split into 3 parts by blocks of 4; the group of '**' is r2 alone
+            parts = [part_name("c/sim", p) for p in range(3)]
+            wait_for(lambda: [count(c, p) for p in parts] == [8, 8, 4], timeout=30)
+            wait_for(lambda: count(c, "a/sim") == 20, timeout=30, what="a/sim on r0")
+            merged = list(c.replay_merged("c/sim"))
+        assert [f.meta["frame"] for f in merged] == list(range(20))
+        assert [f.meta["hidra_split"][0] for f in merged] == list(range(20))
+        three.pop("r1").stop()
+        wait_for(lambda: up(scrape(port), "r1") == 0, timeout=30, what="r1 down")
+        assert up(scrape(port), "r0") == 1 and up(scrape(port), "r2") == 1
+        assert daemon.terminate() == 0, daemon.read_log()
