@@ -277,3 +277,15 @@ def test_sender_config_split_needs_a_shard_map() -> None:
         "sender", flags={"split_parts": 3, "shards": str(EXAMPLE), "sender_id": "x"}, environ={}
     )
     assert (config.split_parts, config.split_block_images, config.split_streams) == (3, 1, ["**"])
+
+
+def test_check_config_of_a_sender_checks_its_shard_map(tmp_path: Path) -> None:
+    good = tmp_path / "sender.toml"
+    good.write_text(f'[sender]\nsender_id = "x"\nshards = "{EXAMPLE}"\nsplit_parts = 3\n')
+    ok = run_cli("check-config", str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert "split_parts = 3" in ok.stdout
+    bad = tmp_path / "bad-sender.toml"
+    bad.write_text(f'[sender]\nsender_id = "x"\nshards = "{tmp_path / "none.toml"}"\n')
+    out = run_cli("check-config", str(bad))
+    assert out.returncode == 2 and "none.toml does not exist" in out.stderr
