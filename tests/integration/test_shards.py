@@ -191,3 +191,41 @@ def test_sender_daemon_with_shards_reports_each_receiver_up(tmp_path: Path, thre
         wait_for(lambda: up(scrape(port), "r1") == 0, timeout=30, what="r1 down")
         assert up(scrape(port), "r0") == 1 and up(scrape(port), "r2") == 1
         assert daemon.terminate() == 0, daemon.read_log()
+
+
+def test_dectris_series_split_over_three_receivers(tmp_path: Path, three) -> None:
+    """The split is the Producer's: a DECTRIS Stream V2 source is split like any other."""
+    from source_helpers import Running
+    from stream_v2_emitter import Emitter
+
+    from hidra_ng.sender.sources import parse
+
+    shards = write_shard_map(tmp_path / "shards.toml", three, [["**"], ["**"], ["**"]])
+    stream = "p11/eiger/threshold_1"
+    with (
+        Producer(
+            shards=shards,
+            spool_dir=tmp_path / "spool",
+            sender_id="eiger",
+            split_parts=3,
+            split_block_images=2,
+            split_streams=[stream],
+        ) as producer,
+        Emitter() as det,
+        Consumer(shards=shards) as c,
+    ):
+        running = Running(parse(f"dectris:{det.endpoint}?stream=p11/eiger"), producer)
+        det.start(3, "series-3", ["threshold_1"])
+        for image_id in range(12):
+            image = np.full((8, 6), image_id, dtype="<u2")
+            det.image(3, "series-3", image_id, {"threshold_1": image}, "none")
+        det.end(3, "series-3")
+        parts = [part_name(stream, p) for p in range(3)]
+        # start, 12 images, end: 14 messages in blocks of 2 -> 6, 4, 4
+        wait_for(lambda: [count(c, p) for p in parts] == [6, 4, 4], timeout=60)
+        running.close()
+        merged = list(c.replay_merged(stream))
+    assert [f.meta["type"] for f in (merged[0], merged[-1])] == ["start", "end"]
+    assert [f.meta["image_id"] for f in merged[1:-1]] == list(range(12))
+    assert [int(f.data[0, 0]) for f in merged[1:-1]] == list(range(12))
+    assert set(three) == {load_shard_map(shards).place(p).name for p in parts}
