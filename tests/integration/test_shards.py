@@ -229,3 +229,38 @@ def test_dectris_series_split_over_three_receivers(tmp_path: Path, three) -> Non
     assert [f.meta["image_id"] for f in merged[1:-1]] == list(range(12))
     assert [int(f.data[0, 0]) for f in merged[1:-1]] == list(range(12))
     assert set(three) == {load_shard_map(shards).place(p).name for p in parts}
+
+
+def test_a_restarted_producer_numbers_on_and_finds_its_newest_checkpoint(
+    tmp_path: Path, three
+) -> None:
+    """The image count of a split series and a source's checkpoint live in the spools."""
+    shards = write_shard_map(tmp_path / "shards.toml", three, [["a/**"], ["b/**"], ["**"]])
+    options = {
+        "shards": shards,
+        "spool_dir": tmp_path / "spool",
+        "sender_id": "det",
+        "split_parts": 3,
+        "split_block_images": 4,
+        "split_streams": ["c/**"],
+    }
+    with Producer(**options) as producer:
+        producer.send_many("c/run", [(b"%d" % i, None) for i in range(25)])
+        producer.send_many("a/x", [(b"1", None)], checkpoint=("src", b"first"))
+        producer.send_many("b/y", [(b"2", None)], checkpoint=("src", b"second"))
+        assert producer.checkpoint("src") == b"second"
+        producer.flush(30)
+    with Producer(**options) as producer:
+        assert producer.checkpoint("src") == b"second"  # newest, though a/x's spool has one
+        producer.send_many("a/x", [(b"3", None)], checkpoint=("src", b"third"))
+        assert producer.checkpoint("src") == b"third"
+        producer.send_many("c/run", [(b"%d" % i, None) for i in range(25, 30)])
+        producer.finish("c/run")
+        producer.flush(30)
+        assert set(producer.acked_seqs) == set(NAMES)
+        with pytest.raises(Exception, match="split over several receivers"):
+            producer.acked_seq_of("c/run")
+    with Consumer(shards=shards) as c:
+        merged = list(c.replay_merged("c/run", follow=True))
+    assert [bytes(f.data) for f in merged] == [b"%d" % i for i in range(30)]
+    assert [f.meta["hidra_split"][0] for f in merged] == list(range(30))
