@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import time
 import weakref
 from collections import deque
@@ -25,6 +26,7 @@ from hidra_ng.errors import (
     ReceiverUnavailable,
 )
 from hidra_ng.security import ClientKeys
+from hidra_ng.shards import ShardMap
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.frames import Frame, frame_from_record
 
@@ -72,7 +74,18 @@ def decode_frame(
 
 
 class Consumer:
-    """Read stored frames from a receiver (SPEC §4). Not thread-safe: one per thread."""
+    """Read stored frames from a receiver (SPEC §4). Not thread-safe: one per thread.
+
+    ``shards=PATH`` (SPEC §14) reads from every receiver of a shard map instead:
+    each request goes to the receiver that holds its stream (client/sharded.py).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Consumer:
+        if cls is Consumer and kwargs.get("shards"):
+            from hidra_ng.client.sharded import ShardedConsumer
+
+            return super().__new__(ShardedConsumer)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -81,6 +94,7 @@ class Consumer:
         request_timeout: float = 10.0,
         keys_dir: str | None = None,
         server_key_dir: str | None = None,
+        shards: str | os.PathLike[str] | ShardMap | None = None,
     ) -> None:
         self.api = api
         self.request_timeout = request_timeout
@@ -325,6 +339,28 @@ class Consumer:
                 " expected both positive"
             )
         return _Replay(self, stream, start, stop, follow, window_frames, window_bytes, decode)
+
+    def replay_merged(
+        self,
+        stream: str,
+        start: int = 0,
+        stop: int | None = None,
+        follow: bool = False,
+        *,
+        window_frames: int = 256,
+        window_bytes: int = 64 << 20,
+        decode: bool = True,
+    ) -> Iterator[Frame]:
+        """A series split into ``STREAM/part-K`` (SPEC §14) as one sequence in image order.
+
+        ``start``/``stop`` are image numbers (the ``i`` of ``hidra_split``); each part
+        is replayed with its share of the flow-control window; ``follow=True`` ends
+        once the series is finished (every part finished and read to its end).
+        client/merged.py describes how.
+        """
+        from hidra_ng.client.merged import replay_merged
+
+        return replay_merged(self, stream, start, stop, follow, window_frames, window_bytes, decode)
 
     # -------------------------------------------------------------- plumbing
 

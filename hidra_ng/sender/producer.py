@@ -40,7 +40,8 @@ from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
 from hidra_ng.sender.gobackn import GoBackN
 from hidra_ng.sender.lending import Lender, Loan
-from hidra_ng.sender.spool import Outgoing, Spool, entry_bytes
+from hidra_ng.sender.spool import Checkpoints, Outgoing, Spool, entry_bytes
+from hidra_ng.shards import ShardMap
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.compression import Encoded, check_compression, compress
 from hidra_ng.wire.frames import Data, describe
@@ -76,12 +77,20 @@ class Producer:
     declared once, in hidra_ng/config.py.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Producer:
+        # shards=PATH (SPEC §14): one link per receiver, each stream routed to its own
+        if cls is Producer and kwargs.get("shards"):
+            from hidra_ng.sender.sharded import ShardedProducer
+
+            return super().__new__(ShardedProducer)
+        return super().__new__(cls)
+
     def __init__(
         self,
-        ingest: str,
-        api: str,
-        spool_dir: str | os.PathLike[str],
-        sender_id: str,
+        ingest: str = "",
+        api: str = "",
+        spool_dir: str | os.PathLike[str] = "",
+        sender_id: str = "",
         *,
         spool_sync: str = "always",
         spool_batch_seconds: float = 0.5,
@@ -97,7 +106,21 @@ class Producer:
         keys_dir: str | os.PathLike[str] | None = None,
         server_key_dir: str | os.PathLike[str] | None = None,
         send_timeout: float | None = None,
+        shards: str | os.PathLike[str] | ShardMap | None = None,
+        split_parts: int = 1,
+        split_block_images: int = 1,
+        split_streams: Sequence[str] = ("**",),
     ) -> None:
+        if split_parts != 1:
+            raise ConfigError(
+                f"split_parts = {split_parts} needs a shard map (shards = PATH): the parts of a"
+                " split series go to the receivers of its shard"
+            )
+        if not (ingest and api and str(spool_dir)):
+            raise ConfigError(
+                f"ingest={ingest!r}, api={api!r} and spool_dir={str(spool_dir)!r}: expected"
+                " all three, or shards=PATH with spool_dir"
+            )
         if send_timeout is not None:  # the former name
             if send_timeout_seconds != 30.0 and send_timeout_seconds != send_timeout:
                 raise ConfigError(
@@ -161,7 +184,7 @@ class Producer:
         stream: str,
         items: Iterable[tuple[Data, dict[str, Any] | None]],
         *,
-        checkpoint: tuple[str, bytes] | None = None,
+        checkpoint: Checkpoints = None,
     ) -> list[int]:
         """Spool several messages for ``stream`` in one commit; returns their seqs.
 
@@ -217,7 +240,7 @@ class Producer:
         self,
         prepared: Sequence[tuple[proto.Header, memoryview | bytes]],
         finish: Iterable[str] = (),
-        checkpoint: tuple[str, bytes] | None = None,
+        checkpoint: Checkpoints = None,
     ) -> list[int]:
         size = sum(entry_bytes(h, p) for h, p in prepared)
         if size > self.max_spool_bytes:
@@ -309,6 +332,10 @@ class Producer:
     def acked_seq(self) -> int:
         """Highest seq the receiver acknowledged (with every seq below it); -1 before any."""
         return self._link.acked
+
+    def acked_seq_of(self, stream: str) -> int:
+        """:attr:`acked_seq` of the receiver that holds ``stream`` (with shards: per receiver)."""
+        return self.acked_seq
 
     def checkpoint(self, name: str) -> bytes | None:
         """A source's position saved with the messages it spooled (see ``send_many``)."""

@@ -144,9 +144,12 @@ class Spool:
         items: Sequence[tuple[Header, memoryview | bytes]],
         *,
         finish: Iterable[str] = (),
-        checkpoint: tuple[str, bytes] | None = None,
+        checkpoint: Checkpoints = None,
     ) -> list[int]:
-        """Spool messages in one transaction; headers get their seq here. Returns the seqs."""
+        """Spool messages in one transaction; headers get their seq here. Returns the seqs.
+
+        ``checkpoint``: one ``(name, value)`` or a list of them, written in the same commit.
+        """
         with self._lock:
             first = self.next_seq
             encoded = [
@@ -165,8 +168,8 @@ class Spool:
                 txn.put(b"next_seq", _SEQ.pack(new_next), db=state)
                 for stream in finish:
                     txn.put(b"finished:" + stream.encode(), b"", db=state)
-                if checkpoint is not None:
-                    txn.put(b"checkpoint:" + checkpoint[0].encode(), checkpoint[1], db=state)
+                for name, value in _checkpoints(checkpoint):
+                    txn.put(b"checkpoint:" + name.encode(), value, db=state)
 
             self.env.write(fill)
             self.next_seq = new_next
@@ -280,6 +283,16 @@ class Spool:
             self._flusher.join()
             self.env.sync()
         self.env.close()
+
+
+#: what ``append`` takes as checkpoints: none, one (name, value), or a list of them
+Checkpoints = tuple[str, bytes] | list[tuple[str, bytes]] | None
+
+
+def _checkpoints(checkpoint: Checkpoints) -> list[tuple[str, bytes]]:
+    if checkpoint is None:
+        return []
+    return [checkpoint] if isinstance(checkpoint, tuple) else checkpoint
 
 
 def entry_bytes(header: Header, payload: memoryview | bytes) -> int:
