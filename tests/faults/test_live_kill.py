@@ -12,6 +12,7 @@ at every index committed before the first kill exactly the frame stored there.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from pathlib import Path
@@ -38,6 +39,9 @@ STREAM = "faults/live-kill"
 MESSAGES = 150  # per sender
 SENDERS = {"live-a": 21, "live-b": 22}  # sender -> workload seed
 BATCH = 5
+#: batches a sender has unacknowledged at most: the stream advances with the receiver,
+#: so the second kill, too, finds messages in flight
+IN_FLIGHT = 4
 HOLD_AT = 60
 #: the second kill, once this many messages of both senders are acknowledged
 KILL_AT_ACKED = 200
@@ -81,9 +85,17 @@ class LiveRecorder(threading.Thread):
         self.sub.close()
 
 
-def send_all(producer: Producer, seed: int, errors: list[BaseException]) -> None:
+def held_from(rx: ReceiverProcess) -> int | None:
+    """The first index of the commit held_receiver.py holds, once it says so in its log."""
+    found = re.search(r"holding the commit of indices (\d+)\.\.", rx.read_log())
+    return None if found is None else int(found.group(1))
+
+
+def send_all(producer: Producer, seed: int, start: int, errors: list[BaseException]) -> None:
     try:
-        for first in range(0, MESSAGES, BATCH):
+        for first in range(start, MESSAGES, BATCH):
+            behind = first - IN_FLIGHT * BATCH
+            wait_for(lambda b=behind: producer.acked_seq >= b, timeout=120, what="acks")
             ks = range(first, min(first + BATCH, MESSAGES))
             producer.send_many(STREAM, [message(seed, k) for k in ks])
     except BaseException as err:  # reported by the test thread
@@ -95,7 +107,9 @@ def acked(producers: list[Producer]) -> int:
 
 
 def test_durable_stream_exact_after_kills_whatever_the_live_feed_showed(tmp_path: Path) -> None:
-    rx = HeldReceiver(tmp_path / "store")
+    # a queue per subscriber that holds every frame of a commit: the recorder, which keeps
+    # up, misses none of the held commit (with the default 8, G6 lets it skip some)
+    rx = HeldReceiver(tmp_path / "store", "--publish-hwm", "1000")
     rx.hold_at = HOLD_AT
     rx.start()
     recorder = LiveRecorder(rx.publish)
@@ -106,15 +120,22 @@ def test_durable_stream_exact_after_kills_whatever_the_live_feed_showed(tmp_path
             Producer(rx.ingest, rx.api, tmp_path / "spool-b", "live-b") as pb,
         ):
             producers = [pa, pb]
+            # the recorder's subscription is in effect before the held commit: it got a
+            # first frame, live or, if it joined later, as the stream's newest
+            pa.send_many(STREAM, [message(SENDERS["live-a"], k) for k in range(BATCH)])
+            pa.flush(timeout=60)
+            wait_for(lambda: recorder.frames, timeout=60, what="the recorder's first frame")
             errors: list[BaseException] = []
             threads = [
-                threading.Thread(target=send_all, args=(p, seed, errors))
-                for p, seed in zip(producers, SENDERS.values(), strict=True)
+                threading.Thread(target=send_all, args=(p, seed, start, errors))
+                for p, seed, start in zip(producers, SENDERS.values(), (BATCH, 0), strict=True)
             ]
             for thread in threads:
                 thread.start()
             # 1: the commit reaching HOLD_AT is out live and waits for its fsync forever
-            wait_for(lambda: recorder.newest_index() >= HOLD_AT, timeout=90, what="live HOLD_AT")
+            (held,) = wait_for(lambda: (h := held_from(rx)) is not None and (h,), timeout=90,
+                               what="the held commit")  # fmt: skip
+            wait_for(lambda: recorder.newest_index() >= held, timeout=60, what="its frames live")
             with Consumer(rx.api) as c:
                 durable_at_kill = c.info(STREAM).count
                 with pytest.raises(NotYetAvailable):
