@@ -104,6 +104,9 @@ class ReceiverConfig(_Config):
     commit_max_messages: Annotated[int, D("frames per LMDB group commit, at most", ge=1)] = 10_000
     commit_max_bytes: Annotated[int, D("bytes per LMDB group commit, at most", ge=1)] = 128 * MiB
     publish_hwm: Annotated[int, D("live frames queued per slow subscriber", ge=1)] = 8
+    publish_cache_bytes: Annotated[
+        int, D("newest live frame of each stream kept for late joiners, bytes at most", ge=0)
+    ] = 64 * MiB
     initial_map_bytes: Annotated[int, D("initial LMDB map size (it grows)", ge=MIN_MAP_BYTES)] = (
         1 * GiB
     )

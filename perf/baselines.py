@@ -14,6 +14,14 @@ raw_zmq_latency_4mib_p50 / _p99
     message. The next message is sent only after the child answered the previous
     one, so nothing queues. Percentiles over the samples of all runs, each run's
     first ``latency_warmup`` samples dropped.
+raw_zmq_relay_4mib_p50 / _p99
+    Milliseconds of one 4 MiB message over the two hops a live frame takes: a PUSH
+    socket in this process, a child process (perf/zmq_peer.py ``relay``) that
+    PULLs it and republishes it on a PUB socket, and a SUB socket in this process,
+    all without copies, over tcp loopback; from the send call returning to the
+    SUB's receive returning with the whole message (one clock). The next message
+    is sent only once the previous one arrived. The baseline of
+    live_latency_4mib (SPEC §12).
 raw_lmdb_append_4mib
     MB/s of a durable LMDB append of 4 MiB values: each value put (``append=True``,
     8-byte big-endian key) in its own write transaction committed with
@@ -84,7 +92,7 @@ BASELINES: list[Probe] = []
 
 
 @contextlib.contextmanager
-def _peer(role: str, count: int) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
+def _peer(role: str, count: int, *extra: str) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
     """A PUSH socket here, a zmq_peer.py child PULLing from it, and its answers."""
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -94,7 +102,7 @@ def _peer(role: str, count: int) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
     try:
         data_ep = f"tcp://127.0.0.1:{push.bind_to_random_port('tcp://127.0.0.1')}"
         back_ep = f"tcp://127.0.0.1:{back.bind_to_random_port('tcp://127.0.0.1')}"
-        cmd = [sys.executable, str(PEER), role, data_ep, back_ep, str(count), str(ZMQ_HWM)]
+        cmd = [sys.executable, str(PEER), role, data_ep, back_ep, str(count), str(ZMQ_HWM), *extra]
         proc = subprocess.Popen(cmd)
         if not push.poll(PEER_TIMEOUT_MS, zmq.POLLOUT):
             raise TimeoutError(f"zmq peer {role} did not connect")
@@ -158,6 +166,51 @@ def zmq_latency_4mib(scale: Scale, _round: Round) -> Run:
     return Run(
         {"raw_zmq_latency_4mib_p50": ms, "raw_zmq_latency_4mib_p99": ms}, {"max_ms": max(ms)}
     )
+
+
+@probe(
+    BASELINES,
+    Metric("raw_zmq_relay_4mib_p50", "ms", percentile=50),
+    Metric("raw_zmq_relay_4mib_p99", "ms", percentile=99),
+)
+def zmq_relay_4mib(scale: Scale, _round: Round) -> Run:
+    """4 MiB messages PUSH -> relay process (PULL, PUB) -> SUB here, one at a time."""
+    frames = frame_buffers()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, ZMQ_HWM)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    ms: list[float] = []
+    try:
+        sub_ep = f"tcp://127.0.0.1:{sub.bind_to_random_port('tcp://127.0.0.1')}"
+        with _peer("relay", 0, sub_ep) as (push, back):
+            # PUB/SUB joins asynchronously: probes until one comes through, then none left
+            while not _relayed(push, sub, b"probe", 50):
+                pass
+            while sub.poll(100):
+                sub.recv()
+            for i in range(scale.latency_warmup + scale.latency_samples):
+                push.send(frames[i % len(frames)], copy=False)
+                sent = time.perf_counter()
+                if not sub.poll(PEER_TIMEOUT_MS):
+                    raise TimeoutError(f"relayed message {i} did not arrive")
+                message = sub.recv(copy=False)
+                arrived = time.perf_counter()
+                if len(message) != FRAME_BYTES:
+                    raise RuntimeError(f"relayed {len(message)} bytes, not {FRAME_BYTES}")
+                if i >= scale.latency_warmup:
+                    ms.append(1000 * (arrived - sent))
+            push.send(b"end")
+            _recv(back)
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+    return Run({"raw_zmq_relay_4mib_p50": ms, "raw_zmq_relay_4mib_p99": ms}, {"max_ms": max(ms)})
+
+
+def _relayed(push: zmq.Socket, sub: zmq.Socket, probe: bytes, timeout_ms: int) -> bool:
+    push.send(probe)
+    return bool(sub.poll(timeout_ms))
 
 
 # ------------------------------------------------------------------------- LMDB

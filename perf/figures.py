@@ -29,12 +29,16 @@ replay_4mib
     in the page cache as the baseline's is in memory. From the call until the
     last frame is in. Baseline: raw_zmq_pushpull_4mib.
 live_latency_4mib_p50 / _p99
-    Milliseconds from commit to a ``Subscriber`` in this process: its wall clock
-    on arrival minus ``Frame.stored`` (the receiver's clock at commit, same
-    machine). Frames are sent one at a time, each after the previous one
-    arrived, so nothing queues; the producer uses ``spool_sync="batch"`` as its
-    fsync is not on this path. Percentiles over all samples after a warm-up;
-    ratio = ours / raw one-way pyzmq latency (lower is better).
+    Milliseconds from ``Producer.send()`` returning to a ``Subscriber`` in the same
+    process yielding the frame (SPEC §12): the link's push, the receiver's
+    validation, the publish (before the commit's fsync, SPEC G6), the two
+    network hops and the Subscriber's feed thread and decode. Frames are sent one
+    at a time, each after the previous one arrived, so nothing queues; the
+    producer uses ``spool_sync="batch"``, as the spool's fsync is inside send(),
+    not after it. Percentiles over all samples after a warm-up; ratio = ours /
+    raw_zmq_relay_4mib (the same two hops in raw pyzmq; lower is better). Detail:
+    the same from ``Frame.stored`` (the receiver's clock once the frame is in the
+    transaction) to the Subscriber.
 group_1kib
     Messages/s through one consumer group of 4 members (4 threads of this
     process, each with its own ``Consumer``), each taking messages with
@@ -83,8 +87,8 @@ PLANNED: dict[str, str] = {
     "ingest_4mib": "raw_lmdb_append_4mib",
     "ingest_1kib": "raw_lmdb_put_1kib",
     "replay_4mib": "raw_zmq_pushpull_4mib",
-    "live_latency_4mib_p50": "raw_zmq_latency_4mib_p50",
-    "live_latency_4mib_p99": "raw_zmq_latency_4mib_p99",
+    "live_latency_4mib_p50": "raw_zmq_relay_4mib_p50",
+    "live_latency_4mib_p99": "raw_zmq_relay_4mib_p99",
     "group_1kib": "raw_lmdb_put_1kib",
     "ingest_4mib_lz4": "raw_lmdb_append_4mib",
 }
@@ -277,15 +281,15 @@ def _stored_4mib(rnd: Round, scale: Scale) -> Iterator[tuple[str, int]]:
 
 @probe(
     FIGURES,
-    Metric("live_latency_4mib_p50", "ms", percentile=50, baseline="raw_zmq_latency_4mib_p50"),
-    Metric("live_latency_4mib_p99", "ms", percentile=99, baseline="raw_zmq_latency_4mib_p99"),
+    Metric("live_latency_4mib_p50", "ms", percentile=50, baseline="raw_zmq_relay_4mib_p50"),
+    Metric("live_latency_4mib_p99", "ms", percentile=99, baseline="raw_zmq_relay_4mib_p99"),
 )
 def live_latency_4mib(scale: Scale, rnd: Round) -> Run:
-    """Commit (Frame.stored) -> Subscriber of 4 MiB frames sent one at a time."""
+    """Producer.send() returning -> Subscriber of 4 MiB frames sent one at a time."""
     frames = frames_4mib()
     stream = "perf/live_latency_4mib"
-    live, end_to_end = [], []
-    # the spool's fsync per send() is not on the measured path (commit -> subscriber),
+    end_to_end, after_stored = [], []
+    # the spool's fsync per send() is not on the measured path (after send() returns),
     # and without it each sample takes half the time
     with (
         _pipeline(rnd, "live_latency_4mib", spool_sync="batch") as (rx, p),
@@ -301,21 +305,21 @@ def live_latency_4mib(scale: Scale, rnd: Round) -> Run:
         while sub.receive(timeout=0.05) is not None:
             pass  # the warm-up frames still on their way
         for i in range(scale.latency_warmup + scale.latency_samples):
-            sent = time.time()
             p.send(stream, frames[i % len(frames)])
+            sent = time.time()
             frame = sub.receive(timeout=30)
             arrived = time.time()
             if frame is None:
                 raise TimeoutError(f"frame {i} of the latency run did not arrive within 30 s")
             if i >= scale.latency_warmup:
-                live.append(1000 * (arrived - frame.stored))
                 end_to_end.append(1000 * (arrived - sent))
+                after_stored.append(1000 * (arrived - frame.stored))
     detail = {
-        "send_to_subscriber_p50_ms": percentile(end_to_end, 50),
-        "send_to_subscriber_p99_ms": percentile(end_to_end, 99),
+        "stored_to_subscriber_p50_ms": percentile(after_stored, 50),
+        "stored_to_subscriber_p99_ms": percentile(after_stored, 99),
         "skipped": sub.skipped,
     }
-    return Run({"live_latency_4mib_p50": live, "live_latency_4mib_p99": live}, detail)
+    return Run({"live_latency_4mib_p50": end_to_end, "live_latency_4mib_p99": end_to_end}, detail)
 
 
 GROUP_MEMBERS = 4

@@ -1,26 +1,35 @@
-"""Where the live latency of a 4 MiB frame goes: ``stored`` -> commit done -> Subscriber.
+"""Where the live latency of a 4 MiB frame goes, stage by stage, send() -> Subscriber.
 
     .venv/bin/python perf/live_split.py [--frames 60]
 
-live_latency_4mib (perf/figures.py) measures Subscriber arrival minus
-``Frame.stored``, the receiver's clock taken when the frame's payload is in the
-transaction, just before LMDB's commit (page write + fsync). This script splits
-that figure in two by running the receiver in this process (threads) with
-``Store.append`` wrapped to note the clock when each commit returned:
+live_latency_4mib (perf/figures.py) measures from ``Producer.send()`` returning to
+a Subscriber yielding the frame. This script runs the receiver in this process
+(threads) with ``Store.append`` wrapped to note the clock when a batch reaches
+it, when its frames went out live, and when its commit returned, and splits the
+figure into:
 
-- stored -> commit done: LMDB writing the pages and fsyncing (G1: nothing is
-  published before it is durable);
-- commit done -> Subscriber: the publish path (XPUB send without copy, the
-  kernel's copies, the Subscriber's thread and decode), comparable to a raw
-  one-way pyzmq message.
+- send -> store: the Producer's link thread reading the spool and pushing, the
+  first hop, the receiver's receive and validation;
+- store -> published: admission, the LMDB puts of the frame, and the XPUB send
+  (SPEC G6: from inside the transaction, before the fsync; on a revision that
+  publishes after the commit, this part includes the commit);
+- published -> Subscriber: the second hop, the Subscriber's feed thread and
+  decode, and whatever else holds the GIL of either process meanwhile;
+- published -> commit done: LMDB's page write and fsync, off the live path now
+  (shown for reference);
+- previous commit after send: how long after ``send()`` returned the commit of
+  the frame before was still running (the ingest thread commits, then takes
+  the next frame: with frames sent back to back, part of an fsync can still
+  be on the path of the next frame).
 
-It shares one process and its GIL, so both parts read a little higher than in
-the two-process figure. A diagnostic: it prints, it asserts nothing.
+It shares one process and its GIL, so the parts read a little higher than in the
+two-process figure. A diagnostic: it prints, it asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import tempfile
 import time
@@ -34,6 +43,7 @@ from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.receiver.store import Store
 
 WARMUP = 5
+STREAM = "live/split"
 
 
 def main() -> None:
@@ -41,17 +51,31 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     args = parser.parse_args()
 
-    committed_at: dict[int, float] = {}
+    stamps: dict[int, dict[str, float]] = {}  # index -> stage -> time.time()
     append = Store.append
+    publishes_early = "before_commit" in inspect.signature(append).parameters
 
-    def timed_append(self, batch, now=None):
-        result = append(self, batch, now)
+    def timed_append(self, batch, now=None, before_commit=None):
+        began = time.time()
+
+        def published(committed):
+            if before_commit is not None:
+                before_commit(committed)
+            done = time.time()
+            for c in committed:
+                stamps[c.index] = {"store": began, "published": done}
+
+        if publishes_early:
+            result = append(self, batch, now, before_commit=published)
+        else:
+            result = append(self, batch, now)
         done = time.time()
         for c in result.committed:
-            committed_at[c.index] = done
+            stamp = stamps.setdefault(c.index, {"store": began, "published": done})
+            stamp["commit done"] = done
         return result
 
-    Store.append = timed_append
+    Store.append = timed_append  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory(prefix="hidra-ng-live-") as tmp:
         d = Path(tmp)
         config = ReceiverConfig(
@@ -64,40 +88,56 @@ def main() -> None:
         rx = Receiver(config)
         rx.start()
         try:
-            split = _measure(rx, d, args.frames, committed_at)
+            split = _measure(rx, d, args.frames, stamps)
         finally:
             rx.stop()
-            Store.append = append
+            Store.append = append  # type: ignore[method-assign]
+    print(f"publish {'before' if publishes_early else 'after'} the commit; {args.frames} frames")
     for name, values in split.items():
         values.sort()
         p90 = values[int(len(values) * 0.9)]
-        print(f"{name:26s} p50 {statistics.median(values):6.2f} ms   p90 {p90:6.2f} ms")
+        print(f"{name:28s} p50 {statistics.median(values):6.2f} ms   p90 {p90:6.2f} ms")
 
 
-def _measure(rx: Receiver, d: Path, count: int, committed_at: dict[int, float]):
+def _measure(rx: Receiver, d: Path, count: int, stamps: dict[int, dict[str, float]]):
     frames = frames_4mib()
     split: dict[str, list[float]] = {
-        "stored -> commit done": [],
-        "commit done -> Subscriber": [],
-        "stored -> Subscriber": [],
+        "send -> store": [],
+        "store -> published": [],
+        "published -> Subscriber": [],
+        "published -> commit done": [],
+        "previous commit after send": [],
+        "send -> Subscriber": [],
     }
+    samples: list[tuple[int, float, float]] = []  # (index, sent, arrived)
     ep = rx.endpoints
     with (
         Producer(ep["ingest"], ep["api"], d / "spool", "split", spool_sync="batch") as p,
-        Subscriber(publish=ep["publish"], streams=["live/split"]) as sub,
+        Subscriber(publish=ep["publish"], streams=[STREAM]) as sub,
     ):
-        time.sleep(0.5)  # the subscription reaches the receiver
-        live = iter(sub)
+        while sub.receive(timeout=0.05) is None:  # PUB/SUB joins asynchronously
+            p.send(STREAM, frames[0])
+        p.flush(timeout=60)
+        while sub.receive(timeout=0.2) is not None:
+            pass
         for i in range(count + WARMUP):
-            p.send("live/split", frames[i % len(frames)])
-            frame = next(live)
+            p.send(STREAM, frames[i % len(frames)])
+            sent = time.time()
+            frame = sub.receive(timeout=30)
             arrived = time.time()
-            if i < WARMUP:
-                continue
-            done = committed_at[frame.index]
-            split["stored -> commit done"].append((done - frame.stored) * 1e3)
-            split["commit done -> Subscriber"].append((arrived - done) * 1e3)
-            split["stored -> Subscriber"].append((arrived - frame.stored) * 1e3)
+            if frame is None:
+                raise TimeoutError(f"frame {i} did not arrive within 30 s")
+            if i >= WARMUP:
+                samples.append((frame.index, sent, arrived))
+        p.flush(timeout=60)  # every commit is done: all stamps are there
+    for index, sent, arrived in samples:
+        s, before = stamps[index], stamps[index - 1]
+        split["send -> store"].append((s["store"] - sent) * 1e3)
+        split["store -> published"].append((s["published"] - s["store"]) * 1e3)
+        split["published -> Subscriber"].append((arrived - s["published"]) * 1e3)
+        split["published -> commit done"].append((s["commit done"] - s["published"]) * 1e3)
+        split["previous commit after send"].append(max(0.0, before["commit done"] - sent) * 1e3)
+        split["send -> Subscriber"].append((arrived - sent) * 1e3)
     return split
 
 

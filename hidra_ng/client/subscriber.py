@@ -5,6 +5,14 @@ slow viewer looking at stale frames. So a feed thread drains the SUB socket
 all the time into a small buffer that drops the *oldest* frames instead: the
 receiver never queues for a slow reader, the reader always gets the newest
 frames, and ``skipped`` counts exactly what it missed (gaps in the indices).
+
+Live frames are published before the receiver's fsync (SPEC G6), so their
+indices are provisional: after a receiver crash the same index may come again
+with another frame. A frame whose index is not above the newest one this feed
+gave, and which is not that very frame again (same index, sender and seq), is
+such a restart: it is taken as the stream's newest, and counting goes on from
+there. The very same frame again is dropped (the receiver republishes a stream's
+newest frame to every subscriber of it whenever one joins).
 """
 
 from __future__ import annotations
@@ -35,16 +43,23 @@ from hidra_ng.wire.frames import Frame
 
 log = logging.getLogger(__name__)
 
+#: how long latest() waits for the newest frame from the publish socket before it
+#: asks the receiver's api for it instead
+LAST_VALUE_WAIT_SECONDS = 0.5
+
 
 class Subscriber:
     """Live frames of some streams (SPEC §4).
 
-    Iteration yields frames as they are committed; a reader slower than the
-    stream skips the oldest buffered frames (at most ``buffer_frames`` are kept,
-    so memory stays bounded) and ``skipped`` counts them. ``latest()`` returns
-    the newest frame, right after joining too: a snapshot from the receiver's
-    api (``api``; by default the publish host at port 50101) merged with the live
-    feed, anything older than what was already seen dropped.
+    Iteration yields frames as the receiver takes them in, before they are
+    durable (provisional indices, see above); a reader slower than the stream
+    skips the oldest buffered frames (at most ``buffer_frames`` are kept, so
+    memory stays bounded) and ``skipped`` counts them. ``latest()`` returns the
+    newest frame, right after joining too: the receiver sends each new subscriber
+    its streams' newest frames on the publish socket; only if none comes within
+    ``LAST_VALUE_WAIT_SECONDS`` (an older receiver, a stream with no frame yet)
+    a snapshot from the receiver's api (``api``; by default the publish host at
+    port 50101) is merged in, anything older than what was already seen dropped.
 
     ``shards=PATH`` (SPEC §14): the live frames of the receivers that hold
     ``streams`` (all receivers when no streams are given), one SUB socket
@@ -79,6 +94,8 @@ class Subscriber:
         self._last_report = 0.0
         self._seen: dict[str, int] = {}  # stream -> newest index handed out or snapshotted
         self._newest: dict[str, Frame] = {}
+        # stream -> (index, sender, seq) of the newest frame the live feed gave
+        self._live: dict[str, tuple[int, str, int]] = {}
         self._snapshotted = False
         self._consumer: Consumer | None = None
         self._keys = {"keys_dir": keys_dir, "server_key_dir": server_key_dir}
@@ -98,12 +115,18 @@ class Subscriber:
 
     def _accept(self, frame: Frame) -> bool:
         """Track order per stream; False for a frame not newer than one already seen."""
-        seen = self._seen.get(frame.stream)
+        stream, key = frame.stream, (frame.index, frame.sender, frame.seq)
+        live = self._live.get(stream)
+        self._live[stream] = key
+        seen = self._seen.get(stream)
         if seen is not None:
-            if frame.index <= seen:
-                return False
-            self.skipped += frame.index - seen - 1
-        self._seen[frame.stream] = frame.index
+            if frame.index > seen:
+                self.skipped += frame.index - seen - 1
+            elif live is None or key == live or frame.index > live[0]:
+                return False  # the same frame again, or older than a snapshot
+            else:  # the live feed went back: the receiver restarted (provisional indices)
+                log.info("stream %s: live index %d again after %d", stream, frame.index, live[0])
+        self._seen[stream] = frame.index
         self._newest[frame.stream] = frame
         self._report_skipped()
         return True
@@ -129,26 +152,29 @@ class Subscriber:
     # ------------------------------------------------------------ the newest
 
     def latest(self, timeout: float = 1.0, stream: str | None = None) -> Frame:
-        """The newest committed frame of ``stream`` (default: the one subscribed to)."""
+        """The newest frame of ``stream`` (default: the one subscribed to)."""
         if stream is None:
             if len(self.streams) != 1:
                 raise InvalidArgument("latest() needs stream= when subscribed to several streams")
             stream = self.streams[0]
-        if not self._snapshotted:
-            self._snapshotted = True
-            self._snapshot()
+        deadline = time.monotonic() + timeout
         for parts in self._feed.take_all():
             frame = self._decode(parts)
             if frame is not None:
                 self._accept(frame)
+        if not self._snapshotted:
+            # the receiver sends a new subscriber the newest frame; the api is the fallback
+            frame = self._wait_for(stream, min(LAST_VALUE_WAIT_SECONDS, timeout / 2))
+            if frame is not None:
+                return frame
+            self._snapshotted = True
+            self._snapshot()
         newest = self._newest.get(stream)
         if newest is not None:
             return newest
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            frame = self.receive(left)
-            if frame is not None and frame.stream == stream:
-                return frame
+        frame = self._wait_for(stream, deadline - time.monotonic())
+        if frame is not None:
+            return frame
         raise NotYetAvailable(f"no frame of stream {stream!r} within {timeout} s")
 
     def _reader(self) -> Consumer:
@@ -157,6 +183,16 @@ class Subscriber:
                 self.api, request_timeout=2.0, shards=self._shards, **self._keys
             )
         return self._consumer
+
+    def _wait_for(self, stream: str, timeout: float) -> Frame | None:
+        """The newest frame of ``stream`` once the feed has one, within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while (newest := self._newest.get(stream)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.receive(left)
+        return newest
 
     def _snapshot(self) -> None:
         try:

@@ -3,9 +3,10 @@
 Two threads, each owning its sockets:
 
 * ingest: PULL -> validate -> group commit (one LMDB transaction and one fsync
-  for everything that arrived while the previous commit ran) -> PUB of each
-  committed frame (never blocks: PUB drops for a slow subscriber) -> a notice
-  to the api thread.
+  for everything that arrived while the previous commit ran; each frame goes
+  out on the XPUB once it has its index in that transaction, before the fsync:
+  receiver/live.py) -> a notice to the api thread. Between commits it answers
+  new subscriptions with their streams' newest frames.
 * api (hidra_ng/receiver/api.py): ROUTER. Senders say HELLO and get cumulative ACKs
   and GAP (resend) requests once their messages are durable; consumers get
   frames, wait for future ones and replay with flow control.
@@ -13,18 +14,15 @@ Two threads, each owning its sockets:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
 from pathlib import Path
 
-import msgspec
 import zmq
 
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.errors import (
-    ConfigError,
     HidraError,
     InvalidInput,
     ProtocolError,
@@ -34,20 +32,17 @@ from hidra_ng.errors import (
 from hidra_ng.metrics import ReceiverMetrics, serve
 from hidra_ng.receiver.api import ApiServer, Notice
 from hidra_ng.receiver.groups import Groups
-from hidra_ng.receiver.store import RETENTION_BATCH, AppendResult, Incoming, Store
-from hidra_ng.security import Authenticator, load_keypair, server_socket
+from hidra_ng.receiver.live import LivePublisher
+from hidra_ng.receiver.sockets import ReceiverSockets
+from hidra_ng.receiver.store import RETENTION_BATCH, AppendResult, Committed, Incoming, Store
 from hidra_ng.service import Heartbeats
 from hidra_ng.wire import protocol as proto
 from hidra_ng.zmqio import recv_parts
 
 log = logging.getLogger(__name__)
 
-NOTICE_ENDPOINT = "inproc://hidra-ng-commits-{}"
-#: payloads at least this big are published without a copy; smaller ones are cheaper copied
-ZERO_COPY_BYTES = 64 * 1024
 #: a loop that has not gone round for this long counts as hung: the watchdog starves
 HUNG_SECONDS = 20.0
-_ids = itertools.count()
 
 
 class Receiver:
@@ -60,18 +55,21 @@ class Receiver:
         self.groups = Groups(
             Path(config.data_dir) / "groups", self.store, ack_timeout=config.ack_timeout_seconds
         )
-        self._ctx = zmq.Context()
         self._stop_ingest = threading.Event()
         self._stop_api = threading.Event()
         self.heartbeats = Heartbeats()
         self._threads: list[threading.Thread] = []
         self.metrics_server = None
         self.commits = 0  # group commits done, for status lines
+        s = None
         try:
-            self._bind()
+            s = ReceiverSockets(
+                config, on_refused=lambda why: self.metrics.rejected.labels(why).inc()
+            )
             self.metrics_server = serve(self.metrics.registry, config.metrics_port)
         except BaseException:
-            self._close_sockets()
+            if s is not None:
+                s.close()
             self.groups.close()
             self.store.close()
             raise
@@ -80,65 +78,10 @@ class Receiver:
                 self.metrics.last_index.labels(info.name).set(info.last)
         self.metrics.store_bytes.set_function(self.store.env.disk_bytes)
         self._next_retention = 0.0
-
-    def _bind(self) -> None:
-        c = self.config
-        self.authenticator = None
-        self._keys = None
-        if c.keys_dir or c.authorized_keys_dir:
-            if not (c.keys_dir and c.authorized_keys_dir):
-                raise ConfigError(
-                    "receiver.keys_dir and receiver.authorized_keys_dir go together: give both"
-                    " (CurveZMQ on every socket) or neither (no security)"
-                )
-            self._keys = load_keypair(c.keys_dir)
-        allow_ips = c.allow_ips
-        if self._keys is not None or allow_ips:
-            # the ZAP handler must listen before any socket can take a handshake
-            self.authenticator = Authenticator(
-                self._ctx,
-                c.authorized_keys_dir or None,
-                allow_ips=allow_ips,
-                on_refused=lambda why: self.metrics.rejected.labels(why).inc(),
-            )
-            self.authenticator.start()
-        # RCVHWM counts messages, not bytes: 64 multiparts (up to 64 frames of 4 MiB, or
-        # 64 x 512 small messages) bound what waits while a commit runs or fails (G9)
-        self.pull = self._socket(zmq.PULL, rcvhwm=64, maxmsgsize=c.max_message_bytes)
-        # ROUTER_MANDATORY: a send to a vanished consumer fails instead of vanishing
-        self.router = self._socket(zmq.ROUTER, maxmsgsize=1 << 20, router_mandatory=1)
-        # XPUB: a PUB that also tells which topics have subscribers, so frames of
-        # streams nobody watches are neither encoded nor sent
-        self.pub = self._socket(zmq.XPUB, sndhwm=c.publish_hwm)
-        self._subscribed: set[bytes] = set()
-        endpoint = NOTICE_ENDPOINT.format(next(_ids))
-        self._notice_rx = self._socket(zmq.PAIR)
-        self._notice_tx = self._socket(zmq.PAIR)
-        self._notice_rx.bind(endpoint)
-        self._notice_tx.connect(endpoint)
-        for sock, ep, name in (
-            (self.pull, c.ingest, "ingest"),
-            (self.router, c.api, "api"),
-            (self.pub, c.publish, "publish"),
-        ):
-            if self.authenticator is not None:
-                server_socket(sock, self._keys)
-            try:
-                sock.bind(ep)
-            except zmq.ZMQError as err:
-                raise ConfigError(f"cannot bind {name} endpoint {ep}: {err}") from err
-        self.endpoints = {
-            "ingest": self.pull.getsockopt_string(zmq.LAST_ENDPOINT),
-            "api": self.router.getsockopt_string(zmq.LAST_ENDPOINT),
-            "publish": self.pub.getsockopt_string(zmq.LAST_ENDPOINT),
-        }
-
-    def _socket(self, kind: int, **options: int) -> zmq.Socket:
-        sock = self._ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name.upper()), value)
-        return sock
+        self.sockets, self.endpoints = s, s.endpoints
+        self.pull, self.router, self.pub = s.pull, s.router, s.pub
+        self._notice_rx, self._notice_tx = s.notice_rx, s.notice_tx
+        self.live = LivePublisher(self.pub, self.store, self.metrics, config.publish_cache_bytes)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -186,23 +129,12 @@ class Receiver:
             log.error("threads %s did not stop within %.0f s; exiting without closing", stuck,
                       timeout)  # fmt: skip
             return
-        self._close_sockets(graceful=True)
+        self.sockets.close(graceful=True)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.groups.close()
         self.store.close()
-
-    def _close_sockets(self, graceful: bool = False) -> None:
-        authenticator = getattr(self, "authenticator", None)
-        if authenticator is not None:
-            authenticator.stop()
-        for name in ("pull", "router", "pub", "_notice_rx", "_notice_tx"):
-            sock = getattr(self, name, None)
-            if sock is not None:
-                # on a graceful stop the last acks get a second to leave
-                sock.close(linger=1000 if graceful and name == "router" else 0)
-        self._ctx.term()
 
     def __enter__(self) -> Receiver:
         self.start()
@@ -214,10 +146,16 @@ class Receiver:
     # ---------------------------------------------------------------- ingest
 
     def _ingest_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)  # subscriptions: new ones get the newest frame
         try:
             while not self._stop_ingest.is_set():
                 self.heartbeats.beat("ingest")
-                if self.pull.poll(100):
+                ready = dict(poller.poll(100))
+                if self.pub in ready:
+                    self.live.take_subscriptions()
+                if self.pull in ready:
                     batch = self._receive_batch()
                     if batch:
                         self._commit(batch)
@@ -247,18 +185,7 @@ class Receiver:
             log.error("retention failed: %s", err)
         for stream in self.store.drain_emptied():
             self.metrics.forget_stream(stream)
-
-    def _take_subscriptions(self) -> None:
-        """Topics someone subscribes to, from the XPUB's (deduplicated) notifications."""
-        while True:
-            try:
-                event = self.pub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event[:1] == b"\x01":
-                self._subscribed.add(event[1:])
-            elif event[:1] == b"\x00":
-                self._subscribed.discard(event[1:])
+            self.live.forget(stream)
 
     def _receive_batch(self) -> list[Incoming]:
         """Everything that arrived, up to the commit limits, without waiting."""
@@ -346,11 +273,17 @@ class Receiver:
         pending = batch
         chunk = len(batch)
         failed_since = None
+        published: dict[str, int] = {}  # a frame goes out live once, whatever is retried
+
+        def publish(committed: list[Committed]) -> None:
+            self.live.publish(committed, published)
+
         while pending:
             part = pending[:chunk]
             started = time.perf_counter()
             try:
-                result = self.store.append(part)
+                # live frames go out from inside the transaction, before its fsync (G6)
+                result = self.store.append(part, before_commit=publish)
             except StorageError as err:
                 self.metrics.commit_failures.inc()
                 if failed_since is None:
@@ -374,33 +307,15 @@ class Receiver:
 
     def _after_commit(self, result: AppendResult) -> None:
         m = self.metrics
-        self._take_subscriptions()
-        everything = b"" in self._subscribed
         counts: dict[str, list[int]] = {}  # stream -> [messages, bytes, last index]
-        published = 0
         for item in result.committed:
             count = counts.setdefault(item.stream, [0, 0, 0])
             count[0] += 1
             count[1] += len(item.payload)
             count[2] = item.index
-            topic = item.stream.encode() + b"\0"
-            if not (everything or topic in self._subscribed):
-                continue  # nobody watches this stream: no encoding, no send
-            ref = proto.FrameRef(item.stream, item.index, msgspec.Raw(item.record))
-            try:
-                self.pub.send_multipart(
-                    [topic, proto.encode(proto.Kind.PUBLISH, ref), item.payload],
-                    zmq.NOBLOCK,
-                    copy=len(item.payload) < ZERO_COPY_BYTES,
-                )
-                published += 1
-            except zmq.Again:
-                pass  # no subscriber can take it now: live viewers skip frames
         # metrics once per stream and commit, not per message
         for stream, (messages, nbytes, last) in counts.items():
             m.stream_committed(stream, messages, nbytes, last)
-        if published:
-            m.published.inc(published)
         if result.duplicates:
             m.duplicates.inc(result.duplicates)
         if result.gaps:

@@ -160,11 +160,18 @@ class Store:
 
     # ----------------------------------------------------------------- writes
 
-    def append(self, batch: Sequence[Incoming], now: float | None = None) -> AppendResult:
+    def append(
+        self,
+        batch: Sequence[Incoming],
+        now: float | None = None,
+        before_commit: Callable[[list[Committed]], None] | None = None,
+    ) -> AppendResult:
         """Store a batch in one transaction with one fsync; return what happened.
 
         ``Record.stored`` is the clock when every write of the transaction is done,
-        just before its commit (``now`` in tests).
+        just before its commit (``now`` in tests). ``before_commit(committed)`` runs
+        then, inside the transaction, before LMDB writes the pages and fsyncs (the
+        receiver publishes live frames there); again if the transaction is retried.
         """
         # Only this (writer) thread mutates the mirrors, so it reads them without the
         # lock; changes are planned on copies and applied after the commit succeeded.
@@ -187,14 +194,16 @@ class Store:
         senders = {sender_key(*who): seq for who, seq in plan.last_seqs.items()}
         streams, writes, next_id = self._place([batch[i] for i in plan.accepted], result.touched)
 
-        def fill(txn) -> list[bytes]:
-            return self._write(txn, streams, senders, writes, result.touched, now)
+        def fill(txn) -> None:
+            encoded = self._write(txn, streams, senders, writes, result.touched, now)
+            result.committed = [
+                Committed(stream, index, record, payload)
+                for (stream, index, _, _, payload), record in zip(writes, encoded, strict=True)
+            ]
+            if before_commit is not None:
+                before_commit(result.committed)
 
-        encoded = self.env.write(fill)
-        result.committed = [
-            Committed(stream, index, record, payload)
-            for (stream, index, _, _, payload), record in zip(writes, encoded, strict=True)
-        ]
+        self.env.write(fill)
         with self._lock:
             self._streams.update(streams)
             self._senders.update(senders)

@@ -9,7 +9,10 @@
 * :class:`LiveFeed` is one :class:`~hidra_ng.Subscriber` per watched stream,
   shared by every browser watching it. It keeps exactly one frame, the newest:
   a browser that is behind gets the newest when it is ready for the next, so
-  nothing here grows with the frames a browser missed (SPEC §3 G6).
+  nothing here grows with the frames a browser missed (SPEC §3 G6). Live
+  indices are provisional (published before the receiver's fsync) and may be
+  ahead of the store's; after a receiver crash the live feed may go back, and
+  the feed follows it (see :meth:`LiveFeed.offer`).
 """
 
 from __future__ import annotations
@@ -147,6 +150,7 @@ class LiveFeed:
         self.users = 0
         self.received = 0  # live frames taken from the Subscriber
         self._latest: Frame | None = None
+        self._live_index = -1  # index of the Subscriber's last frame
         self.updated = time.monotonic()  # when the newest frame last changed
         self._listeners: set[Callable[[], None]] = set()
         self._lock = threading.Lock()
@@ -161,10 +165,14 @@ class LiveFeed:
     def latest(self) -> Frame | None:
         return self._latest
 
-    def offer(self, frame: Frame) -> None:
-        """Take ``frame`` as the newest if it is newer (also a stored one, e.g. ``last``)."""
+    def offer(self, frame: Frame, *, replace: bool = False) -> None:
+        """Take ``frame`` as the newest if it is newer (also a stored one, e.g. ``last``).
+
+        ``replace``: take it even if not, because the one shown is gone: the live feed
+        went back after a receiver crash, or the store never got a provisional frame.
+        """
         with self._lock:
-            if self._latest is not None and frame.index <= self._latest.index:
+            if not replace and self._latest is not None and frame.index <= self._latest.index:
                 return
             self._latest, self.updated = frame, time.monotonic()
             listeners = list(self._listeners)
@@ -192,7 +200,9 @@ class LiveFeed:
                 continue
             if frame is not None:
                 self.received += 1
-                self.offer(frame)
+                # the Subscriber yields an index not above its last only after a restart
+                went_back, self._live_index = frame.index <= self._live_index, frame.index
+                self.offer(frame, replace=went_back)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -271,16 +281,19 @@ class StreamTable:
         """A watched stream whose live feed fell behind what is stored, and got nothing for
         CATCH_UP_SECONDS, gets its newest stored frame: live frames published while the
         Subscriber was reconnecting (a receiver restart) are not resent, and a page must not
-        stay on an old frame of a stream that moved on."""
+        stay on an old frame of a stream that moved on. A live frame still ahead of the
+        store after that long was provisional and lost in a receiver crash (its commit
+        takes milliseconds): the newest stored frame replaces it."""
         feeds = self.link.feeds()
         for info in infos:
             feed = feeds.get(info.name)
             if feed is None or info.last is None or now - feed.updated < CATCH_UP_SECONDS:
                 continue
             latest = feed.latest
-            if latest is None or latest.index < info.last:
+            if latest is None or latest.index != info.last:
                 with contextlib.suppress(HidraError):
-                    feed.offer(await self.link.call("last", info.name))
+                    stored = await self.link.call("last", info.name)
+                    feed.offer(stored, replace=latest is not None and latest.index > stored.index)
 
     def _set_up(self, up: bool, error: str) -> None:
         if up != self.up:

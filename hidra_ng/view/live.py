@@ -50,7 +50,8 @@ class Session:
         self.feed: LiveFeed | None = None
         self.live = True
         self.awaiting_ack = False  # a live frame is on its way or not drawn yet
-        self.sent_index = -1  # the last live frame sent
+        self.sent_index = -1  # index of the last live frame sent
+        self.sent_frame: Frame | None = None  # that frame (an index may come again: G6)
         self.sent = 0  # frames sent
         self.skipped = 0  # live frames not sent because a newer one was there
         self.shown: Frame | None = None  # the frame the browser shows (for true pixel values)
@@ -125,6 +126,7 @@ class Session:
             await self._error(str(err))
             return
         self.stream, self.live, self.sent_index, self.awaiting_ack = stream, True, -1, False
+        self.sent_frame = None
         self.feed.listen(self._wake_soon)
         self._wake.set()  # another browser may have made the feed already: its newest now
         self._start_fetch(self._newest_stored(stream, self.feed))
@@ -144,7 +146,7 @@ class Session:
         self._start_fetch(self._stored(self.stream, index))
 
     async def _op_live(self, req: dict) -> None:
-        self.live, self.sent_index = True, -1
+        self.live, self.sent_index, self.sent_frame = True, -1, None
         if self._fetch is not None:
             self._fetch.cancel()
         self._wake.set()
@@ -174,11 +176,11 @@ class Session:
             if feed is None or not self.live or self.awaiting_ack:
                 continue
             frame = feed.latest
-            if frame is None or frame.index == self.sent_index:
+            if frame is None or frame is self.sent_frame:
                 continue
             if self.sent_index >= 0 and frame.index > self.sent_index + 1:
                 self.skipped += frame.index - self.sent_index - 1
-            self.sent_index = frame.index
+            self.sent_index, self.sent_frame = frame.index, frame
             self.awaiting_ack = True
             try:
                 await self._send_frame(frame, live=True)

@@ -56,10 +56,12 @@ class StuckStore:
         self._append = receiver.store.append
         receiver.store.append = self.append  # the ingest thread looks it up per commit
 
-    def append(self, batch: list[Incoming], now: float | None = None) -> AppendResult:
+    def append(
+        self, batch: list[Incoming], now: float | None = None, before_commit=None
+    ) -> AppendResult:
         if self.stuck.is_set():
             raise DiskFull("simulated: no space left on device")
-        return self._append(batch, now)
+        return self._append(batch, now, before_commit=before_commit)
 
 
 def payload(k: int) -> bytes:

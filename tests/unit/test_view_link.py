@@ -47,27 +47,31 @@ class FakeFeed:
     def __init__(self, latest: FakeFrame | None, updated: float) -> None:
         self.latest, self.updated = latest, updated
 
-    def offer(self, frame: FakeFrame) -> None:
-        if self.latest is None or frame.index > self.latest.index:
+    def offer(self, frame: FakeFrame, *, replace: bool = False) -> None:
+        if replace or self.latest is None or frame.index > self.latest.index:
             self.latest = frame
 
 
 def test_a_feed_behind_the_store_and_idle_catches_up(monkeypatch):
     """Live frames missed while the Subscriber reconnected: the newest stored one is offered,
-    but only to a feed that is behind and got nothing for CATCH_UP_SECONDS."""
+    but only to a feed that is behind and got nothing for CATCH_UP_SECONDS. A feed still ahead
+    of the store after that long showed a provisional frame lost in a receiver crash (G6):
+    the newest stored one replaces it."""
     now = [1000.0]
     monkeypatch.setattr(view_link.time, "monotonic", lambda: now[0])
     fake = FakeLink()
-    fake.infos = [info("behind", 7), info("busy", 9), info("current", 4)]
+    fake.infos = [info("behind", 7), info("busy", 9), info("current", 4), info("ahead", 5)]
     fake.watched = {
         "behind": FakeFeed(FakeFrame("behind", 3), updated=now[0] - 5),
         "busy": FakeFeed(FakeFrame("busy", 8), updated=now[0] - 0.2),  # frames flowing
         "current": FakeFeed(FakeFrame("current", 4), updated=now[0] - 5),
+        "ahead": FakeFeed(FakeFrame("ahead", 6), updated=now[0] - 5),
     }
     table = view_link.StreamTable(fake, max_age=0.5)
     asyncio.run(table.rows())
-    assert fake.lasts == ["behind"]
+    assert fake.lasts == ["behind", "ahead"]
     assert fake.watched["behind"].latest.index == 7
+    assert fake.watched["ahead"].latest.index == 5
     assert (fake.watched["busy"].latest.index, fake.watched["current"].latest.index) == (8, 4)
 
 

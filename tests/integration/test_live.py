@@ -1,0 +1,172 @@
+"""Live frames (SPEC G6): out before the fsync, provisional indices, the newest frame for late
+joiners from the publish socket alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zmq
+
+from hidra_ng import Consumer, NotYetAvailable, Producer, Subscriber
+from hidra_ng.receiver.daemon import Receiver
+from tests.helpers import wait_for
+from tests.live_helpers import HeldCommits, bound_pub, publish_message
+
+#: an api endpoint nobody answers: a Subscriber that asked it would get no frame from it
+NO_API = "tcp://127.0.0.1:9"
+
+
+def subscribed(producer, sub: Subscriber, stream: str) -> None:
+    """Send probes until the Subscriber sees one (PUB/SUB joins asynchronously), then flush."""
+    wait_for(
+        lambda: producer.send(stream, b"probe") is not None and sub.receive(0.05),
+        what=f"the subscription to {stream} to take effect",
+    )
+    producer.flush(10)
+
+
+def marked(sub: Subscriber, key: str):
+    """The next live frame whose meta has ``key`` (probes have none)."""
+    return wait_for(
+        lambda: (f := sub.receive(0.1)) is not None and key in f.meta and f,
+        what=f"a live frame with meta {key!r}",
+    )
+
+
+def test_a_live_frame_arrives_while_its_commit_waits_and_get_sees_it_only_after(
+    make_producer, receiver: Receiver
+) -> None:
+    p = make_producer()
+    ep = receiver.endpoints
+    held = HeldCommits(receiver.store.env)
+    image = np.arange(64 * 32, dtype=np.uint16).reshape(64, 32)
+    events = []
+    with Subscriber(ep["publish"], ["held"], api=ep["api"]) as sub, Consumer(ep["api"]) as c:
+        subscribed(p, sub, "held")
+        acked = p.stats["acked"]
+        next_index = c.info("held").count
+        held.armed.set()
+        p.send("held", image, {"k": 1})
+        frame = marked(sub, "k")
+        events.append("live frame")
+        wait_for(held.holding.is_set, what="the commit to be held")
+        # the frame's transaction is filled and waits for its commit: nothing durable yet
+        assert frame.index == next_index and np.array_equal(frame.data, image)
+        with pytest.raises(NotYetAvailable):
+            c.get("held", frame.index, timeout=0)
+        assert c.info("held").count == next_index
+        assert p.stats["acked"] == acked, "acknowledged before its commit"
+        events.append("commit released")
+        held.release.set()
+        stored = c.get("held", frame.index, timeout=10)
+        events.append("durable")
+        p.flush(10)
+    assert events == ["live frame", "commit released", "durable"]
+    assert (stored.index, stored.sender, stored.seq) == (frame.index, frame.sender, frame.seq)
+    assert np.array_equal(stored.data, image) and stored.stored == frame.stored
+
+
+def test_a_late_joiner_gets_the_newest_frame_from_the_publish_socket_alone(
+    make_producer, receiver: Receiver
+) -> None:
+    p = make_producer()
+    for i in range(5):
+        p.send("idle", np.full(8, i, np.uint8), {"i": i})
+    p.flush(10)
+    ep = receiver.endpoints
+    with Subscriber(ep["publish"], ["idle"], api=NO_API) as first:
+        newest = first.latest(timeout=30)
+        assert (newest.index, newest.meta, newest.data.tolist()) == (4, {"i": 4}, [4] * 8)
+        # a second joiner of the same topic gets it too (XPUB_VERBOSE); the first one,
+        # sent the same frame again, drops it: its next frame is the next new one
+        with Subscriber(ep["publish"], ["idle"], api=NO_API) as second:
+            assert second.latest(timeout=30).index == 4
+        p.send("idle", np.full(8, 5, np.uint8), {"i": 5})
+        assert wait_for(lambda: first.receive(0.1), what="the next frame").index == 5
+
+
+def test_subscribers_of_everything_and_of_a_prefix_get_each_streams_newest(
+    make_producer, receiver: Receiver
+) -> None:
+    p = make_producer()
+    for stream in ("pre/a", "pre/b", "other"):
+        for i in range(3):
+            p.send(stream, f"{stream} {i}".encode())
+    p.flush(10)
+    ep = receiver.endpoints
+    with Subscriber(ep["publish"], api=NO_API) as everything:
+        got = [wait_for(lambda: everything.receive(0.1), what="a newest frame") for _ in range(3)]
+    assert sorted((f.stream, f.index, f.data) for f in got) == [
+        ("other", 2, b"other 2"), ("pre/a", 2, b"pre/a 2"), ("pre/b", 2, b"pre/b 2"),
+    ]  # fmt: skip
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    try:
+        sub.setsockopt(zmq.SUBSCRIBE, b"pre/")  # a raw prefix: the streams under pre/
+        sub.connect(ep["publish"])
+        topics = sorted(sub.recv_multipart()[0] for _ in range(2) if sub.poll(30_000))
+        p.send("other", b"a marker after them")
+        p.send("pre/a", b"newer")
+        assert sub.poll(30_000)
+        after = sub.recv_multipart()
+    finally:
+        sub.close()
+        ctx.term()
+    assert topics == [b"pre/a\0", b"pre/b\0"]
+    assert (after[0], after[2]) == (b"pre/a\0", b"newer"), "a frame of 'other' came"
+
+
+def test_after_a_restart_a_joiner_gets_the_newest_stored_frame(tmp_path, receiver_config):
+    rx = Receiver(receiver_config)
+    rx.start()
+    try:
+        ep = rx.endpoints
+        with Producer(ep["ingest"], ep["api"], tmp_path / "spool", "restart") as p:
+            for i in range(3):
+                p.send("kept", np.full(4, i, np.int32))
+            p.flush(10)
+    finally:
+        rx.stop()
+    rx = Receiver(receiver_config)  # nothing in memory: the newest frame comes from the store
+    rx.start()
+    try:
+        with Subscriber(rx.endpoints["publish"], ["kept"], api=NO_API) as sub:
+            frame = sub.latest(timeout=30)
+        assert (frame.index, frame.data.tolist()) == (2, [2] * 4)
+    finally:
+        rx.stop()
+
+
+def test_the_subscriber_drops_a_frame_again_and_follows_a_live_feed_that_went_back() -> None:
+    """A receiver killed before an fsync gives the provisional indices again, maybe to other
+    frames: the Subscriber takes those as the newest; the very same frame again it drops."""
+    ctx = zmq.Context()
+    pub, endpoint = bound_pub(ctx)
+    try:
+        with Subscriber(endpoint, ["s"], api=NO_API) as sub:
+            wait_for(
+                lambda: (
+                    pub.send_multipart(publish_message("s", 0, "a", 0, b"0")) is None
+                    and sub.receive(0.05)
+                ),
+                what="the subscription to take effect",
+            )
+            for message in [
+                ("s", 1, "a", 1, b"1"), ("s", 2, "a", 2, b"2"),
+                ("s", 2, "a", 2, b"2"),  # the newest again, for a joiner: dropped
+                ("s", 1, "b", 0, b"1 after the crash"),  # went back: taken
+                ("s", 2, "b", 1, b"2 after the crash"),
+                ("s", 4, "b", 2, b"4"),  # 3 skipped
+            ]:  # fmt: skip
+                pub.send_multipart(publish_message(*message))
+            got = [wait_for(lambda: sub.receive(0.1), what="a frame") for _ in range(5)]
+            assert sub.latest().data == b"4"
+            skipped = sub.skipped
+    finally:
+        pub.close()
+        ctx.term()
+    assert [(f.index, f.data) for f in got] == [
+        (1, b"1"), (2, b"2"), (1, b"1 after the crash"), (2, b"2 after the crash"), (4, b"4"),
+    ]  # fmt: skip
+    assert skipped == 1
