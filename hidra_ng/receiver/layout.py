@@ -62,11 +62,10 @@ class Appender:
 
 
 def put_payloads(txn, dbs: dict, writes: Sequence[tuple[bytes, memoryview | bytes]]) -> None:
-    """Put the payloads of the messages kept alone (``(key, payload)``, any order)."""
+    """Put the payloads of messages kept alone (``(key, payload)`` of 64 KiB and more)."""
     at_end = Appender(txn, dbs["payloads"])
     for key, payload in writes:
-        if len(payload) and not packable(len(payload)):
-            at_end.put(key, payload)
+        at_end.put(key, payload)
 
 
 def put_records(
@@ -79,13 +78,18 @@ def put_records(
     """
     by_stream: dict[bytes, list[tuple[bytes, int, bytes, memoryview | bytes]]] = {}
     for write in writes:
-        by_stream.setdefault(write[0][:4], []).append(write)
+        run = by_stream.get(write[0][:4])
+        if run is None:
+            by_stream[write[0][:4]] = [write]
+        else:
+            run.append(write)
     alone: list[tuple[bytes, bytes]] = []
     blocks: list[tuple[bytes, bytes]] = []
     for items in by_stream.values():
-        for start, stop in _consecutive_runs(items):
-            key, _, record, payload = items[stop - 1]
-            if stop - start == 1 and not packable(len(payload)):
+        sizes = [len(w[3]) for w in items]
+        for start, stop in _cuts(items, sizes):
+            key, _, record, _ = items[stop - 1]
+            if stop - start == 1 and not packable(sizes[start]):
                 alone.append((key, record))
                 continue
             part = items[start:stop]
@@ -96,16 +100,19 @@ def put_records(
             at_end.put(key, record)
     if blocks:
         at_end = Appender(txn, dbs["blocks"])
-        for key, value in sorted(blocks):
+        for key, value in sorted(blocks) if len(blocks) > 1 else blocks:
             at_end.put(key, value)
 
 
-def _consecutive_runs(items: list[tuple[bytes, int, bytes, memoryview | bytes]]):
+def _cuts(items: list[tuple[bytes, int, bytes, memoryview | bytes]], sizes: list[int]):
     """Runs of :func:`~hidra_ng.wire.block.runs`, also cut where indices are not consecutive."""
+    if items[-1][1] - items[0][1] == len(items) - 1:  # consecutive: the usual case
+        yield from runs(sizes)
+        return
     start = 0
     for i in range(1, len(items) + 1):
         if i == len(items) or items[i][1] != items[i - 1][1] + 1:
-            for a, b in runs([len(w[3]) for w in items[start:i]]):
+            for a, b in runs(sizes[start:i]):
                 yield start + a, start + b
             start = i
 
@@ -129,20 +136,20 @@ class Finder:
         ):
             return block.entry(index - self._first)
         key = frame_key(stream_id, index)
-        record = self.txn.get(key, db=self.dbs["records"])
-        if record is not None:
-            payload = self.txn.get(key, db=self.dbs["payloads"])
-            return record, EMPTY if payload is None else payload
         cursor = self._cursor
-        if not cursor.set_range(key):
+        found, value = cursor.item() if cursor.set_range(key) else (b"", b"")
+        if found[:4] == key[:4]:
+            last = KEY.unpack(found)[1]
+            block = Block(value, f"block {stream_id}:{last}")
+            first = last - block.count + 1
+            if index >= first:
+                self._stream_id, self._first, self._block = stream_id, first, block
+                return block.entry(index - first)
+        record = self.txn.get(key, db=self.dbs["records"])
+        if record is None:
             return None
-        found, last = KEY.unpack(cursor.key())
-        block = Block(cursor.value(), f"block {found}:{last}")
-        first = last - block.count + 1
-        if found != stream_id or index < first:
-            return None
-        self._stream_id, self._first, self._block = stream_id, first, block
-        return block.entry(index - first)
+        payload = self.txn.get(key, db=self.dbs["payloads"])
+        return record, EMPTY if payload is None else payload
 
 
 def scan(txn, dbs: dict, stream_id: int, start: int, *, payloads: bool = True) -> Iterator[Entry]:

@@ -36,6 +36,7 @@ from hidra_ng.receiver import layout
 from hidra_ng.receiver.admission import admit
 from hidra_ng.receiver.layout import frame_key
 from hidra_ng.receiver.retention import plan_retention
+from hidra_ng.wire.block import PACK_BELOW_BYTES as BIG
 from hidra_ng.wire.protocol import (
     Envelope,
     Header,
@@ -189,7 +190,7 @@ class Store:
         now: float | None,
     ) -> list[bytes]:
         """The writes of one group commit; returns the encoded records."""
-        layout.put_payloads(txn, self._db, [(w[2], w[4]) for w in writes])
+        layout.put_payloads(txn, self._db, [(w[2], w[4]) for w in writes if len(w[4]) >= BIG])
         for name in touched:
             txn.put(name.encode(), encode_body(streams[name]), db=self._db["streams"])
         for key, seq in senders.items():

@@ -5,9 +5,11 @@ sender's spool, an encoded Record in the receiver's store) and a *payload*::
 
     b"HB" 0x01 | n: u32 | head ends: n x u32 | payload ends: n x u32 | heads | payloads
 
-All integers are big-endian. An end is the offset just past an entry in its
-area (heads, then payloads), so entry ``j`` is two slices found with two
-fixed-size reads: :meth:`Block.entry` costs the same in a block of 1 or 4,096.
+All integers are little-endian (the tables are read in place as an array of
+u32 on little-endian machines, without decoding). An end is the offset just
+past an entry in its area (heads, then payloads), so entry ``j`` is two slices
+found with four reads of the table: :meth:`Block.entry` costs the same in a
+block of 1 or 4,096.
 The payloads of consecutive entries are contiguous, so a run of them is one
 slice as well (:meth:`Block.payloads`).
 
@@ -20,14 +22,16 @@ value each, so packing costs them nothing.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
 
 from hidra_ng.errors import StorageError
 
 MAGIC = b"HB\x01"
-_PREFIX = struct.Struct(">3sI")
-_END = struct.Struct(">I")
+_PREFIX = struct.Struct("<3sI")
+#: the table as a sequence of ints: a view of the value where the machine is little-endian
+_IN_PLACE = sys.byteorder == "little" and struct.calcsize("I") == 4
 #: payloads under this size are packed (the same 64 KiB below which zmq copies a part)
 PACK_BELOW_BYTES = 64 * 1024
 #: payload bytes of one block: a partly removed block keeps at most this much on disk
@@ -44,7 +48,7 @@ def pack(heads: Sequence[Buffer], payloads: Sequence[Buffer]) -> bytes:
         raise ValueError(
             f"a block needs as many heads as payloads, at least one: {n}, {len(payloads)}"
         )
-    table = struct.pack(f">{2 * n}I", *accumulate(map(len, heads)), *accumulate(map(len, payloads)))
+    table = struct.pack(f"<{2 * n}I", *accumulate(map(len, heads)), *accumulate(map(len, payloads)))
     return b"".join([_PREFIX.pack(MAGIC, n), table, *heads, *payloads])
 
 
@@ -77,7 +81,7 @@ def packable(size: int) -> bool:
 class Block:
     """A block value read back (a memoryview of the LMDB map or bytes); nothing is copied."""
 
-    __slots__ = ("_heads", "_payloads", "_view", "count")
+    __slots__ = ("_ends", "_heads", "_payloads", "_view", "count")
 
     def __init__(self, value: Buffer, where: str = "block") -> None:
         view = memoryview(value)
@@ -87,8 +91,9 @@ class Block:
         table = _PREFIX.size + 8 * n
         if n == 0 or len(view) < table:
             raise StorageError(f"{where} is truncated: {len(view)} bytes for {n} entries")
-        heads_size = _END.unpack_from(view, _PREFIX.size + 4 * (n - 1))[0]
-        payloads_size = _END.unpack_from(view, table - 4)[0]
+        raw = view[_PREFIX.size : table]
+        ends = raw.cast("I") if _IN_PLACE else struct.unpack(f"<{2 * n}I", raw)
+        heads_size, payloads_size = ends[n - 1], ends[2 * n - 1]
         if table + heads_size + payloads_size != len(view):
             raise StorageError(
                 f"{where} is corrupt: {len(view)} bytes, its table says"
@@ -96,19 +101,19 @@ class Block:
             )
         self.count = n
         self._view = view
+        self._ends = ends  # head ends, then payload ends
         self._heads = table
         self._payloads = table + heads_size
 
-    def _span(self, area: int, table: int, j: int) -> memoryview:
-        start = _END.unpack_from(self._view, table + 4 * (j - 1))[0] if j else 0
-        stop = _END.unpack_from(self._view, table + 4 * j)[0]
-        return self._view[area + start : area + stop]
-
     def head(self, j: int) -> memoryview:
-        return self._span(self._heads, _PREFIX.size, j)
+        ends = self._ends
+        start = ends[j - 1] if j else 0
+        return self._view[self._heads + start : self._heads + ends[j]]
 
     def payload(self, j: int) -> memoryview:
-        return self._span(self._payloads, _PREFIX.size + 4 * self.count, j)
+        ends, n = self._ends, self.count
+        start = ends[n + j - 1] if j else 0
+        return self._view[self._payloads + start : self._payloads + ends[n + j]]
 
     def entry(self, j: int) -> tuple[memoryview, memoryview]:
         """(head, payload) of entry ``j`` (0-based), views of the value."""
@@ -117,21 +122,19 @@ class Block:
         return self.head(j), self.payload(j)
 
     def entries(self, start: int = 0) -> Iterator[tuple[memoryview, memoryview]]:
-        """(head, payload) of entries ``start`` .. the last, with one read of the table."""
-        n, view = self.count, self._view
-        ends = struct.unpack_from(f">{2 * n}I", view, _PREFIX.size)
+        """(head, payload) of entries ``start`` .. the last."""
+        n, view, ends = self.count, self._view, self._ends
         heads, payloads = self._heads, self._payloads
+        h0 = ends[start - 1] if start else 0
+        p0 = ends[n + start - 1] if start else 0
         for j in range(start, n):
-            h0 = ends[j - 1] if j else 0
-            p0 = ends[n + j - 1] if j else 0
-            yield (
-                view[heads + h0 : heads + ends[j]],
-                view[payloads + p0 : payloads + ends[n + j]],
-            )
+            h1, p1 = ends[j], ends[n + j]
+            yield view[heads + h0 : heads + h1], view[payloads + p0 : payloads + p1]
+            h0, p0 = h1, p1
 
     def payloads(self, start: int, stop: int) -> memoryview:
         """The payloads of entries ``start`` .. ``stop - 1`` joined: one slice."""
-        table = _PREFIX.size + 4 * self.count
-        begin = _END.unpack_from(self._view, table + 4 * (start - 1))[0] if start else 0
-        end = _END.unpack_from(self._view, table + 4 * (stop - 1))[0] if stop else 0
+        ends, n = self._ends, self.count
+        begin = ends[n + start - 1] if start else 0
+        end = ends[n + stop - 1] if stop else 0
         return self._view[self._payloads + begin : self._payloads + end]

@@ -50,9 +50,9 @@ def test_an_entry_outside_the_block_is_an_index_error():
     ("value", "says"),
     [
         (b"", "bad magic"),
-        (b"XX\x01\x00\x00\x00\x01", "bad magic"),
+        (b"XX\x01\x01\x00\x00\x00", "bad magic"),
         (b"HB\x01\x00\x00\x00\x00", "truncated: 7 bytes for 0 entries"),
-        (b"HB\x01\x00\x00\x00\x02" + bytes(4), "truncated"),
+        (b"HB\x01\x02\x00\x00\x00" + bytes(4), "truncated"),
         (pack([b"head"], [b"payload"])[:-1], "corrupt"),
         (pack([b"head"], [b"payload"]) + b"x", "corrupt"),
     ],
