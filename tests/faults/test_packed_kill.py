@@ -23,7 +23,7 @@ from tests.helpers import finish_transfer, wait_for
 
 pytestmark = pytest.mark.slow
 
-MESSAGES = 6000
+MESSAGES = 6400  # 4 phases of 8 batches
 BATCH = 200
 SEED = 17
 JOB = Path(__file__).with_name("packed_job.py")
@@ -37,11 +37,21 @@ def stored(api: str, stream: str) -> int:
             return 0
 
 
-def send_batches(producer: Producer, stream: str, errors: list[BaseException]) -> None:
+PHASES = 4  # the receiver is killed in each of the first three
+
+
+def send_batches(
+    producer: Producer, stream: str, gates: list[threading.Event], errors: list[BaseException]
+) -> None:
+    """Spool the workload in batches, a quarter at a time: phase p starts once gates[p] is set,
+    so each kill finds the batches of its phase spooled and in flight, not all done."""
     try:
-        for first in range(0, MESSAGES, BATCH):
-            ks = range(first, min(first + BATCH, MESSAGES))
-            assert producer.send_many(stream, [small_message(SEED, k) for k in ks]) == list(ks)
+        per_phase = MESSAGES // PHASES
+        for phase in range(PHASES):
+            assert gates[phase].wait(timeout=120), f"phase {phase} never released"
+            for first in range(phase * per_phase, (phase + 1) * per_phase, BATCH):
+                ks = range(first, first + BATCH)
+                assert producer.send_many(stream, [small_message(SEED, k) for k in ks]) == list(ks)
     except BaseException as err:  # reported by the test thread
         errors.append(err)
 
@@ -50,23 +60,29 @@ def test_receiver_killed_while_committing_blocks_loses_and_duplicates_nothing(tm
     stream, sender = "faults/packed-receiver", "packed-rx-kill"
     receiver = ReceiverProcess(tmp_path / "store")
     receiver.start()
+    per_phase = MESSAGES // PHASES
     try:
         with Producer(receiver.ingest, receiver.api, tmp_path / "spool", sender) as producer:
             errors: list[BaseException] = []
-            thread = threading.Thread(target=send_batches, args=(producer, stream, errors))
+            gates = [threading.Event() for _ in range(PHASES)]
+            thread = threading.Thread(target=send_batches, args=(producer, stream, gates, errors))
             thread.start()
-            for share in (0.2, 0.45, 0.7):
+            for phase in range(PHASES - 1):
+                gates[phase].set()
                 wait_for(
-                    lambda share=share: producer.stats["acked"] >= share * MESSAGES,
+                    lambda phase=phase: (
+                        producer.stats["acked"] >= phase * per_phase + BATCH or errors
+                    ),
                     timeout=90,
-                    what=f"{share:.0%} of the messages acknowledged",
+                    what=f"the first batch of phase {phase} acknowledged",
                 )
+                assert not errors, errors
                 acked = producer.stats["acked"]
                 receiver.kill()
                 assert receiver.proc.returncode == -9
-                assert acked < MESSAGES, "the kill must come during the transfer"
                 receiver.start()
                 assert stored(receiver.api, stream) >= acked  # G1 over blocks
+            gates[-1].set()
             finish_transfer(producer, stream, thread, errors)
         frames = read_finished_stream(receiver.api, stream)
     finally:
