@@ -3,9 +3,9 @@
 Layout (named LMDB databases in one environment)::
 
     streams    name                    -> StreamMeta (id, first, next, finished, bytes)
-    records    stream id | index (BE)  -> Record (msgpack, small: metadata queries read only this)
-    payloads   stream id | index (BE)  -> payload bytes as received (absent when empty)
     senders    sender \\0 incarnation   -> last committed seq (8 bytes BE)
+    records, payloads, blocks          -> the messages: small ones packed in blocks,
+                                          large ones alone (hidra_ng.receiver.layout)
 
 Which messages of a batch to store (duplicate, gap, accept: go-back-N per
 sender incarnation) is decided by :func:`hidra_ng.receiver.admission.admit`,
@@ -19,6 +19,7 @@ One writer thread calls :meth:`Store.append`; any thread may read.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import struct
 import threading
@@ -31,7 +32,11 @@ import msgspec
 
 from hidra_ng.errors import Gone, NotYetAvailable, StreamFinished
 from hidra_ng.lmdbenv import Env
+from hidra_ng.receiver import layout
 from hidra_ng.receiver.admission import admit
+from hidra_ng.receiver.layout import frame_key
+from hidra_ng.receiver.retention import plan_retention
+from hidra_ng.wire.block import PACK_BELOW_BYTES as BIG
 from hidra_ng.wire.protocol import (
     Envelope,
     Header,
@@ -44,7 +49,6 @@ from hidra_ng.wire.protocol import (
 
 log = logging.getLogger(__name__)
 
-_KEY = struct.Struct(">IQ")
 #: messages removed per retention transaction
 RETENTION_BATCH = 20_000
 _SEQ = struct.Struct(">Q")
@@ -56,32 +60,6 @@ class StreamMeta(msgspec.Struct, array_like=True):
     next: int
     finished: bool
     bytes: int
-
-
-def frame_key(stream_id: int, index: int) -> bytes:
-    return _KEY.pack(stream_id, index)
-
-
-class _Appender:
-    """Puts into one table of a write transaction, appending when the key is the highest.
-
-    LMDB splits a full page in the middle, which leaves pages of keys written in
-    order half empty: 1 KiB values took 2 per 4 KiB page instead of 3. With
-    ``append=True`` it fills the last page instead. Keys of the newest stream
-    (the usual case) are the highest; others are put as usual.
-    """
-
-    def __init__(self, txn, db) -> None:
-        self.txn, self.db = txn, db
-        cursor = txn.cursor(db=db)
-        self.last = bytes(cursor.key()) if cursor.last() else b""
-
-    def put(self, key: bytes, value) -> None:
-        if key > self.last:
-            self.txn.put(key, value, db=self.db, append=True)
-            self.last = key
-        else:
-            self.txn.put(key, value, db=self.db)
 
 
 def sender_key(sender: str, incarnation: int) -> bytes:
@@ -125,7 +103,7 @@ class AppendResult:
 class Store:
     """Streams of messages with consecutive indices, kept in LMDB."""
 
-    DBS = ("streams", "records", "payloads", "senders")
+    DBS = ("streams", "records", "payloads", "senders", "blocks")
 
     def __init__(self, path: Path, *, map_bytes: int = 1 << 30) -> None:
         self.env = Env(Path(path), self.DBS, sync=True, map_bytes=map_bytes)
@@ -192,7 +170,8 @@ class Store:
         if not plan.accepted:
             return result  # only duplicates and gaps: nothing to write
         senders = {sender_key(*who): seq for who, seq in plan.last_seqs.items()}
-        streams, writes, next_id = self._place([batch[i] for i in plan.accepted], result.touched)
+        accepted = [batch[i] for i in plan.accepted]
+        streams, writes, next_id = _place(accepted, self._streams, self._next_id, result.touched)
 
         def fill(txn) -> None:
             encoded = self._write(txn, streams, senders, writes, result.touched, now)
@@ -210,44 +189,6 @@ class Store:
         self._next_id = next_id
         return result
 
-    def _place(
-        self, accepted: list[Incoming], touched: set[str]
-    ) -> tuple[dict[str, StreamMeta], list[_Write], int]:
-        """Give each accepted message its stream's next index (on copies of the mirrors)."""
-        streams: dict[str, StreamMeta] = {}
-        writes: list[_Write] = []
-        next_id = self._next_id
-        for item in accepted:
-            hdr = item.header
-            meta = streams.get(hdr.stream)
-            if meta is None:
-                known = self._streams.get(hdr.stream)
-                if known is not None:
-                    meta = msgspec.structs.replace(known)
-                else:
-                    meta = StreamMeta(next_id, 0, 0, False, 0)
-                    next_id += 1
-                streams[hdr.stream] = meta
-            touched.add(hdr.stream)
-            if hdr.payload == Payload.FINISH:
-                meta.finished = True  # in touched: the api wakes its waiters
-                continue
-            fields = (
-                item.envelope.sender,
-                hdr.seq,
-                hdr.payload,
-                hdr.dtype,
-                hdr.shape,
-                hdr.compression,
-                hdr.meta,
-                hdr.created,
-            )
-            index = meta.next
-            meta.next += 1
-            meta.bytes += len(item.payload)
-            writes.append((hdr.stream, index, frame_key(meta.id, index), fields, item.payload))
-        return streams, writes, next_id
-
     def _write(
         self,
         txn,
@@ -258,22 +199,21 @@ class Store:
         now: float | None,
     ) -> list[bytes]:
         """The writes of one group commit; returns the encoded records."""
-        records, payloads = self._db["records"], self._db["payloads"]
-        at_end = _Appender(txn, payloads)
-        for _, _, key, _, payload in writes:
-            if len(payload):
-                at_end.put(key, payload)
+        layout.put_payloads(txn, self._db, [(w[2], w[4]) for w in writes if len(w[4]) >= BIG])
         for name in touched:
             txn.put(name.encode(), encode_body(streams[name]), db=self._db["streams"])
         for key, seq in senders.items():
             txn.put(key, _SEQ.pack(seq), db=self._db["senders"])
         stored = time.time() if now is None else now  # the payloads are in: commit time
-        encoded = []
-        at_end = _Appender(txn, records)
-        for _, _, key, fields, payload in writes:
-            record = encode_body(Record(*fields, stored, len(payload)))  # type: ignore[call-arg]
-            at_end.put(key, record)
-            encoded.append(record)
+        encoded = [
+            encode_body(Record(*fields, stored, len(payload)))  # type: ignore[call-arg]
+            for _, _, _, fields, payload in writes
+        ]
+        layout.put_records(
+            txn,
+            self._db,
+            [(w[2], w[1], record, w[4]) for w, record in zip(writes, encoded, strict=True)],
+        )
         return encoded
 
     # ------------------------------------------------------------------ reads
@@ -336,16 +276,14 @@ class Store:
         The payload is a view of the map, valid only inside the block: copy it
         (or send it with zmq's copy) before the block ends.
         """
-        records, payloads = self._db["records"], self._db["payloads"]
         with self.env.read() as txn:
+            finder = layout.Finder(txn, self._db)
 
             def read(index: int) -> tuple[bytes, memoryview]:
-                key = frame_key(self.check_index(stream, index).id, index)
-                record = txn.get(key, db=records)
-                if record is None:
+                found = finder.find(self.check_index(stream, index).id, index)
+                if found is None:
                     raise Gone(f"index {index} of stream {stream!r} was removed by retention")
-                payload = txn.get(key, db=payloads)
-                return bytes(record), memoryview(b"") if payload is None else payload  # type: ignore[return-value]
+                return bytes(found[0]), found[1]
 
             yield read
 
@@ -367,12 +305,8 @@ class Store:
         if position >= stop:
             return out, max(start, stop)
         with self.env.read() as txn:
-            cursor = txn.cursor(db=self._db["records"])
-            if not cursor.set_range(frame_key(meta.id, position)):
-                return out, stop
-            for key, value in cursor:
-                stream_id, index = _KEY.unpack(key)
-                if stream_id != meta.id or index >= stop:
+            for index, value, _, _ in layout.scan(txn, self._db, meta.id, position, payloads=False):
+                if index >= stop:
                     break
                 record = dec.decode(value)
                 row = (decode_meta(record.meta), index, record.stored, record.created)
@@ -416,46 +350,30 @@ class Store:
         total = sum(m.bytes for m in metas.values())
         if not max_age_seconds and (not max_bytes or total <= max_bytes):
             return 0
-        dec = msgspec.msgpack.Decoder(Record)
-        doomed: list[bytes] = []
-        touched: set[str] = set()
         with self.env.read() as txn:
-            records = txn.cursor(db=self._db["records"])
-            for name, meta in metas.items():
-                if not records.set_range(frame_key(meta.id, meta.first)):
-                    continue
-                for key, value in records:
-                    stream_id, index = _KEY.unpack(key)
-                    if stream_id != meta.id or len(doomed) >= max_delete:
-                        break
-                    record = dec.decode(value)
-                    too_old = max_age_seconds and record.stored < cutoff
-                    too_big = max_bytes and total > max_bytes
-                    if not (too_old or too_big):
-                        break
-                    doomed.append(bytes(key))
-                    meta.first = index + 1
-                    meta.bytes -= record.nbytes
-                    total -= record.nbytes
-                    touched.add(name)
-        if not doomed:
+            plan = plan_retention(
+                txn, self._db, metas, total, max_bytes, max_age_seconds and cutoff, max_delete
+            )
+        if not plan.removed:
             return 0
 
         def fill(txn) -> None:
-            for key in doomed:
+            for key in plan.alone:
                 txn.delete(key, db=self._db["records"])
                 txn.delete(key, db=self._db["payloads"])
-            for name in touched:
+            for key in plan.blocks:
+                txn.delete(key, db=self._db["blocks"])
+            for name in plan.touched:
                 txn.put(name.encode(), encode_body(metas[name]), db=self._db["streams"])
 
         self.env.write(fill)
         with self._lock:
-            for name in touched:
+            for name in plan.touched:
                 self._streams[name] = metas[name]
                 if metas[name].first >= metas[name].next:
                     self._emptied.add(name)
-        log.info("retention removed %d messages from %d streams", len(doomed), len(touched))
-        return len(doomed)
+        log.info("retention removed %d messages from %d streams", plan.removed, len(plan.touched))
+        return plan.removed
 
     def read_range(
         self, stream: str, start: int, stop: int, max_frames: int, max_bytes: int
@@ -468,31 +386,61 @@ class Store:
         meta = self.check_index(stream, start)
         out: list[tuple[int, bytes, bytes]] = []
         total = 0
-        records_db, payloads_db = self._db["records"], self._db["payloads"]
         with self.env.read() as txn:
-            cursor = txn.cursor(db=records_db)
-            if not cursor.set_key(frame_key(meta.id, start)):
+            rows = layout.scan(txn, self._db, meta.id, start)
+            head = next(rows, None)
+            if head is None or head[0] != start:
                 raise Gone(f"index {start} of stream {stream!r} was removed by retention")
-            for index in range(start, stop):
-                if len(out) >= max_frames:
-                    break
-                key = frame_key(meta.id, index)
-                if cursor.key() != key:
-                    break  # removed while we read: the next call reports Gone
-                payload = txn.get(key, db=payloads_db)
-                size = 0 if payload is None else len(payload)
+            for index, record, payload, _ in itertools.chain([head], rows):
+                if index != start + len(out) or index >= stop or len(out) >= max_frames:
+                    break  # a gap: removed while we read, the next call reports Gone
+                size = len(payload)  # type: ignore[arg-type]  # scanned with payloads
                 if out and total + size > max_bytes:
                     break
-                out.append(
-                    (index, bytes(cursor.value()), b"" if payload is None else bytes(payload))
-                )
+                out.append((index, bytes(record), bytes(payload)))  # type: ignore[arg-type]
                 total += size
-                if not cursor.next():
-                    break
         return out
 
     def close(self) -> None:
         self.env.close()
+
+
+def _place(
+    accepted: list[Incoming], known_streams: dict[str, StreamMeta], next_id: int, touched: set[str]
+) -> tuple[dict[str, StreamMeta], list[_Write], int]:
+    """Give each accepted message its stream's next index (on copies of ``known_streams``)."""
+    streams: dict[str, StreamMeta] = {}
+    writes: list[_Write] = []
+    for item in accepted:
+        hdr = item.header
+        meta = streams.get(hdr.stream)
+        if meta is None:
+            known = known_streams.get(hdr.stream)
+            if known is not None:
+                meta = msgspec.structs.replace(known)
+            else:
+                meta = StreamMeta(next_id, 0, 0, False, 0)
+                next_id += 1
+            streams[hdr.stream] = meta
+        touched.add(hdr.stream)
+        if hdr.payload == Payload.FINISH:
+            meta.finished = True  # in touched: the api wakes its waiters
+            continue
+        fields = (
+            item.envelope.sender,
+            hdr.seq,
+            hdr.payload,
+            hdr.dtype,
+            hdr.shape,
+            hdr.compression,
+            hdr.meta,
+            hdr.created,
+        )
+        index = meta.next
+        meta.next += 1
+        meta.bytes += len(item.payload)
+        writes.append((hdr.stream, index, frame_key(meta.id, index), fields, item.payload))
+    return streams, writes, next_id
 
 
 def _info(name: str, meta: StreamMeta) -> StreamInfo:

@@ -4,13 +4,22 @@ Layout::
 
     state      b"sender" -> sender id, b"incarnation" -> 8 bytes, b"next_seq" -> 8 bytes,
                b"finished:" + stream -> b"" for streams this sender finished,
-               b"checkpoint:" + name -> bytes (source positions, written with the messages)
-    headers    seq (8 bytes BE) -> encoded protocol.Header
-    payloads   seq (8 bytes BE) -> payload bytes (absent when empty)
+               b"checkpoint:" + name -> bytes (source positions, written with the messages),
+               b"released" -> 8 bytes: every seq below it is acknowledged
+    headers    seq (8 bytes BE) -> encoded protocol.Header      } a message kept alone:
+    payloads   seq (8 bytes BE) -> payload bytes (absent when empty)   } 64 KiB and more
+    batches    last seq (8 bytes BE) -> block (hidra_ng.wire.block) of the headers and
+               payloads of consecutive small messages spooled by one append
 
-Size: :attr:`Spool.bytes` counts the payloads and the encoded headers (with their
-metadata) of the spooled messages, so metadata-only messages count against a
-sender's ``max_spool_bytes`` too.
+A ``send_many`` of small messages is one put (ADR 0004); a batch is deleted
+once every message in it is acknowledged (``released`` says which of a partly
+acknowledged batch are; a restart resends nothing below it). Spools written
+before batches existed hold every message alone and are read as they are.
+
+Size: :attr:`Spool.bytes` counts the LMDB values of the spooled messages
+(payloads, encoded headers with their metadata, block tables), so
+metadata-only messages count against a sender's ``max_spool_bytes`` too; a
+partly acknowledged batch counts whole until it is deleted.
 
 The incarnation is a random id made when the spool is created: a receiver
 dedupes by (sender id, incarnation, seq), so a wiped spool that starts again
@@ -24,16 +33,18 @@ process) may lose the appends of the last interval.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import secrets
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hidra_ng.errors import ConfigError
 from hidra_ng.lmdbenv import Env
+from hidra_ng.wire.block import Block, pack, packable, runs
 from hidra_ng.wire.protocol import Header, encode_body
 
 log = logging.getLogger(__name__)
@@ -54,7 +65,7 @@ class Outgoing:
 class Spool:
     """Durable, bounded queue of a sender's unacknowledged messages."""
 
-    DBS = ("state", "headers", "payloads")
+    DBS = ("state", "headers", "payloads", "batches")
 
     def __init__(
         self,
@@ -97,12 +108,11 @@ class Spool:
                 bytes(k)[len(b"finished:") :].decode()
                 for k, _ in _prefixed(txn.cursor(db=state), b"finished:")
             }
-            count, nbytes, lowest = 0, 0, None
-            cur = txn.cursor(db=self._db["headers"])
-            if cur.first():
-                lowest = _SEQ.unpack(cur.key())[0]
-            count = txn.stat(self._db["headers"])["entries"]
-            for name in ("headers", "payloads"):
+            released = txn.get(b"released", db=state)
+            released = None if released is None else _SEQ.unpack(released)[0]
+            lowest = _lowest(txn, self._db)
+            nbytes = 0
+            for name in ("headers", "payloads", "batches"):
                 for _, value in txn.cursor(db=self._db[name]):
                     nbytes += len(value)
         if owner is not None and owner != sender_id:
@@ -124,16 +134,18 @@ class Spool:
             self.incarnation = _SEQ.unpack(inc)[0]
             self.next_seq = _SEQ.unpack(nxt)[0]  # type: ignore[arg-type]  # set with incarnation
         self.sender_id = sender_id
-        self.count = count
         self.bytes = nbytes
         #: lowest seq still spooled (== next_seq when empty)
         self.lowest = self.next_seq if lowest is None else lowest
+        if released is not None:  # the acknowledged head of a partly released batch
+            self.lowest = min(max(self.lowest, released), self.next_seq)
+        self.count = self.next_seq - self.lowest
         log.info(
             "spool at %s: sender %s, incarnation %x, %d messages (%d bytes) unacknowledged",
             self.env.path,
             sender_id,
             self.incarnation,
-            count,
+            self.count,
             nbytes,
         )
 
@@ -159,11 +171,11 @@ class Spool:
             new_next = first + len(encoded)
             finish = list(finish)
 
+            values = _values(encoded)
+
             def fill(txn) -> None:
-                for key, header, payload in encoded:
-                    txn.put(key, header, db=self._db["headers"], append=True)
-                    if len(payload):
-                        txn.put(key, payload, db=self._db["payloads"], append=True)
+                for name, key, value in values:
+                    txn.put(key, value, db=self._db[name], append=True)
                 state = self._db["state"]
                 txn.put(b"next_seq", _SEQ.pack(new_next), db=state)
                 for stream in finish:
@@ -174,7 +186,7 @@ class Spool:
             self.env.write(fill)
             self.next_seq = new_next
             self.count += len(encoded)
-            self.bytes += sum(len(h) + len(p) for _, h, p in encoded)
+            self.bytes += sum(len(value) for _, _, value in values)
             self.finished.update(finish)
             return list(range(first, new_next))
 
@@ -185,26 +197,14 @@ class Spool:
                 return 0
             stop = min(up_to + 1, self.next_seq)
 
-            def fill(txn) -> tuple[int, int]:
-                freed = removed = 0
-                headers, payloads = self._db["headers"], self._db["payloads"]
-                for seq in range(self.lowest, stop):
-                    key = _SEQ.pack(seq)
-                    # a view gives the size without copying a 4 MiB payload out to count it
-                    payload = txn.get(key, db=payloads)
-                    if payload is not None:
-                        freed += len(payload)
-                        txn.delete(key, db=payloads)
-                    header = txn.get(key, db=headers)
-                    if header is not None:
-                        freed += len(header)
-                        removed += 1
-                        txn.delete(key, db=headers)
-                return freed, removed
+            def fill(txn) -> int:
+                freed = sum(_delete_below(txn, self._db[name], stop) for name in self.DBS[1:])
+                txn.put(b"released", _SEQ.pack(stop), db=self._db["state"])
+                return freed
 
-            freed, removed = self.env.write(fill, buffers=True)
+            freed = self.env.write(fill, buffers=True)
+            self.count -= stop - self.lowest
             self.lowest = stop
-            self.count -= removed
             self.bytes -= freed
             return freed
 
@@ -224,22 +224,11 @@ class Spool:
         out: list[Outgoing] = []
         total = 0
         with self.env.read() as txn:
-            headers = txn.cursor(db=self._db["headers"])
-            payload_db = self._db["payloads"]
-            if not headers.set_range(_SEQ.pack(start)):
-                return out
-            for key, header in headers:
-                payload = txn.get(key, db=payload_db)
-                size = 0 if payload is None else len(payload)
+            for seq, header, payload in _scan(txn, self._db, start):
+                size = len(payload)
                 if out and (len(out) >= max_count or total + size > max_bytes):
                     break
-                out.append(
-                    Outgoing(
-                        _SEQ.unpack(key)[0],
-                        bytes(header),
-                        b"" if payload is None else bytes(payload),
-                    )
-                )
+                out.append(Outgoing(seq, bytes(header), bytes(payload)))
                 total += size
         return out
 
@@ -297,8 +286,9 @@ def _checkpoints(checkpoint: Checkpoints) -> list[tuple[str, bytes]]:
 
 def entry_bytes(header: Header, payload: memoryview | bytes) -> int:
     """Spool bytes a message will take at most (its seq is not assigned yet)."""
-    # msgpack takes 1 byte for the placeholder seq 0 and at most 9 for a real one
-    return len(payload) + len(encode_body(header)) + 8
+    # msgpack takes 1 byte for the placeholder seq 0 and at most 9 for a real one; in a
+    # batch a message adds 8 bytes to its table and a batch of one the 7 of its prefix
+    return len(payload) + len(encode_body(header)) + 8 + 8 + 7
 
 
 def _with_seq(header: Header, seq: int) -> Header:
@@ -320,3 +310,68 @@ def _prefixed(cursor, prefix: bytes):
             if not bytes(key).startswith(prefix):
                 break
             yield key, value
+
+
+def _values(
+    encoded: list[tuple[bytes, bytes, memoryview | bytes]],
+) -> list[tuple[str, bytes, bytes]]:
+    """(table, key, value) of appended ``(seq key, header, payload)``: small ones in batches."""
+    out: list[tuple[str, bytes, bytes]] = []
+    for start, stop in runs([len(p) for _, _, p in encoded]):
+        key, header, payload = encoded[stop - 1]
+        if stop - start == 1 and not packable(len(payload)):
+            out.append(("headers", key, header))
+            out.append(("payloads", key, payload))  # type: ignore[arg-type]  # LMDB takes views
+        else:
+            part = encoded[start:stop]
+            out.append(("batches", key, pack([h for _, h, _ in part], [p for _, _, p in part])))
+    return out
+
+
+def _delete_below(txn, db, stop: int) -> int:
+    """Delete the values with keys below seq ``stop`` (a batch: its last seq); bytes freed."""
+    freed = 0
+    cursor = txn.cursor(db=db)
+    found = cursor.first()
+    while found and len(cursor.key()) and _SEQ.unpack(cursor.key())[0] < stop:
+        freed += len(cursor.value())
+        found = cursor.delete()
+    return freed
+
+
+def _lowest(txn, dbs: dict) -> int | None:
+    """The lowest spooled seq (alone or in a batch), None when the spool is empty."""
+    found = []
+    cursor = txn.cursor(db=dbs["headers"])
+    if cursor.first():
+        found.append(_SEQ.unpack(cursor.key())[0])
+    cursor = txn.cursor(db=dbs["batches"])
+    if cursor.first():
+        found.append(_SEQ.unpack(cursor.key())[0] - Block(cursor.value()).count + 1)
+    return min(found, default=None)
+
+
+def _scan(txn, dbs: dict, start: int) -> Iterator[tuple[int, memoryview, memoryview]]:
+    """(seq, header, payload) from ``start`` on, in seq order, alone and from batches."""
+    return heapq.merge(_alone(txn, dbs, start), _batched(txn, dbs, start), key=lambda e: e[0])
+
+
+def _alone(txn, dbs: dict, start: int) -> Iterator[tuple[int, memoryview, memoryview]]:
+    headers = txn.cursor(db=dbs["headers"])
+    if not headers.set_range(_SEQ.pack(start)):
+        return
+    for key, header in headers:
+        payload = txn.get(key, db=dbs["payloads"])
+        yield _SEQ.unpack(key)[0], header, memoryview(b"") if payload is None else payload
+
+
+def _batched(txn, dbs: dict, start: int) -> Iterator[tuple[int, memoryview, memoryview]]:
+    cursor = txn.cursor(db=dbs["batches"])
+    if not cursor.set_range(_SEQ.pack(start)):
+        return
+    for key, value in cursor:
+        block = Block(value, f"spool batch {_SEQ.unpack(key)[0]}")
+        first = _SEQ.unpack(key)[0] - block.count + 1
+        skip = max(0, start - first)
+        for seq, (header, payload) in enumerate(block.entries(skip), start=first + skip):
+            yield seq, header, payload

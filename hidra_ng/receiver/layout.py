@@ -1,0 +1,195 @@
+"""Where the store keeps each message: a value of its own, or a block of small ones (ADR 0004).
+
+Tables of messages (named LMDB databases of the store's environment)::
+
+    records   stream id | index (BE)       -> Record (msgpack) of a message kept alone
+    payloads  stream id | index (BE)       -> its payload (absent when empty)
+    blocks    stream id | last index (BE)  -> block (hidra_ng.wire.block) of the Records
+                                              and payloads of consecutive small messages
+                                              of one stream, written by one commit
+
+A message is in exactly one of the two places. Payloads of 64 KiB and more
+(``PACK_BELOW_BYTES``) are kept alone, as are all messages of a store written
+before blocks existed; a commit packs each run of consecutive small messages
+of a stream into blocks. A block is keyed by its *last* index, so the block
+holding index ``i`` is the first key at or after ``(stream id, i)``: one
+cursor ``set_range``, O(log n), then two fixed-size reads inside the block.
+
+This module owns the keys and the reads and writes of these tables; the
+:class:`~hidra_ng.receiver.store.Store` owns the transactions, the streams'
+state and the errors its callers see.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections.abc import Iterator, Sequence
+
+from hidra_ng.wire.block import Block, pack, packable, runs
+
+KEY = struct.Struct(">IQ")
+EMPTY = memoryview(b"")
+
+#: (index, Record, payload or None when not asked for, block key or None when alone)
+Entry = tuple[int, memoryview, memoryview | None, bytes | None]
+
+
+def frame_key(stream_id: int, index: int) -> bytes:
+    return KEY.pack(stream_id, index)
+
+
+class Appender:
+    """Puts into one table of a write transaction, appending when the key is the highest.
+
+    LMDB splits a full page in the middle, which leaves pages of keys written in
+    order half empty: 1 KiB values took 2 per 4 KiB page instead of 3. With
+    ``append=True`` it fills the last page instead. Keys of the newest stream
+    (the usual case) are the highest; others are put as usual.
+    """
+
+    def __init__(self, txn, db) -> None:
+        self.txn, self.db = txn, db
+        cursor = txn.cursor(db=db)
+        self.last = bytes(cursor.key()) if cursor.last() else b""
+
+    def put(self, key: bytes, value) -> None:
+        if key > self.last:
+            self.txn.put(key, value, db=self.db, append=True)
+            self.last = key
+        else:
+            self.txn.put(key, value, db=self.db)
+
+
+def put_payloads(txn, dbs: dict, writes: Sequence[tuple[bytes, memoryview | bytes]]) -> None:
+    """Put the payloads of messages kept alone (``(key, payload)`` of 64 KiB and more)."""
+    at_end = Appender(txn, dbs["payloads"])
+    for key, payload in writes:
+        at_end.put(key, payload)
+
+
+def put_records(
+    txn, dbs: dict, writes: Sequence[tuple[bytes, int, bytes, memoryview | bytes]]
+) -> None:
+    """Put ``(key, index, Record, payload)`` of one commit, in index order per stream.
+
+    Messages kept alone get their Record (:func:`put_payloads` put their
+    payload); each run of consecutive small messages of a stream becomes blocks.
+    """
+    by_stream: dict[bytes, list[tuple[bytes, int, bytes, memoryview | bytes]]] = {}
+    for write in writes:
+        run = by_stream.get(write[0][:4])
+        if run is None:
+            by_stream[write[0][:4]] = [write]
+        else:
+            run.append(write)
+    alone: list[tuple[bytes, bytes]] = []
+    blocks: list[tuple[bytes, bytes]] = []
+    for items in by_stream.values():
+        sizes = [len(w[3]) for w in items]
+        for start, stop in _cuts(items, sizes):
+            key, _, record, _ = items[stop - 1]
+            if stop - start == 1 and not packable(sizes[start]):
+                alone.append((key, record))
+                continue
+            part = items[start:stop]
+            blocks.append((key, pack([w[2] for w in part], [w[3] for w in part])))
+    if alone:
+        at_end = Appender(txn, dbs["records"])
+        for key, record in alone:
+            at_end.put(key, record)
+    if blocks:
+        at_end = Appender(txn, dbs["blocks"])
+        for key, value in sorted(blocks) if len(blocks) > 1 else blocks:
+            at_end.put(key, value)
+
+
+def _cuts(items: list[tuple[bytes, int, bytes, memoryview | bytes]], sizes: list[int]):
+    """Runs of :func:`~hidra_ng.wire.block.runs`, also cut where indices are not consecutive."""
+    if items[-1][1] - items[0][1] == len(items) - 1:  # consecutive: the usual case
+        yield from runs(sizes)
+        return
+    start = 0
+    for i in range(1, len(items) + 1):
+        if i == len(items) or items[i][1] != items[i - 1][1] + 1:
+            for a, b in runs(sizes[start:i]):
+                yield start + a, start + b
+            start = i
+
+
+class Finder:
+    """Reads single messages in one read transaction, keeping the last block it decoded."""
+
+    def __init__(self, txn, dbs: dict) -> None:
+        self.txn, self.dbs = txn, dbs
+        self._cursor = txn.cursor(db=dbs["blocks"])
+        self._stream_id, self._first = -1, 0
+        self._block: Block | None = None
+
+    def find(self, stream_id: int, index: int) -> tuple[memoryview, memoryview] | None:
+        """(Record, payload) views of a stored message, None when it is not there."""
+        block = self._block
+        if (
+            block is not None
+            and stream_id == self._stream_id
+            and 0 <= index - self._first < block.count
+        ):
+            return block.entry(index - self._first)
+        key = frame_key(stream_id, index)
+        cursor = self._cursor
+        found, value = cursor.item() if cursor.set_range(key) else (b"", b"")
+        if found[:4] == key[:4]:
+            last = KEY.unpack(found)[1]
+            block = Block(value, f"block {stream_id}:{last}")
+            first = last - block.count + 1
+            if index >= first:
+                self._stream_id, self._first, self._block = stream_id, first, block
+                return block.entry(index - first)
+        record = self.txn.get(key, db=self.dbs["records"])
+        if record is None:
+            return None
+        payload = self.txn.get(key, db=self.dbs["payloads"])
+        return record, EMPTY if payload is None else payload
+
+
+def scan(txn, dbs: dict, stream_id: int, start: int, *, payloads: bool = True) -> Iterator[Entry]:
+    """Stored messages of a stream from index ``start`` on, in index order (both places).
+
+    A removed index is simply absent: callers that need consecutive indices
+    check them.
+    """
+    alone = _alone(txn, dbs, stream_id, start, payloads)
+    packed = _packed(txn, dbs, stream_id, start)
+    return heapq.merge(alone, packed, key=lambda entry: entry[0])
+
+
+def _alone(txn, dbs: dict, stream_id: int, start: int, payloads: bool) -> Iterator[Entry]:
+    cursor = txn.cursor(db=dbs["records"])
+    if not cursor.set_range(frame_key(stream_id, start)):
+        return
+    payload_db = dbs["payloads"]
+    for key, record in cursor:
+        found, index = KEY.unpack(key)
+        if found != stream_id:
+            return
+        payload = None
+        if payloads:
+            payload = txn.get(key, db=payload_db)
+            payload = EMPTY if payload is None else payload
+        yield index, record, payload, None
+
+
+def _packed(txn, dbs: dict, stream_id: int, start: int) -> Iterator[Entry]:
+    cursor = txn.cursor(db=dbs["blocks"])
+    if not cursor.set_range(frame_key(stream_id, start)):
+        return
+    for key, value in cursor:
+        found, last = KEY.unpack(key)
+        if found != stream_id:
+            return
+        block = Block(value, f"block {found}:{last}")
+        first = last - block.count + 1
+        skip = max(0, start - first)
+        block_key = bytes(key)
+        for j, (record, payload) in enumerate(block.entries(skip), start=first + skip):
+            yield j, record, payload, block_key
