@@ -239,16 +239,11 @@ class Spool:
         """
         out: list[Outgoing] = []
         total = 0
-        headers = txn.cursor(db=self._db["headers"])
-        payload_db = self._db["payloads"]
-        if not headers.set_range(_SEQ.pack(start)):
-            return out
-        for key, header in headers:
-            payload = txn.get(key, db=payload_db)
-            size = 0 if payload is None else len(payload)
+        for seq, header, payload in _scan(txn, self._db, start):
+            size = len(payload)
             if out and (len(out) >= max_count or total + size > max_bytes):
                 break
-            out.append(Outgoing(_SEQ.unpack(key)[0], bytes(header), payload or b""))
+            out.append(Outgoing(seq, bytes(header), payload))
             total += size
         return out
 
