@@ -105,7 +105,7 @@ def test_get_reader_scan_and_read_range_agree_with_what_was_sent(tmp_path_factor
                 (i, sent[i]) for i in range(start, start + len(rows))
             ]
             assert len(rows) == min(7, len(sent) - start)
-        rows = store.select("s", lambda row: row[1] % 2 == 0, limit=1000)
+        rows, _ = store.select("s", lambda row: row[1] % 2 == 0, 0, len(sent), limit=1000)
         assert [i for i, _ in rows] == [i for i in range(len(sent)) if i % 2 == 0]
     finally:
         store.close()
@@ -123,9 +123,10 @@ def test_read_range_stops_at_the_byte_limit_across_blocks(store):
 def test_select_reads_past_blocks_and_alone_messages_in_index_order(store):
     sizes = [10, PACK_BELOW_BYTES, 10, 10, PACK_BELOW_BYTES, 10]
     store.append([incoming("a", 1, k, payload=bytes(s)) for k, s in enumerate(sizes)])
-    rows = store.select("s", lambda row: True, limit=4)
+    rows, next_index = store.select("s", lambda row: True, 0, len(sizes), limit=4)
     assert [i for i, _ in rows] == [0, 1, 2, 3]
     assert [record_of(r).nbytes for _, r in rows] == sizes[:4]
+    assert next_index == 4  # where a query with start=4 goes on
 
 
 # ------------------------------------------------------------------ retention
@@ -145,7 +146,8 @@ def test_retention_removes_whole_blocks_and_moves_first_inside_a_partial_one(tmp
     with pytest.raises(Gone):
         store.read_range("s", 12, 30, 100, 1 << 20)
     assert [i for i, _, _ in store.read_range("s", 15, 30, 100, 1 << 20)] == list(range(15, 30))
-    assert [i for i, _ in store.select("s", lambda row: True, 100)] == list(range(15, 30))
+    rows, next_index = store.select("s", lambda row: True, 0, 30, 100)
+    assert ([i for i, _ in rows], next_index) == (list(range(15, 30)), 30)
     assert store.enforce_retention(max_bytes=900) == 6  # the rest of 10..19, and index 20
     assert table(store, "blocks") == [(0, 29)]
     assert store.info("s").first == 21
@@ -221,7 +223,8 @@ def test_a_store_written_before_blocks_opens_reads_and_grows(tmp_path):
             assert [bytes(read(i)[1]) for i in range(20)] == everything
         rows = store.read_range("s", 8, 20, 100, 1 << 30)
         assert [p for _, _, p in rows] == everything[8:]
-        assert [i for i, _ in store.select("s", lambda row: row[1] % 5 == 0, 100)] == [0, 5, 10, 15]
+        rows, _ = store.select("s", lambda row: row[1] % 5 == 0, 0, 20, 100)
+        assert [i for i, _ in rows] == [0, 5, 10, 15]
         assert store.enforce_retention(max_bytes=sum(map(len, new))) == 12  # all old ones
         assert table(store, "records") == table(store, "payloads") == []
         assert store.read("s", 12)[1] == new[0]
