@@ -232,8 +232,8 @@ def check_config(path: Annotated[Path, typer.Argument(help="TOML config file")])
 
         for uri in settings.sources:
             sources.parse(uri)
-        if settings.shards:
-            shard_maps.load_shard_map(settings.shards)
+    if section in ("sender", "writer", "view") and settings.shards:
+        shard_maps.load_shard_map(settings.shards)
     typer.echo(f"# {path}: valid {section} config; effective settings:")
     typer.echo(cfg.to_toml(section, settings), nl=False)
 
@@ -291,6 +291,11 @@ def info(
 def _consumer(api: str, keys_dir: str | None, server_key_dir: str | None, shards=None):
     from hidra_ng.client.consumer import Consumer
 
+    if shards is not None and api != DEFAULT_API:
+        raise ConfigError(
+            f"--shards {shards} and --api {api} are both given; the shard map names every"
+            " receiver's api endpoint, so give only one of them"
+        )
     return Consumer(api, keys_dir=keys_dir, server_key_dir=server_key_dir, shards=shards)
 
 
@@ -342,6 +347,7 @@ def query(
     api: ApiOpt = DEFAULT_API,
     keys_dir: KeysOpt = None,
     server_key_dir: ServerKeyOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
     """Print the frames of STREAM whose metadata match EXPR, one line each, in index order.
 
@@ -355,7 +361,7 @@ def query(
     except QueryError as err:
         raise typer.BadParameter(str(err), param_hint="EXPR") from None
     shown = 0
-    with _consumer(api, keys_dir, server_key_dir) as c:
+    with _consumer(api, keys_dir, server_key_dir, shards) as c:
         for frame in c.iter_query(stream, expr, limit=limit, start=start, scan_limit=scan_limit):
             typer.echo(f"{frame.index:>8}  {_short_meta(frame.meta, width=100)}")
             shown += 1
@@ -460,8 +466,8 @@ def view(settings: cfg.ViewConfig) -> None:
     def ready(srv: ViewServer) -> None:
         hint = " (add ?token=YOUR_TOKEN)" if settings.token else ""
         typer.echo(
-            f"hidra-ng view: open {srv.url}{hint}; receiver api {settings.api},"
-            f" publish {settings.publish}; Ctrl-C to stop"
+            f"hidra-ng view: open {srv.url}{hint}; receiver api {srv.link.api},"
+            f" publish {srv.link.publish}; Ctrl-C to stop"
         )
 
     server.run(ready)

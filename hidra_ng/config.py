@@ -235,11 +235,16 @@ class ViewConfig(_Config):
     max_pixels: Annotated[
         int, D("larger frames reach the browser binned (true values on hover)", ge=65_536)
     ] = 8_388_608
+    # SPEC §14: several receivers (hidra_ng/shards.py); one view for all of them
+    shards: Annotated[
+        str, D("shard map file (TOML): every receiver's streams; replaces api/publish")
+    ] = ""
 
     def __post_init__(self) -> None:
         c = _Checker(self)
         c.endpoint("api", bind=False)
         c.endpoint("publish", bind=False)
+        c.shards_alone("api", "publish")
         c.constraints(("port",))
         if not self.bind.strip() or any(ch.isspace() for ch in self.bind):
             c.fail("bind", "an address to listen on, such as '127.0.0.1' or '0.0.0.0'")
@@ -307,6 +312,10 @@ class WriterConfig(_Config):
     metrics_port: Annotated[Port, D("HTTP /metrics port, 0: off")] = 9613
     keys_dir: Annotated[str, D("this client's CurveZMQ key pair")] = ""
     server_key_dir: Annotated[str, D("the receiver's public key")] = ""
+    # SPEC §14: several receivers (hidra_ng/shards.py); one writer for all of them
+    shards: Annotated[
+        str, D("shard map file (TOML): write the streams of every receiver; replaces api")
+    ] = ""
 
     def __post_init__(self) -> None:
         c = _Checker(self)
@@ -315,6 +324,7 @@ class WriterConfig(_Config):
             if isinstance(value, str):  # from the environment: comma-separated
                 setattr(self, key, [v.strip() for v in value.split(",") if v.strip()])
         c.endpoint("api", bind=False)
+        c.shards_alone("api")
         c.path("dir")
         c.patterns("streams")
         c.choice("format", ("nxmx", "hdf5", "tiff"))
@@ -794,6 +804,20 @@ class _Checker:
         if problem:
             example = "'tcp://*:50100'" if bind else "'tcp://dc-receiver:50100'"
             self.fail(key, f"a ZeroMQ endpoint such as {example} ({problem})")
+
+    def shards_alone(self, *keys: str) -> None:
+        """With a shard map (``shards``), none of the single-receiver ``keys`` (endpoints)
+        changed from its default: the map names every receiver's endpoints."""
+        if not getattr(self.config, "shards", ""):
+            return
+        defaults = {f.name: f for f in msgspec.structs.fields(self.config)}
+        for key in keys:
+            if getattr(self.config, key) != defaults[key].default:
+                self.fail(
+                    "shards",
+                    f"no {key} (--{key}) beside it: the shard map names every receiver's"
+                    f" endpoints, so give either shards (--shards) or {key} (--{key})",
+                )
 
     def distinct_endpoints(self, *keys: str) -> None:
         seen: dict[str, str] = {}

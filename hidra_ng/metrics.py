@@ -226,13 +226,14 @@ class BridgeMetrics:
 
 
 class _ReceiversUp(Collector):
-    def __init__(self, up: Callable[[], dict[str, bool]]) -> None:
+    def __init__(
+        self, up: Callable[[], dict[str, bool]], name: str = "hidra_ng_sender_receiver_up"
+    ) -> None:
         self.up = up
+        self.name = name
 
     def collect(self):
-        family = GaugeMetricFamily(
-            "hidra_ng_sender_receiver_up", "1 while the receiver answers", labels=["receiver"]
-        )
+        family = GaugeMetricFamily(self.name, "1 while the receiver answers", labels=["receiver"])
         for name, up in sorted(self.up().items()):
             family.add_metric([name], 1 if up else 0)
         yield family
@@ -308,6 +309,12 @@ class WriterMetrics:
         self.receiver_up = Gauge(
             "hidra_ng_writer_receiver_up", "1 while the receiver answers", registry=r
         )
+
+    def track_receivers(self, up: Callable[[], dict[str, bool]]) -> None:
+        """With a shard map (SPEC §14): ``hidra_ng_writer_receiver_up{receiver}``, one per
+        receiver (``up()``: shard name -> answers), instead of the one unlabelled gauge."""
+        self.registry.unregister(self.receiver_up)
+        self.registry.register(_ReceiversUp(up, "hidra_ng_writer_receiver_up"))
 
 
 def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):

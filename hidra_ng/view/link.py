@@ -30,6 +30,7 @@ from typing import Any
 from hidra_ng.client.consumer import Consumer
 from hidra_ng.client.subscriber import Subscriber
 from hidra_ng.errors import HidraError, ReceiverUnavailable
+from hidra_ng.shards import ShardMap
 from hidra_ng.wire.frames import Frame
 from hidra_ng.wire.protocol import StreamInfo
 
@@ -51,9 +52,12 @@ class ReceiverLink:
         server_key_dir: str | None = None,
         request_timeout: float = 2.0,
         threads: int = 4,
+        shards: ShardMap | None = None,
     ) -> None:
-        self.api = api
-        self.publish = publish
+        #: SPEC §14: a shard map, so every receiver's streams, each from its own receiver
+        self.shards = shards
+        self.api = api if shards is None else ", ".join(s.api for s in shards.shards)
+        self.publish = publish if shards is None else ", ".join(s.publish for s in shards.shards)
         self.request_timeout = request_timeout
         self._keys = {"keys_dir": keys_dir or None, "server_key_dir": server_key_dir or None}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hidra-ng-view-api")
@@ -68,7 +72,12 @@ class ReceiverLink:
 
     def check_keys(self) -> None:
         """Load the keys once, so a wrong key directory fails before the server starts."""
-        Consumer(self.api, request_timeout=self.request_timeout, **self._keys).close()
+        self._consumer().close()
+
+    def _consumer(self) -> Consumer:
+        return Consumer(
+            self.api, request_timeout=self.request_timeout, shards=self.shards, **self._keys
+        )
 
     # ------------------------------------------------------------ requests
 
@@ -82,7 +91,7 @@ class ReceiverLink:
     def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
         consumer = getattr(self._local, "consumer", None)
         if consumer is None:
-            consumer = Consumer(self.api, request_timeout=self.request_timeout, **self._keys)
+            consumer = self._consumer()
             self._local.consumer = consumer
             with self._lock:
                 self._consumers.add(consumer)
@@ -108,7 +117,7 @@ class ReceiverLink:
         with self._lock:
             feed = self._feeds.get(stream)
             if feed is None:
-                feed = LiveFeed(stream, self.publish, self.api, self._keys)
+                feed = LiveFeed(stream, self.publish, self.api, self._keys, self.shards)
                 self._feeds[stream] = feed
                 feed.start()
             feed.users += 1
@@ -145,7 +154,14 @@ class ReceiverLink:
 class LiveFeed:
     """The newest live frame of one stream, from a Subscriber running in its own thread."""
 
-    def __init__(self, stream: str, publish: str, api: str, keys: dict[str, str | None]) -> None:
+    def __init__(
+        self,
+        stream: str,
+        publish: str,
+        api: str,
+        keys: dict[str, str | None],
+        shards: ShardMap | None = None,
+    ) -> None:
         self.stream = stream
         self.users = 0
         self.received = 0  # live frames taken from the Subscriber
@@ -156,7 +172,15 @@ class LiveFeed:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         # a small buffer: the Subscriber keeps the newest frames, this keeps only one
-        self._sub = Subscriber(publish, [stream], api=api, buffer_frames=2, **keys)
+        # with a shard map the Subscriber takes the stream's own receiver's publish and api
+        self._sub = Subscriber(
+            publish,
+            [stream],
+            api=None if shards is not None else api,
+            buffer_frames=2,
+            shards=shards,
+            **keys,
+        )
         self._thread = threading.Thread(
             target=self._run, name=f"hidra-ng-view-feed-{stream}", daemon=True
         )
@@ -244,13 +268,18 @@ class StreamTable:
 
     async def _refresh(self) -> list[dict[str, Any]]:
         try:
-            infos = await self.link.call("streams")
+            if self.link.shards is None:
+                infos = await self.link.call("streams")
+                where: list[str] | None = None
+                down = ""
+            else:
+                infos, where, down = await self._every_receiver()
         except ReceiverUnavailable as err:
             self._set_up(False, str(err))
             raise
         now = time.monotonic()
         rows = []
-        for info in infos:
+        for i, info in enumerate(infos):
             last = -1 if info.last is None else info.last
             t0, last0, rate = self._samples.get(info.name, (now, last, 0.0))
             if now - t0 >= 1.0:
@@ -269,13 +298,25 @@ class StreamTable:
                     "rate_hz": round(rate, 2),
                 }
             )
+            if where is not None:
+                rows[-1]["receiver"] = where[i]
         names = {r["name"] for r in rows}
         for gone in set(self._samples) - names:  # bounded by the streams there are
             del self._samples[gone]
         self._rows, self._fetched = rows, now
-        self._set_up(True, "")
+        self._set_up(not down, down)
         await self._catch_up(infos, now)
         return rows
+
+    async def _every_receiver(self) -> tuple[list[StreamInfo], list[str], str]:
+        """With a shard map: the streams of the receivers that answer, the receiver of each,
+        and what the others said ('' when all answered); raises when none answers."""
+        answered, down = await self.link.call("streams_answered")
+        said = "; ".join(f"receiver {name} did not answer: {err}" for name, err in down.items())
+        assert self.link.shards is not None
+        if len(down) == len(self.link.shards.shards):
+            raise ReceiverUnavailable(said)
+        return [info for _, info in answered], [name for name, _ in answered], said
 
     async def _catch_up(self, infos: list[StreamInfo], now: float) -> None:
         """A watched stream whose live feed fell behind what is stored, and got nothing for

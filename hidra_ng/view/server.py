@@ -29,6 +29,7 @@ from aiohttp import web
 
 from hidra_ng.config import ViewConfig, is_loopback
 from hidra_ng.errors import HidraError
+from hidra_ng.shards import load_shard_map
 from hidra_ng.view.api import Api, error
 from hidra_ng.view.link import ReceiverLink, StreamTable
 from hidra_ng.view.live import Session
@@ -41,7 +42,7 @@ _MAX_FRAME_MESSAGE = 1 << 31
 
 
 class ViewServer:
-    """``hidra-ng view``: serves the page and the API for one receiver."""
+    """``hidra-ng view``: serves the page and the API for one receiver (or a shard map's)."""
 
     def __init__(self, settings: ViewConfig) -> None:
         self.settings = settings
@@ -52,6 +53,7 @@ class ViewServer:
             keys_dir=settings.keys_dir,
             server_key_dir=settings.server_key_dir,
             request_timeout=settings.request_timeout_seconds,
+            shards=load_shard_map(settings.shards) if settings.shards else None,
         )
         self.table = StreamTable(self.link)
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()

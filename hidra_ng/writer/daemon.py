@@ -1,6 +1,7 @@
 """``hidra-ng write``: the daemon that turns matching streams into files (SPEC §15).
 
-A discovery loop lists the receiver's streams every second, starts a
+A discovery loop lists the receiver's streams every second (with a shard map,
+SPEC §14: every receiver's, each stream then read from its own receiver), starts a
 :class:`StreamWriter` thread for every stream that matches the patterns (also
 streams created later) and updates the lag gauges. One writer per output
 directory: a lock file (``DIR/.hidra-ng-writer.lock``) refuses a second one.
@@ -17,10 +18,13 @@ import time
 from pathlib import Path
 
 from hidra_ng.client.consumer import Consumer
+from hidra_ng.client.sharded import ShardedConsumer
 from hidra_ng.config import WriterConfig
-from hidra_ng.errors import ConfigError, HidraError
+from hidra_ng.errors import ConfigError, HidraError, ReceiverUnavailable
 from hidra_ng.metrics import WriterMetrics, serve
 from hidra_ng.patterns import Patterns
+from hidra_ng.shards import load_shard_map
+from hidra_ng.wire.protocol import StreamInfo
 from hidra_ng.writer.announce import Announcer
 from hidra_ng.writer.formats import Options, Published
 from hidra_ng.writer.stream import Hooks, StreamWriter
@@ -57,10 +61,16 @@ class WriterDaemon:
 
     def __init__(self, settings: WriterConfig) -> None:
         self.settings = settings
+        # SPEC §14: the streams of every receiver of the map, each read from its own
+        self.shard_map = load_shard_map(settings.shards) if settings.shards else None
         self.patterns = Patterns(settings.streams)
         self.root = check_output_dir(Path(settings.dir))
         self._lock_fd = self._lock()
         self.metrics = WriterMetrics()
+        self._up: dict[str, bool] = {}  # receiver (shard name) -> answered the last listing
+        if self.shard_map is not None:
+            self._up = {shard.name: False for shard in self.shard_map.shards}
+            self.metrics.track_receivers(lambda: dict(self._up))
         self.options = Options(
             frames_per_file=settings.frames_per_file,
             name_pattern=settings.name_pattern,
@@ -97,7 +107,12 @@ class WriterDaemon:
 
     def consumer(self) -> Consumer:
         s = self.settings
-        return Consumer(s.api, keys_dir=s.keys_dir or None, server_key_dir=s.server_key_dir or None)
+        return Consumer(
+            s.api,
+            keys_dir=s.keys_dir or None,
+            server_key_dir=s.server_key_dir or None,
+            shards=self.shard_map,
+        )
 
     # ------------------------------------------------------------- hooks
 
@@ -140,11 +155,11 @@ class WriterDaemon:
                 try:
                     if consumer is None:
                         consumer = self.consumer()
-                    infos = consumer.streams()
+                    infos = self._list(consumer)
                     self.metrics.receiver_up.set(1)
                 except HidraError as err:
                     self.metrics.receiver_up.set(0)
-                    log.warning("receiver at %s: %s", self.settings.api, err)
+                    log.warning("receiver at %s: %s", consumer.api if consumer else "?", err)
                     if consumer is not None:
                         consumer.close()
                         consumer = None
@@ -162,6 +177,21 @@ class WriterDaemon:
         finally:
             if consumer is not None:
                 consumer.close()
+
+    def _list(self, consumer: Consumer) -> list[StreamInfo]:
+        """The streams of the receiver; with a shard map, of every receiver that answers
+        (one that does not delays only its own streams; its receiver_up is 0)."""
+        if not isinstance(consumer, ShardedConsumer):
+            return consumer.streams()
+        answered, down = consumer.streams_answered()
+        for name in self._up:
+            up = name not in down
+            if not up and self._up[name]:
+                log.warning("receiver %s: %s", name, down[name])
+            self._up[name] = up
+        if len(down) == len(consumer.receivers):
+            raise ReceiverUnavailable("; ".join(f"{n}: {e}" for n, e in down.items()))
+        return [info for _, info in answered]
 
     def _start_writer(self, stream: str, hooks: Hooks) -> None:
         try:
