@@ -11,6 +11,7 @@ receiver: a group of a stream is the group on the one receiver that holds it.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hidra_ng.client.consumer import Consumer, _Replay
@@ -76,12 +77,18 @@ class ShardedConsumer(Consumer):
     def streams_answered(
         self,
     ) -> tuple[list[tuple[str, proto.StreamInfo]], dict[str, ReceiverUnavailable]]:
-        """The streams of the receivers that answered, and the error of each that did not."""
+        """The streams of the receivers that answered, and the error of each that did not.
+
+        The receivers are asked at once (a thread each, each with its own Consumer), so
+        one that does not answer costs one request timeout, not one per receiver down.
+        """
         out: list[tuple[str, proto.StreamInfo]] = []
         down: dict[str, ReceiverUnavailable] = {}
-        for name, consumer in self.receivers.items():
+        with ThreadPoolExecutor(len(self.receivers), thread_name_prefix="hidra-ng-shard") as pool:
+            asked = {name: pool.submit(c.streams) for name, c in self.receivers.items()}
+        for name, answer in asked.items():
             try:
-                out += [(name, info) for info in consumer.streams()]
+                out += [(name, info) for info in answer.result()]
             except ReceiverUnavailable as err:
                 down[name] = err
         return out, down

@@ -32,6 +32,7 @@ from hidra_ng.writer.stream import Hooks, StreamWriter
 log = logging.getLogger(__name__)
 
 DISCOVER_SECONDS = 1.0
+DISCOVER_TIMEOUT = 3.0  # with a shard map: how long discovery waits for each receiver, s
 HANG_SECONDS = 120.0  # a loop silent this long counts as hung (watchdog)
 LOCK_FILE = ".hidra-ng-writer.lock"
 
@@ -105,10 +106,11 @@ class WriterDaemon:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
 
-    def consumer(self) -> Consumer:
+    def consumer(self, request_timeout: float = 10.0) -> Consumer:
         s = self.settings
         return Consumer(
             s.api,
+            request_timeout=request_timeout,
             keys_dir=s.keys_dir or None,
             server_key_dir=s.server_key_dir or None,
             shards=self.shard_map,
@@ -154,7 +156,11 @@ class WriterDaemon:
                 self._beat("discovery")
                 try:
                     if consumer is None:
-                        consumer = self.consumer()
+                        # with a shard map, a receiver that does not answer holds up the
+                        # discovery of the others' new streams for at most this long
+                        consumer = self.consumer(
+                            DISCOVER_TIMEOUT if self.shard_map is not None else 10.0
+                        )
                     infos = self._list(consumer)
                     self.metrics.receiver_up.set(1)
                 except HidraError as err:

@@ -14,6 +14,7 @@ import pytest
 from hidra_ng import Consumer, Producer
 from hidra_ng.cli import main
 from hidra_ng.config import ViewConfig, WriterConfig
+from hidra_ng.testing import free_port
 from hidra_ng.view import ViewServer
 from hidra_ng.writer.daemon import WriterDaemon
 from tests.helpers import wait_for
@@ -192,5 +193,59 @@ def test_one_view_with_shards_lists_and_shows_the_streams_of_both_receivers(
         assert status == 200 and json.loads(body)["index"] == 3, body
         status, _, body = http(server, "/api/streams/a/x/info")
         assert status == 200 and json.loads(body)["count"] == 3
+        # the live feed of a stream on the second receiver, as a browser's page gets it (a
+        # frame published before the subscription arrived comes from the last-value cache)
+        feed = server.link.feed("b/y")
+        try:
+            with Producer(shards=shards, spool_dir=tmp_path / "spool2", sender_id="det2") as p:
+                p.send_many("b/y", [(frame("b/y", k), {"k": k}) for k in (4, 5)])
+                p.flush(30)
+            wait_for(
+                lambda: feed.latest is not None and feed.latest.meta.get("k") == 5,
+                what="the newest live frame of b/y from its receiver",
+            )
+            np.testing.assert_array_equal(feed.latest.data, frame("b/y", 5))
+        finally:
+            server.link.release(feed)
     finally:
         server.stop()
+
+
+def test_bridge_has_no_shards_option_one_bridge_runs_per_receiver(shards: Path, capsys) -> None:
+    """SPEC §13/§14: a bridge runs beside its receiver (its lock, its prefix), never over a map."""
+    assert main(["bridge", "--shards", str(shards)]) == 2
+    assert "No such option: --shards" in capsys.readouterr().err
+
+
+def test_writer_with_shards_goes_on_with_the_receivers_that_answer(
+    tmp_path: Path, two, shards: Path
+) -> None:
+    """A receiver that does not answer (nothing listens at its api) delays only its streams."""
+    send(shards, tmp_path, {"b/y": 6, "c/w": 4})
+    text = shards.read_text().replace(two["r0"].endpoints["api"], f"tcp://127.0.0.1:{free_port()}")
+    away = tmp_path / "r0-away.toml"
+    away.write_text(text)
+    out = tmp_path / "out"
+    settings = WriterConfig(shards=str(away), dir=str(out), metrics_port=0, format="hdf5")
+    daemon = WriterDaemon(settings)
+    daemon.start()
+
+    def up(name: str) -> float | None:
+        return daemon.metrics.registry.get_sample_value(
+            "hidra_ng_writer_receiver_up", {"receiver": name}
+        )
+
+    try:
+        wait_for(
+            lambda: all(
+                daemon.writers.get(s) is not None and daemon.writers[s].finished
+                for s in ("b/y", "c/w")
+            ),
+            timeout=60,
+            what="the streams of the receiver that answers written",
+        )
+        wait_for(lambda: up("r0") == 0.0 and up("r1") == 1.0, what="receiver_up per receiver")
+    finally:
+        daemon.stop()
+    for stream, n in {"b/y": 6, "c/w": 4}.items():
+        assert sorted(k for _, k in read_hdf5(out.joinpath(*stream.split("/")))) == list(range(n))
