@@ -161,8 +161,12 @@ class Api:
         try:
             return await self.link.call("info", stream)
         except NotYetAvailable:
+            where = self.link.api
+            if self.link.shards is not None:  # SPEC §14: the receiver the map places it on
+                shard = self.link.shards.place(stream)
+                where = f"{shard.api} (shard {shard.name})"
             raise _UnknownStream(
-                f"stream {stream!r} does not exist on the receiver at {self.link.api}"
+                f"stream {stream!r} does not exist on the receiver at {where}"
             ) from None
 
     async def _get(self, stream: str, index: int, wait: float):

@@ -19,7 +19,7 @@ from hidra_ng.view import ViewServer
 from hidra_ng.writer.daemon import WriterDaemon
 from tests.helpers import wait_for
 from tests.shard_helpers import in_process_receivers, write_shard_map
-from tests.view_helpers import http
+from tests.view_helpers import error_of, http
 
 NAMES = ("r0", "r1")
 
@@ -193,6 +193,8 @@ def test_one_view_with_shards_lists_and_shows_the_streams_of_both_receivers(
         assert status == 200 and json.loads(body)["index"] == 3, body
         status, _, body = http(server, "/api/streams/a/x/info")
         assert status == 200 and json.loads(body)["count"] == 3
+        status, _, body = http(server, "/api/streams/a/nothing/info")
+        assert status == 404 and "(shard r0)" in error_of(body), body
         # the live feed of a stream on the second receiver, as a browser's page gets it (a
         # frame published before the subscription arrived comes from the last-value cache)
         feed = server.link.feed("b/y")

@@ -14,6 +14,7 @@ class FakeLink:
     """Answers ``streams`` from a list the test sets; counts the requests."""
 
     api = "tcp://receiver:50101"
+    shards = None  # one receiver, no shard map
 
     def __init__(self) -> None:
         self.infos: list[StreamInfo] | None = []

@@ -77,7 +77,7 @@
           tr.appendChild(td);
         }
         tr.cells[0].textContent = s.name;
-        tr.cells[0].title = s.name;
+        tr.cells[0].title = s.receiver ? `${s.name} (receiver ${s.receiver})` : s.name;
         tr.addEventListener('click', () => choose(s.name));
       }
       if (tbody.rows[position] !== tr) tbody.insertBefore(tr, tbody.rows[position] || null);
