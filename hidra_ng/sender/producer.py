@@ -56,6 +56,18 @@ GiB = 1 << 30
 MiB = 1 << 20
 
 
+def _send_timeout(seconds: float, former: float | None) -> float:
+    """``send_timeout_seconds``, or ``send_timeout`` (the former name) if given instead."""
+    if former is None:
+        return seconds
+    if seconds != 30.0 and seconds != former:
+        raise ConfigError(
+            f"send_timeout={former} and send_timeout_seconds={seconds} disagree; give"
+            " send_timeout_seconds only"
+        )
+    return former
+
+
 class Producer:
     """Send frames to a hidra_ng receiver without ever losing one (SPEC §4).
 
@@ -97,13 +109,7 @@ class Producer:
         server_key_dir: str | os.PathLike[str] | None = None,
         send_timeout: float | None = None,
     ) -> None:
-        if send_timeout is not None:  # the former name
-            if send_timeout_seconds != 30.0 and send_timeout_seconds != send_timeout:
-                raise ConfigError(
-                    f"send_timeout={send_timeout} and send_timeout_seconds="
-                    f"{send_timeout_seconds} disagree; give send_timeout_seconds only"
-                )
-            send_timeout_seconds = send_timeout
+        send_timeout_seconds = _send_timeout(send_timeout_seconds, send_timeout)
         proto.check_sender_id(sender_id)
         # CurveZMQ (SPEC §9): this sender's key pair and the receiver's public key
         self.keys = ClientKeys.load(

@@ -242,38 +242,8 @@ class Dectris1Source(DectrisSource):
                 raise StreamV1Error(f"header ({detail}) has no detector configuration part")
             config = _json(rest.pop(0), "detector configuration part")
             meta["config"] = jsonable(config)
-        items: list[Item] = []
-        listed: list[dict[str, Any]] = []
-        dropped: list[str] = []
-        if detail == "all":
-            for _ in TABLES:
-                if len(rest) < 2:
-                    raise StreamV1Error(
-                        "header (all) lacks a table: expected 3 (header, blob) pairs"
-                    )
-                head = _json(rest.pop(0), "table header")
-                blob = _blob(rest.pop(0))
-                name = TABLES.get(head.get("htype"))  # type: ignore[arg-type]
-                if name is None:
-                    raise StreamV1Error(
-                        f"table htype {head.get('htype')!r} is not one of {', '.join(TABLES)}"
-                    )
-                dtype, shape = array_of(head, name, limit)
-                nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-                if len(blob) != nbytes:
-                    raise StreamV1Error(
-                        f"{name} of shape {head['shape']} and type {head['type']} needs"
-                        f" {nbytes} bytes; got {len(blob)}"
-                    )
-                if not self.tables:
-                    dropped.append(name)
-                    continue
-                entry = {"table": name, "channel": self.channel}
-                table_meta = {"type": "table", "message": "start", **entry, "series_id": series}
-                items.append(
-                    (self.tables_stream, np.frombuffer(blob, dtype).reshape(shape), table_meta)
-                )
-                listed.append({**entry, "dtype": dtype.str, "shape": list(shape)})
+        no_tables: tuple[list[Item], list[dict[str, Any]], list[str]] = ([], [], [])
+        items, listed, dropped = self._tables(rest, series, limit) if detail == "all" else no_tables
         if len(rest) > 1:
             raise StreamV1Error(
                 f"header ({detail}) has {len(rest)} parts after its tables and configuration;"
@@ -289,6 +259,40 @@ class Dectris1Source(DectrisSource):
             None, series if isinstance(series, int) else None, [self.channel], None, True
         )
         return self.series_meta(meta, meta_limit) + items
+
+    def _tables(
+        self, rest: list[zmq.Frame], series: Any, limit: int
+    ) -> tuple[list[Item], list[dict[str, Any]], list[str]]:
+        """The (header, blob) pairs of the tables at the front of ``rest`` (taken off it):
+        their messages, their listing for the start message, the names dropped."""
+        items: list[Item] = []
+        listed: list[dict[str, Any]] = []
+        dropped: list[str] = []
+        for _ in TABLES:
+            if len(rest) < 2:
+                raise StreamV1Error("header (all) lacks a table: expected 3 (header, blob) pairs")
+            head = _json(rest.pop(0), "table header")
+            blob = _blob(rest.pop(0))
+            name = TABLES.get(head.get("htype"))  # type: ignore[arg-type]
+            if name is None:
+                raise StreamV1Error(
+                    f"table htype {head.get('htype')!r} is not one of {', '.join(TABLES)}"
+                )
+            dtype, shape = array_of(head, name, limit)
+            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            if len(blob) != nbytes:
+                raise StreamV1Error(
+                    f"{name} of shape {head['shape']} and type {head['type']} needs"
+                    f" {nbytes} bytes; got {len(blob)}"
+                )
+            if not self.tables:
+                dropped.append(name)
+                continue
+            entry = {"table": name, "channel": self.channel}
+            table_meta = {"type": "table", "message": "start", **entry, "series_id": series}
+            items.append((self.tables_stream, np.frombuffer(blob, dtype).reshape(shape), table_meta))
+            listed.append({**entry, "dtype": dtype.str, "shape": list(shape)})
+        return items, listed, dropped
 
     def _image(
         self, first: dict[str, Any], frames: list[zmq.Frame], limit: int, meta_limit: int

@@ -84,25 +84,8 @@ def parse_message(
     """Validate one pushed message; return (stream, data, meta) or Finish, else raise Refused."""
     if not 1 <= len(frames) <= 2:
         raise Refused("parts", f"message has {len(frames)} parts; expected [header, payload]")
-    raw = frames[0]
     payload = memoryview(frames[1]).cast("B") if len(frames) == 2 else memoryview(b"")
-    if len(raw) > MAX_HEADER_BYTES:
-        raise Refused("header", f"header is {len(raw)} bytes; at most {MAX_HEADER_BYTES}")
-    try:
-        header = msgspec.json.decode(raw)
-    except msgspec.DecodeError as err:
-        raise Refused("header", f"header is not JSON: {err}") from None
-    except RecursionError:
-        raise Refused("header", "header JSON nests too deeply") from None
-    if not isinstance(header, dict):
-        raise Refused("header", f"header is a JSON {type(header).__name__}; expected an object")
-    unknown = sorted(set(header) - HEADER_KEYS)
-    if unknown:
-        raise Refused(
-            "header", f"header key {unknown[0]!r} is unknown; expected {sorted(HEADER_KEYS)}"
-        )
-    if header.get("version", 1) != 1:
-        raise Refused("version", f"header version {header['version']!r} is unknown; expected 1")
+    header = _header(frames[0])
     stream = header.get("stream", default_stream)
     try:
         proto.check_stream_name(stream)
@@ -134,6 +117,35 @@ def parse_message(
         if compression != "none":
             raise Refused("compression", "compression needs an array: give dtype and shape")
         return stream, (bytes(payload) if len(payload) else None), meta
+    return stream, _array(header, payload, compression, max_data_bytes), meta
+
+
+def _header(raw: bytes | memoryview) -> dict[str, Any]:
+    """The header part: a JSON object of known keys, version 1, else Refused."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise Refused("header", f"header is {len(raw)} bytes; at most {MAX_HEADER_BYTES}")
+    try:
+        header = msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        raise Refused("header", f"header is not JSON: {err}") from None
+    except RecursionError:
+        raise Refused("header", "header JSON nests too deeply") from None
+    if not isinstance(header, dict):
+        raise Refused("header", f"header is a JSON {type(header).__name__}; expected an object")
+    unknown = sorted(set(header) - HEADER_KEYS)
+    if unknown:
+        raise Refused(
+            "header", f"header key {unknown[0]!r} is unknown; expected {sorted(HEADER_KEYS)}"
+        )
+    if header.get("version", 1) != 1:
+        raise Refused("version", f"header version {header['version']!r} is unknown; expected 1")
+    return header
+
+
+def _array(
+    header: dict[str, Any], payload: memoryview, compression: str, max_data_bytes: int
+) -> np.ndarray | Encoded:
+    """The payload as the array the header describes (or as it came, compressed)."""
     dtype, shape = _array_spec(header, max_data_bytes)
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     if compression == "none":
@@ -143,25 +155,26 @@ def parse_message(
                 f"array of shape {list(shape)} and dtype {dtype.str} needs {nbytes} bytes;"
                 f" the payload has {len(payload)}",
             )
-        return stream, np.frombuffer(payload, dtype).reshape(shape), meta
+        return np.frombuffer(payload, dtype).reshape(shape)
     encoded = Encoded(bytes(payload), dtype.str, shape, compression)
     try:
         encoded.check()
     except HidraError as err:
         raise Refused("compression", str(err)) from None
-    return stream, encoded, meta
+    return encoded
 
 
 def _array_spec(header: dict[str, Any], max_data_bytes: int) -> tuple[np.dtype, tuple[int, ...]]:
     if "dtype" not in header or "shape" not in header:
         raise Refused("shape", "an array needs both dtype and shape")
     name = header["dtype"]
+    not_a_dtype = Refused("dtype", f"dtype {name!r} is not a numpy dtype name like 'uint16'")
+    if not isinstance(name, str):
+        raise not_a_dtype
     try:
-        if not isinstance(name, str):
-            raise TypeError
         dtype = np.dtype(name)
     except TypeError:
-        raise Refused("dtype", f"dtype {name!r} is not a numpy dtype name like 'uint16'") from None
+        raise not_a_dtype from None
     if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
         raise Refused("dtype", f"dtype {name!r} is not numeric; expected e.g. 'uint16'")
     shape = header["shape"]
