@@ -12,7 +12,9 @@ The public API (SPEC §4)::
 from hidra_ng.client.consumer import Consumer
 from hidra_ng.client.subscriber import Subscriber
 from hidra_ng.errors import (
+    AnnounceError,
     AuthenticationError,
+    BrokerError,
     ConfigError,
     DiskFull,
     FieldError,
@@ -23,17 +25,21 @@ from hidra_ng.errors import (
     InvalidFrame,
     InvalidInput,
     InvalidStreamName,
+    LeaseHeld,
     MessageTooLarge,
     NotYetAvailable,
     ProtocolError,
+    PushRefused,
     QueryError,
     ReceiverUnavailable,
     SpoolFull,
     StorageError,
     StreamFinished,
+    StreamV1Error,
     StreamV2Error,
     Unavailable,
     UnsupportedVersion,
+    WriteRefused,
 )
 from hidra_ng.sender.producer import Producer
 from hidra_ng.wire.frames import Frame
@@ -50,7 +56,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AnnounceError",
     "AuthenticationError",
+    "BrokerError",
     "ConfigError",
     "Consumer",
     "DiskFull",
@@ -63,19 +71,23 @@ __all__ = [
     "InvalidFrame",
     "InvalidInput",
     "InvalidStreamName",
+    "LeaseHeld",
     "MessageTooLarge",
     "NotYetAvailable",
     "Producer",
     "ProtocolError",
+    "PushRefused",
     "QueryError",
     "ReceiverUnavailable",
     "SpoolFull",
     "StorageError",
     "StreamFinished",
     "StreamInfo",
+    "StreamV1Error",
     "StreamV2Error",
     "Subscriber",
     "Unavailable",
     "UnsupportedVersion",
+    "WriteRefused",
     "export_hdf5",
 ]

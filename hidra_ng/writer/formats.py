@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from hidra_ng.client.export import nexus_groups
-from hidra_ng.errors import Gone, HidraError
+from hidra_ng.errors import Gone, HidraError, WriteRefused
 from hidra_ng.wire.frames import Frame
 from hidra_ng.writer import nxmx
 from hidra_ng.writer.files import PartFile, chunk_bytes, family, filter_options, publish
@@ -30,17 +30,6 @@ from hidra_ng.writer.files import PartFile, chunk_bytes, family, filter_options,
 log = logging.getLogger(__name__)
 
 FORMATS = ("nxmx", "hdf5", "tiff")
-
-
-class WriteRefused(HidraError):
-    """Frames this format cannot write (no start message, a changed shape, ...).
-
-    The stream's writer stops at that index; the frames stay in the receiver.
-    """
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass

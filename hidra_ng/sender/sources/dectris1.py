@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from hidra_ng.errors import ConfigError, HidraError
+from hidra_ng.errors import ConfigError, HidraError, StreamV1Error
 from hidra_ng.sender.producer import Producer
 from hidra_ng.sender.sources._common import Item, Params, fit_meta, jsonable
 from hidra_ng.sender.sources.dectris import DectrisSource, SeriesState
@@ -60,10 +60,6 @@ TABLES = {
 TYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64")
 _ENCODING = re.compile(r"^(?:bs(8|16|32|64)-?)?(lz4)?([<>])$")
 _LZ4_HDF5 = struct.Struct(">QII")  # total bytes, block bytes, size of the one block
-
-
-class StreamV1Error(ValueError):
-    """A Stream V1 message that cannot be used; the message says why."""
 
 
 def _json(part: zmq.Frame | bytes, what: str) -> dict[str, Any]:
@@ -144,6 +140,8 @@ def image_data(
             encoded = Encoded(framed, dtype.str, shape, "lz4-hdf5")
             encoded.check()
             return encoded
+    except StreamV1Error:
+        raise  # says what is wrong already
     except HidraError as err:
         raise StreamV1Error(f"image ({encoding}): {err}") from err
     if len(blob) != nbytes:
