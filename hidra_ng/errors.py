@@ -20,7 +20,8 @@ sorted by what the user has to do about it::
     │   │                        ValueError)
     │   ├── PushRefused          a message pushed to a zmq: source breaks its header
     │   │                        format (also a ValueError; ``reason`` is its counter label)
-    │   └── WriteRefused         frames the writer's format cannot write (``reason``)
+    │   ├── WriteRefused         frames the writer's format cannot write (``reason``)
+    │   └── NotAnImage           the view cannot show this frame as an image
     ├── ProtocolError            a peer sent bytes that are not hidra_ng messages
     │   └── UnsupportedVersion
     ├── Unavailable              wait or retry later
@@ -97,6 +98,10 @@ class WriteRefused(InvalidInput):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class NotAnImage(InvalidInput):
+    """The frame holds no array (bytes or metadata only), or one a format cannot hold."""
 
 
 class InvalidStreamName(InvalidInput):

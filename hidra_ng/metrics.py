@@ -126,7 +126,7 @@ class StreamSeries:
     def _remove(self, stream: str) -> None:
         for metric in self._metrics:
             if len(metric._labelnames) == 1:
-                keys = [(stream,)]
+                keys: list[tuple[str, ...]] = [(stream,)]
             else:  # e.g. (stream, reason): every reason of the stream
                 keys = [k for k in _label_values(metric) if k[0] == stream]
             for key in keys:
@@ -147,7 +147,7 @@ class StreamLabelled(Generic[M]):
     """A metric labelled by stream (first) whose streams a :class:`StreamSeries` bounds."""
 
     def __init__(self, metric: M, series: StreamSeries) -> None:
-        self.metric = metric
+        self.metric: M = metric
         self._series = series
 
     def labels(self, stream: str, *more: str) -> M:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hidra_ng.errors import InvalidArgument, InvalidInput
+from hidra_ng.errors import InvalidArgument, NotAnImage
 from hidra_ng.wire.frames import Frame
 
 #: suffix -> (format, media type)
@@ -41,10 +41,6 @@ _BROWSER_DTYPES = {
     "float32",
     "float64",
 }
-
-
-class NotAnImage(InvalidInput):
-    """The frame holds no array (bytes or metadata only), or one a format cannot hold."""
 
 
 def frame_info(frame: Frame) -> dict[str, Any]:

@@ -144,10 +144,12 @@ def test_promtool_accepts_the_writers_metrics(receiver, make_producer, tmp_path:
     with DaemonProcess(args, tmp_path / "writer.log") as writer:
         port = writer.ready(ready)["metrics_port"]
         wait_for(
-            lambda: (try_scrape(port) or {}).get(
-                ("hidra_ng_writer_frames_total", (("stream", stream),))
-            )
-            == 4,
+            lambda: (
+                (try_scrape(port) or {}).get(
+                    ("hidra_ng_writer_frames_total", (("stream", stream),))
+                )
+                == 4
+            ),
             timeout=60,
             what="the 4 frames in a complete file",
         )
@@ -170,10 +172,12 @@ def test_promtool_accepts_the_bridges_metrics(rabbitmq, receiver, make_producer,
     bridge.start()
     try:
         wait_for(
-            lambda: (try_scrape(bridge.metrics_port) or {}).get(
-                ("hidra_ng_bridge_published_total", (("stream", stream),))
-            )
-            == 5,
+            lambda: (
+                (try_scrape(bridge.metrics_port) or {}).get(
+                    ("hidra_ng_bridge_published_total", (("stream", stream),))
+                )
+                == 5
+            ),
             timeout=60,
             what="5 frames published",
         )

@@ -63,7 +63,7 @@ def test_no_class_or_function_is_over_its_size() -> None:
 def test_the_exemptions_are_still_needed() -> None:
     """An exemption outlives its reason no longer than the split that ends it."""
     over = {name for name, _, _ in oversized()}
-    assert EXEMPT <= over, f"no longer over the limit; drop from EXEMPT: {sorted(EXEMPT - over)}"
+    assert over >= EXEMPT, f"no longer over the limit; drop from EXEMPT: {sorted(EXEMPT - over)}"
 
 
 def test_the_walk_finds_an_oversized_method() -> None:

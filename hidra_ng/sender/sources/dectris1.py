@@ -288,7 +288,9 @@ class Dectris1Source(DectrisSource):
                 continue
             entry = {"table": name, "channel": self.channel}
             table_meta = {"type": "table", "message": "start", **entry, "series_id": series}
-            items.append((self.tables_stream, np.frombuffer(blob, dtype).reshape(shape), table_meta))
+            items.append(
+                (self.tables_stream, np.frombuffer(blob, dtype).reshape(shape), table_meta)
+            )
             listed.append({**entry, "dtype": dtype.str, "shape": list(shape)})
         return items, listed, dropped
 

@@ -79,7 +79,7 @@ def parse_message(
     max_data_bytes: int = proto.MAX_DATA_BYTES,
     max_meta_bytes: int = proto.MAX_META_BYTES,
 ) -> Item | Finish:
-    """Validate one pushed message; return (stream, data, meta) or Finish, else raise PushRefused."""
+    """Validate one pushed message: (stream, data, meta) or Finish, else PushRefused."""
     if not 1 <= len(frames) <= 2:
         raise PushRefused("parts", f"message has {len(frames)} parts; expected [header, payload]")
     payload = memoryview(frames[1]).cast("B") if len(frames) == 2 else memoryview(b"")
