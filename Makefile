@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test check fmt perf perf-quick perf-peers perf-peers-quick perf-bridge perf-bridge-quick clean
+.PHONY: demo test check fmt perf perf-quick perf-peers perf-peers-quick perf-bridge perf-bridge-quick perf-shards perf-shards-quick clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ perf-bridge: $(VENV)/.test
 
 perf-bridge-quick: $(VENV)/.test
 	$(PY) perf/bridge.py --quick
+
+# aggregate ingest over 1, 2 and 3 receivers (SPEC §14) against raw LMDB appends, on tmpfs
+perf-shards: $(VENV)/.test
+	$(PY) perf/shards.py
+
+perf-shards-quick: $(VENV)/.test
+	$(PY) perf/shards.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

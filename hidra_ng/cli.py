@@ -37,6 +37,10 @@ KeysOpt = Annotated[str | None, typer.Option("--keys-dir", help="this client's C
 ServerKeyOpt = Annotated[
     str | None, typer.Option("--server-key-dir", help="the receiver's public key")
 ]
+ShardsOpt = Annotated[
+    Path | None,
+    typer.Option("--shards", help="shard map (TOML): read from every receiver, not --api"),
+]
 
 
 @app.callback()
@@ -122,10 +126,11 @@ def receiver(
     ] = None,
 ) -> None:
     """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
-    from hidra_ng import service
+    from hidra_ng import heap, service
     from hidra_ng.metrics import served_port
     from hidra_ng.receiver.daemon import Receiver
 
+    heap.keep_frame_buffers()
     daemon = Receiver(settings)
     if ready_file is not None:
         bound = {**daemon.endpoints, "metrics_port": served_port(daemon.metrics.registry)}
@@ -159,9 +164,11 @@ def sender(
     ] = None,
 ) -> None:
     """Run the sender daemon: spool frames from sources and push them to the receiver."""
-    from hidra_ng import service
+    from hidra_ng import heap, service
     from hidra_ng.sender import sources
     from hidra_ng.sender.daemon import SenderDaemon
+
+    heap.keep_frame_buffers()
 
     parsed = [sources.parse(uri) for uri in settings.sources]
     if not parsed:
@@ -234,15 +241,35 @@ def demo(
 
 @app.command("check-config")
 def check_config(path: Annotated[Path, typer.Argument(help="TOML config file")]) -> None:
-    """Validate a config file and print the effective settings."""
+    """Validate a config file (or a shard map) and print the effective settings."""
+    from hidra_ng import shards as shard_maps
+
+    if _is_shard_map(path):
+        shard_map = shard_maps.load_shard_map(path)
+        typer.echo(f"# {path}: valid shard map of {len(shard_map.shards)} receivers:")
+        typer.echo(shard_maps.to_toml(shard_map), nl=False)
+        return
     section, settings = cfg.check_file(path)
     if section == "sender":
         from hidra_ng.sender import sources
 
         for uri in settings.sources:
             sources.parse(uri)
+        if settings.shards:
+            shard_maps.load_shard_map(settings.shards)
     typer.echo(f"# {path}: valid {section} config; effective settings:")
     typer.echo(cfg.to_toml(section, settings), nl=False)
+
+
+def _is_shard_map(path: Path) -> bool:
+    """A TOML file of ``[[shard]]`` tables (unreadable files: left to check_file to name)."""
+    import tomllib
+
+    try:
+        with path.open("rb") as f:
+            return "shard" in tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
 
 
 # ----------------------------------------------------------------- readers
@@ -250,11 +277,22 @@ def check_config(path: Annotated[Path, typer.Argument(help="TOML config file")])
 
 @app.command()
 def streams(
-    api: ApiOpt = DEFAULT_API, keys_dir: KeysOpt = None, server_key_dir: ServerKeyOpt = None
+    api: ApiOpt = DEFAULT_API,
+    keys_dir: KeysOpt = None,
+    server_key_dir: ServerKeyOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
-    """List the receiver's streams."""
-    with _consumer(api, keys_dir, server_key_dir) as c:
-        _print_streams(c.streams())
+    """List the receiver's streams (with --shards: every receiver's, with a receiver column)."""
+    with _consumer(api, keys_dir, server_key_dir, shards) as c:
+        if shards is None:
+            _print_streams(c.streams())
+            return
+        answered, down = c.streams_answered()
+        _print_streams([info for _, info in answered], [name for name, _ in answered])
+        for name, err in down.items():
+            typer.echo(f"hidra-ng: receiver {name} did not answer: {err}", err=True)
+        if down:
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -263,16 +301,20 @@ def info(
     api: ApiOpt = DEFAULT_API,
     keys_dir: KeysOpt = None,
     server_key_dir: ServerKeyOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
     """Show one stream."""
-    with _consumer(api, keys_dir, server_key_dir) as c:
-        _print_streams([c.info(stream)])
+    with _consumer(api, keys_dir, server_key_dir, shards) as c:
+        if shards is None:
+            _print_streams([c.info(stream)])
+        else:
+            _print_streams([c.info(stream)], [c.shard(stream).name])
 
 
-def _consumer(api: str, keys_dir: str | None, server_key_dir: str | None):
+def _consumer(api: str, keys_dir: str | None, server_key_dir: str | None, shards=None):
     from hidra_ng.client.consumer import Consumer
 
-    return Consumer(api, keys_dir=keys_dir, server_key_dir=server_key_dir)
+    return Consumer(api, keys_dir=keys_dir, server_key_dir=server_key_dir, shards=shards)
 
 
 @app.command()
@@ -284,11 +326,12 @@ def get(
     api: ApiOpt = DEFAULT_API,
     keys_dir: KeysOpt = None,
     server_key_dir: ServerKeyOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
     """Fetch one frame; print its description, optionally save its data."""
     import numpy as np
 
-    with _consumer(api, keys_dir, server_key_dir) as c:
+    with _consumer(api, keys_dir, server_key_dir, shards) as c:
         frame = c.get(stream, index, timeout=timeout)
     data = frame.data
     what = (
@@ -309,6 +352,40 @@ def get(
 
 
 @app.command()
+def query(
+    stream: str,
+    expr: Annotated[str, typer.Argument(help='filter, e.g. "meta.exposure_s > 0.005"')],
+    limit: Annotated[
+        int, typer.Option(min=0, help="print at most this many matches, 0: all")
+    ] = 10_000,
+    start: Annotated[int, typer.Option(min=0, help="examine records from this index on")] = 0,
+    scan_limit: Annotated[
+        int, typer.Option(min=0, help="records the receiver examines per page, 0: its default")
+    ] = 0,
+    api: ApiOpt = DEFAULT_API,
+    keys_dir: KeysOpt = None,
+    server_key_dir: ServerKeyOpt = None,
+) -> None:
+    """Print the frames of STREAM whose metadata match EXPR, one line each, in index order.
+
+    The receiver answers in pages; this goes on from page to page, printing as they come.
+    """
+    from hidra_ng.errors import QueryError
+    from hidra_ng.receiver.query import compile_query
+
+    try:
+        compile_query(expr)  # a syntax error is bad usage: said before any connection
+    except QueryError as err:
+        raise typer.BadParameter(str(err), param_hint="EXPR") from None
+    shown = 0
+    with _consumer(api, keys_dir, server_key_dir) as c:
+        for frame in c.iter_query(stream, expr, limit=limit, start=start, scan_limit=scan_limit):
+            typer.echo(f"{frame.index:>8}  {_short_meta(frame.meta, width=100)}")
+            shown += 1
+    typer.echo(f"{shown} match{'es' if shown != 1 else ''}", err=True)
+
+
+@app.command()
 def tail(
     stream: str,
     publish: Annotated[str, typer.Option("--publish", help="receiver publish endpoint")] = (
@@ -318,6 +395,7 @@ def tail(
     count: Annotated[int, typer.Option(help="stop after this many frames, 0: never")] = 0,
     keys_dir: KeysOpt = None,
     server_key_dir: ServerKeyOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
     """Print live frames of STREAM as lines until Ctrl-C."""
     import time
@@ -328,7 +406,12 @@ def tail(
     window: list[float] = []
     try:
         with Subscriber(
-            publish, [stream], api=api, keys_dir=keys_dir, server_key_dir=server_key_dir
+            publish,
+            [stream],
+            api=api,
+            keys_dir=keys_dir,
+            server_key_dir=server_key_dir,
+            shards=shards,
         ) as sub:
             for frame in sub:
                 now = time.monotonic()
@@ -354,6 +437,7 @@ def export(
     api: ApiOpt = DEFAULT_API,
     keys_dir: KeysOpt = None,
     server_key_dir: ServerKeyOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
     """Export a stream to a NeXus-style HDF5 file, with a progress bar."""
     from rich.console import Console
@@ -362,7 +446,7 @@ def export(
     from hidra_ng.client.export import export_hdf5
 
     with (
-        _consumer(api, keys_dir, server_key_dir) as c,
+        _consumer(api, keys_dir, server_key_dir, shards) as c,
         Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -431,11 +515,15 @@ def _short_meta(meta: dict, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _print_streams(infos) -> None:
-    rows = [("stream", "first", "last", "count", "bytes", "finished")]
+def _print_streams(infos, receivers: list[str] | None = None) -> None:
+    """A table of streams; with ``receivers`` (one per stream) a receiver column first."""
+    rows: list[tuple[str, ...]] = [("stream", "first", "last", "count", "bytes", "finished")]
     for s in infos:
         last = "-" if s.last is None else str(s.last)
         rows.append((s.name, str(s.first), last, str(s.count), str(s.bytes), str(s.finished)))
+    if receivers is not None:
+        order = sorted(range(len(receivers)), key=lambda i: (receivers[i], rows[i + 1][0]))
+        rows = [("receiver", *rows[0])] + [(receivers[i], *rows[i + 1]) for i in order]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -171,6 +171,19 @@ class SenderConfig(_Config):
     sources: Annotated[list[str], D("a source URI; may be repeated")] = msgspec.field(
         default_factory=list
     )
+    # SPEC §14: several receivers (hidra_ng/shards.py, hidra_ng/sender/sharded.py)
+    shards: Annotated[
+        str, D("shard map file (TOML): send each stream to its receiver; replaces ingest/api")
+    ] = ""
+    split_parts: Annotated[
+        int, D("split each series matching split_streams into this many STREAM/part-K", ge=1)
+    ] = 1
+    split_block_images: Annotated[
+        int, D("images per block when splitting a series over the parts", ge=1)
+    ] = 1
+    split_streams: Annotated[
+        list[str], D("glob pattern of the series to split; may be repeated")
+    ] = msgspec.field(default_factory=lambda: ["**"])
 
     def __post_init__(self) -> None:
         if not self.sender_id:
@@ -189,6 +202,12 @@ class SenderConfig(_Config):
         c.choice("spool_sync", ("always", "batch"))
         c.choice("compression", ("none", "lz4", "zstd"))
         c.constraints()
+        c.patterns("split_streams")
+        if self.split_parts > 1 and not self.shards:
+            c.fail(
+                "split_parts",
+                "1 without a shard map (shards = PATH): the parts go to its receivers",
+            )
         for i, uri in enumerate(self.sources):
             if not isinstance(uri, str) or ":" not in uri:
                 raise FieldError(
@@ -344,7 +363,7 @@ class BridgeConfig(_Config):
     ] = 256 * MiB
     max_inflight_frames: Annotated[
         int, D("frames not yet confirmed, per stream", ge=1, le=1 << 20)
-    ] = 4096
+    ] = 65536
 
     def __post_init__(self) -> None:
         from hidra_ng.bridge.names import check_prefix

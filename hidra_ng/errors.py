@@ -11,6 +11,7 @@ sorted by what the user has to do about it::
     │   ├── InvalidArgument      a bad argument to a method (also a ValueError)
     │   │   └── InvalidArgumentType   of the wrong type (also a TypeError)
     │   ├── InvalidStreamName
+    │   ├── NoShardForStream     a stream that no [[shard]] of the shard map matches
     │   ├── InvalidFrame         dtype / shape / payload do not fit together
     │   ├── MessageTooLarge
     │   ├── QueryError           a metadata query that does not parse (names the position)
@@ -106,6 +107,10 @@ class NotAnImage(InvalidInput):
 
 class InvalidStreamName(InvalidInput):
     """A stream name breaks the naming rule of SPEC §2."""
+
+
+class NoShardForStream(InvalidInput):
+    """No ``[[shard]]`` of the shard map matches the stream (SPEC §14); the message names both."""
 
 
 class InvalidFrame(InvalidInput):

@@ -28,26 +28,54 @@ MIN_MAP_BYTES = 64 * 1024 * 1024
 
 
 class _Gate:
-    """Shared/exclusive gate: many readers, or one resizer."""
+    """Shared/exclusive gate: many readers, or one resizer.
+
+    Shared is reentrant per thread: a thread that holds it (the receiver's api
+    keeps read transactions open while zmq sends views of the map) enters again
+    without waiting for a resize that waits for it, which would never come.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._resizing = False
+        self._mine = threading.local()
+
+    @property
+    def resize_waiting(self) -> bool:
+        """A resize waits for the readers to leave: hold nothing longer than needed."""
+        return self._resizing
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
+        depth = getattr(self._mine, "depth", 0)
         with self._cond:
-            while self._resizing:
+            while self._resizing and not depth:
                 self._cond.wait()
             self._readers += 1
+        self._mine.depth = depth + 1
         try:
             yield
         finally:
+            self._mine.depth -= 1
             with self._cond:
                 self._readers -= 1
                 if not self._readers:
                     self._cond.notify_all()
+
+    def try_enter(self) -> bool:
+        """A reader's share without waiting: False while a resize is pending."""
+        with self._cond:
+            if self._resizing:
+                return False
+            self._readers += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -65,6 +93,17 @@ class _Gate:
                 self._cond.notify_all()
 
 
+class Held:
+    """A read transaction left open by :meth:`Env.hold`; ``close()`` ends it once."""
+
+    def __init__(self, txn: lmdb.Transaction, stack: contextlib.ExitStack) -> None:
+        self.txn = txn
+        self._stack = stack
+
+    def close(self) -> None:
+        self._stack.close()  # an ExitStack runs its callbacks once
+
+
 class Env:
     """One LMDB environment with named databases and map growth."""
 
@@ -74,6 +113,7 @@ class Env:
         dbs: tuple[str, ...],
         *,
         sync: bool = True,
+        metasync: bool | None = None,
         map_bytes: int = 256 * 1024 * 1024,
         max_map_bytes: int = 1 << 44,
     ) -> None:
@@ -86,7 +126,9 @@ class Env:
                 map_size=max(map_bytes, MIN_MAP_BYTES),
                 max_dbs=len(dbs) + 1,
                 sync=sync,
-                metasync=sync,
+                # False: a commit flushes its pages, not the meta page that makes it
+                # current; integrity holds on a crash, and a sync() makes it durable
+                metasync=sync if metasync is None else metasync,
                 readahead=False,
                 max_readers=256,
                 max_spare_txns=4,
@@ -95,6 +137,11 @@ class Env:
         except lmdb.Error as err:
             raise StorageError(f"cannot open LMDB environment at {path}: {err}") from err
         self._gate = _Gate()
+
+    @property
+    def resize_waiting(self) -> bool:
+        """A resize waits for the read transactions open now (``hold()`` gives none)."""
+        return self._gate.resize_waiting
 
     @property
     def map_bytes(self) -> int:
@@ -109,6 +156,26 @@ class Env:
                 yield txn
             finally:
                 txn.abort()
+
+    def hold(self) -> Held | None:
+        """A read transaction (``buffers=True``) that stays open until ``Held.close()``.
+
+        For buffers of the map lent to another thread (zmq's I/O thread): the map
+        cannot grow or close while it is open, and ``close()`` may come from any
+        thread (LMDB runs without thread-local reader slots here). None, without
+        waiting, while the map waits to grow.
+        """
+        if not self._gate.try_enter():
+            return None
+        stack = contextlib.ExitStack()
+        stack.callback(self._gate.leave)
+        try:
+            txn = self._env.begin(buffers=True)
+        except BaseException:
+            stack.close()
+            raise
+        stack.callback(txn.abort)
+        return Held(txn, stack)
 
     def write(self, fill: Callable[[lmdb.Transaction], T], *, buffers: bool = False) -> T:
         """Run ``fill`` in a write transaction and commit it; grow the map and retry if full.

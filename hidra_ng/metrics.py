@@ -34,7 +34,7 @@ import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Generic, TypeVar
 
@@ -49,7 +49,7 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
@@ -261,6 +261,12 @@ class SenderMetrics:
         from each source's own ``refusals.counts`` (sources without one have none)."""
         self.registry.register(_SourceRefusals(sources))
 
+    def track_receivers(self, up: Callable[[], dict[str, bool]]) -> None:
+        """With a shard map (SPEC §14): ``hidra_ng_sender_receiver_up{receiver}``, one per
+        receiver (``up()``: shard name -> answers), instead of the one unlabelled gauge."""
+        self.registry.unregister(self.receiver_up)
+        self.registry.register(_ReceiversUp(up))
+
 
 class BridgeMetrics:
     """``hidra-ng bridge`` (SPEC §13)."""
@@ -312,6 +318,19 @@ class BridgeMetrics:
             "hidra_ng streams being bridged (not yet finished)",
             registry=r,
         )
+
+
+class _ReceiversUp(Collector):
+    def __init__(self, up: Callable[[], dict[str, bool]]) -> None:
+        self.up = up
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "hidra_ng_sender_receiver_up", "1 while the receiver answers", labels=["receiver"]
+        )
+        for name, up in sorted(self.up().items()):
+            family.add_metric([name], 1 if up else 0)
+        yield family
 
 
 class _SourceRefusals(Collector):

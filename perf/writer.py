@@ -10,9 +10,12 @@ of the same bytes in the same run, and lag behind a 100 Hz ingest.
    writes it; the baseline writes the same stored bytes with h5py ``write_direct_chunk``
    into files of 100 images, each fsynced, in this process. Both read from warm memory
    or the receiver; ratio = writer / baseline (goal >= 0.8).
-2. Lag: a Producer sends bslz4 4 MiB images at 100 Hz for a few seconds while the
-   writer runs; the lag (frames stored but not yet read by the writer) is sampled every
-   50 ms; after the last image, the time until its data file and the master are complete.
+2. Lag: a Producer sends 4 MiB images (bslz4, then raw) at 100 Hz for a few seconds
+   while the writer runs, into a receiver with its store and the spool on tmpfs (this
+   VM's disk ingests ~150 MB/s: perf/lag.py); the lag of what the writer read and of
+   what is in complete data files behind what the receiver stored, in frames and
+   seconds, sampled every 20 ms; after the last image, the time until its data file
+   and the master are complete.
 
 Prints a table and writes perf/writer.json. Not part of the tests (no timing thresholds).
 """
@@ -37,6 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+import threadprof
+from lag import LagSamples, fast_dir
 from stream_v2_emitter import bslz4
 
 from hidra_ng import Consumer, Producer
@@ -137,58 +142,64 @@ def baseline(api: str, stream: str, out: Path, n: int) -> float:
     return time.perf_counter() - began
 
 
-def lag_run(rx: ReceiverProcess, work: Path, seconds: float) -> dict:
-    """bslz4 4 MiB images at 100 Hz (batches of 10 every 100 ms, as a detector source spools
-    them); a thread samples the lag every 50 ms."""
+def lag_run(out_root: Path, seconds: float, codec: str = "bslz4", rate: float = 100.0) -> dict:
+    """4 MiB images (bslz4 or raw) at 100 Hz (batches of 10 every 100 ms, as a detector
+    source spools them) into a receiver whose store and the producer's spool are on tmpfs
+    (perf/lag.py); the output files on disk. A thread samples every 20 ms what the receiver
+    stored, what the writer read (handed to the open data file) and what is in complete
+    data files."""
     import threading
 
-    stream, sid, rate, batch = "perf/lag/threshold_1", 9, 100.0, 10
+    stream, sid, batch = f"perf/lag-{codec}/threshold_1", 9, 10
     n = int(seconds * rate)
-    frames = images(n, "bslz4")
-    out = work / "lag-out"
-    config = WriterConfig(api=rx.api, dir=str(out), streams=[stream], frames_per_file=PER_FILE,
-                          metrics_port=0)  # fmt: skip
-    samples: list[int] = []
+    frames = images(n, codec)
+    out = out_root / f"lag-out-{codec}"
+    read_lag, file_lag = LagSamples(), LagSamples()
     sampling = threading.Event()
     master = out.joinpath(*stream.split("/")) / f"series_{sid}_master.h5"
 
-    def sample(w: WriterDaemon) -> None:
-        with Consumer(rx.api) as c:
-            while not sampling.wait(0.05):
+    def sample(w: WriterDaemon, api: str) -> None:
+        with Consumer(api) as c:
+            while not sampling.wait(0.02):
                 writer = w.writers.get(stream)
-                if writer is None:
-                    continue
                 last = c.info(stream).last
-                if last is not None:
-                    samples.append(max(0, last - max(writer.read_index, 0)))
+                if writer is None or last is None:
+                    continue
+                now = time.perf_counter()
+                read_lag.add(now, last + 1, writer.read_index + 1)
+                file_lag.add(now, last + 1, writer.next_index)
 
-    with WriterDaemon(config) as w, Producer(rx.ingest, rx.api, work / "lag-spool", "lag") as p:
-        p.send(stream, None, start_meta(sid, n))
-        time.sleep(1.5)  # the writer has found the stream
-        sampler = threading.Thread(target=sample, args=(w,), daemon=True)
-        sampler.start()
-        began = time.perf_counter()
-        for i in range(0, n, batch):
-            due = began + i / rate
-            time.sleep(max(0.0, due - time.perf_counter()))
-            p.send_many(
-                stream, [(f, image_meta(sid, i + k)) for k, f in enumerate(frames[i : i + batch])]
-            )
-        sent_at = time.perf_counter()
-        p.send(stream, None, {"type": "end", "series_id": sid, "series_unique_id": f"perf-{sid}"})
-        p.flush(120)
-        stored_at = time.perf_counter()
-        while not master.exists():
-            time.sleep(0.005)
-        done = time.perf_counter()
-        sampling.set()
-        sampler.join()
+    with fast_dir("hidra-perf-writer-lag-") as tmp, ReceiverProcess(Path(tmp) / "store") as rx:
+        config = WriterConfig(api=rx.api, dir=str(out), streams=[stream],
+                              frames_per_file=PER_FILE, metrics_port=0)  # fmt: skip
+        spool = Path(tmp) / "lag-spool"
+        with WriterDaemon(config) as w, Producer(rx.ingest, rx.api, spool, "lag") as p:
+            p.send(stream, None, start_meta(sid, n))
+            p.flush(60)
+            sampler = threading.Thread(target=sample, args=(w, rx.api), daemon=True)
+            sampler.start()
+            began = time.perf_counter()
+            for i in range(0, n, batch):
+                due = began + i / rate
+                time.sleep(max(0.0, due - time.perf_counter()))
+                p.send_many(stream, [(f, image_meta(sid, i + k))
+                                     for k, f in enumerate(frames[i : i + batch])])  # fmt: skip
+            sent_at = time.perf_counter()
+            end = {"type": "end", "series_id": sid, "series_unique_id": f"perf-{sid}"}
+            p.send(stream, None, end)
+            p.flush(120)
+            stored_at = time.perf_counter()
+            while not master.exists():
+                time.sleep(0.005)
+            done = time.perf_counter()
+            sampling.set()
+            sampler.join()
     return {
-        "images": n, "rate_hz": round(n / (sent_at - began), 1),
-        "lag_frames_p50": statistics.median(samples) if samples else None,
-        "lag_frames_p95": sorted(samples)[int(0.95 * (len(samples) - 1))] if samples else None,
-        "lag_frames_max": max(samples) if samples else None,
-        "samples": len(samples),
+        "codec": codec, "images": n, "rate_hz": round(n / (sent_at - began), 1),
+        "stored_hz": round(n / (stored_at - began), 1),
+        "read": read_lag.summary(),
+        # data files of PER_FILE images: a complete file trails by up to PER_FILE images
+        "in_files": file_lag.summary(),
         "all_stored_to_master_seconds": round(done - stored_at, 3),
     }  # fmt: skip
 
@@ -196,7 +207,12 @@ def lag_run(rx: ReceiverProcess, work: Path, seconds: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a short run (under a minute or two)")
+    ap.add_argument("--only", action="append", choices=["raw", "bslz4", "lag"],
+                    help="run only these parts (repeatable; default all)")  # fmt: skip
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="cProfile every thread of the writer runs into DIR")  # fmt: skip
     args = ap.parse_args()
+    only = set(args.only or ["raw", "bslz4", "lag"])
     n = 60 if args.quick else 300
     rounds = 3 if args.quick else 5
     lag_seconds = 3.0 if args.quick else 10.0
@@ -207,6 +223,8 @@ def main() -> int:
         work = Path(tmp)
         with ReceiverProcess(work / "store") as rx:
             for sid, codec in ((1, "none"), (2, "bslz4")):
+                if ("raw" if codec == "none" else codec) not in only:
+                    continue
                 stream = f"perf/{codec}/threshold_1"
                 frames = images(n, codec)
                 stored_bytes = sum(
@@ -220,7 +238,11 @@ def main() -> int:
                     c0 = cpu()
                     bases.append(baseline(rx.api, stream, work / f"base-{codec}-{r}", n))
                     c1 = cpu()
+                    if args.profile:
+                        threadprof.install()
                     writers.append(run_writer(rx.api, work / f"out-{codec}-{r}", stream, sid))
+                    if args.profile:
+                        threadprof.dump(args.profile, f"writer-{codec}-{r}")
                     c2 = cpu()
                     cpu_b.append(c1 - c0)
                     cpu_w.append(c2 - c1)
@@ -245,9 +267,13 @@ def main() -> int:
                     "load_average": round(os.getloadavg()[0], 1),
                     "baseline_seconds": [round(t, 3) for t in bases],
                 }  # fmt: skip
-            results["figures"]["writer_lag_100hz_bslz4"] = lag_run(rx, work, lag_seconds)
+        for codec in ("bslz4", "none") if "lag" in only else ():
+            name = f"writer_lag_100hz_{'raw' if codec == 'none' else codec}"
+            results["figures"][name] = lag_run(work, lag_seconds, codec)
     for name, fig in results["figures"].items():
         print(f"{name:28s} " + ", ".join(f"{k}={v}" for k, v in fig.items()))
+    if only != {"raw", "bslz4", "lag"} or args.profile:
+        return 0  # a partial or profiled run: writer.json keeps the last full one
     (Path(__file__).parent / "writer.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
 

@@ -98,22 +98,24 @@ def main() -> None:
         pending: list[hidra_ng.Frame] = []
         while True:
             try:
-                frame = consumer.next(args.results, args.group, timeout=0.2 if pending else 2.0,
-                                      ack_timeout=args.ack_timeout)  # fmt: skip
+                # what there is, up to the next save, in one round trip
+                frames = consumer.next_many(args.results, args.group,
+                                            max_count=max(1, args.every - len(pending)),
+                                            timeout=0.2 if pending else 2.0,
+                                            ack_timeout=args.ack_timeout)  # fmt: skip
             except (hidra_ng.NotYetAvailable, hidra_ng.ReceiverUnavailable):
-                frame = None
-            if frame is not None:
+                frames = []
+            for frame in frames:
                 state.add(frame.meta["image"], frame.meta["count"])
                 pending.append(frame)
                 seen += 1
-            if pending and (frame is None or len(pending) >= args.every):
+            if pending and (not frames or len(pending) >= args.every):
                 state.save()  # first persist, then ack
-                for done in pending:
-                    # a lost ack: the result comes back and is skipped as counted
-                    with contextlib.suppress(hidra_ng.ReceiverUnavailable):
-                        consumer.ack(done)
+                # a lost ack: the result comes back and is skipped as counted
+                with contextlib.suppress(hidra_ng.ReceiverUnavailable):
+                    consumer.ack_many(pending)
                 pending = []
-            if frame is None and finished(consumer, args.frames, state):
+            if not frames and finished(consumer, args.frames, state):
                 break
     elapsed = time.monotonic() - started
     print(

@@ -46,11 +46,10 @@ def main() -> None:
         while not finished:
             frames = []
             try:
-                # wait for one image, then take what is there at once, up to a batch
-                frames.append(consumer.next(args.frames, args.group, timeout=2.0,
-                                            ack_timeout=args.ack_timeout))  # fmt: skip
-                while len(frames) < args.batch:
-                    frames.append(consumer.next(args.frames, args.group, timeout=0.0))
+                # wait for one image, then take what is there, up to a batch, in one round
+                # trip (each reply waits for the receiver's fsync of the group state)
+                frames = consumer.next_many(args.frames, args.group, max_count=args.batch,
+                                            timeout=2.0, ack_timeout=args.ack_timeout)  # fmt: skip
             except hidra_ng.StreamFinished:
                 finished = True  # every image is analysed and acked by some worker
             except (hidra_ng.NotYetAvailable, hidra_ng.ReceiverUnavailable):
@@ -62,11 +61,10 @@ def main() -> None:
                 for f in frames
             ]
             producer.send_many(args.results, results)  # durable in the spool: now ack
-            for frame in frames:
-                # if the ack is lost, the image comes back after the ack timeout and
-                # its result is sent again: the aggregator dedupes
-                with contextlib.suppress(hidra_ng.ReceiverUnavailable):
-                    consumer.ack(frame)
+            # if the ack is lost, the images come back after the ack timeout and their
+            # results are sent again: the aggregator dedupes
+            with contextlib.suppress(hidra_ng.ReceiverUnavailable):
+                consumer.ack_many(frames)
             done += len(frames)
         producer.flush(timeout=600)
     print(f"worker {args.id}: {done} images", flush=True)

@@ -2,7 +2,7 @@
 
 Threads:
 
-* ``bridge-broker``: an asyncio loop that owns the broker connection. Per
+* ``bridge-broker``: an asyncio loop that owns the broker connection (publisher.py). Per
   hidra stream it declares one publisher (reference ``hidra-ng-bridge`` on the
   stream's own broker stream), asks the broker for the last publishing id it
   stored and publishes from there, strictly in index order, with publishing
@@ -24,63 +24,31 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
-from collections import OrderedDict, deque
 from collections.abc import Sequence
 
-from hidra_ng.bridge.broker import BrokerError, BrokerLink
-from hidra_ng.bridge.lease import Lease, LeaseHeld
 from hidra_ng.bridge.lock import StateLock
-from hidra_ng.bridge.names import broker_name
+from hidra_ng.bridge.publisher import STOP_CONFIRMS_SECONDS, STOP_RELEASE_SECONDS, Link, Publisher
 from hidra_ng.bridge.reader import Budget, Item, Reader
 from hidra_ng.bridge.uri import parse
 from hidra_ng.client.consumer import Consumer
 from hidra_ng.config import BridgeConfig
-from hidra_ng.errors import ConfigError, HidraError
+from hidra_ng.errors import HidraError
 from hidra_ng.metrics import BridgeMetrics, serve
 from hidra_ng.patterns import Patterns
 from hidra_ng.service import Heartbeats
-from hidra_ng.wire.protocol import StreamInfo
 
 log = logging.getLogger(__name__)
 
-BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
-TICK_SECONDS = 0.5
-# SIGTERM: confirms, lease release and close, all within service.STOP_TIMEOUT_SECONDS (30)
-STOP_CONFIRMS_SECONDS = 15.0
-STOP_RELEASE_SECONDS = 5.0
 ALIVE_SECONDS = 60.0
-BATCH_FRAMES = 64
-BATCH_WAIT_SECONDS = 0.002
 GATHER_SECONDS = 0.001
 
 
-class _Link:
-    """One hidra stream on its way to its broker stream."""
-
-    def __init__(self, info: StreamInfo, prefix: str) -> None:
-        self.name = info.name
-        self.broker = broker_name(info.name, prefix)
-        self.info = info
-        self.pid: int | None = None
-        self.inbox: deque[Item] = deque()
-        self.unconfirmed: OrderedDict[int, Item] = OrderedDict()  # publishing id -> item
-        self.confirmed_next = 0  # every index below is in the broker
-        self.reader: Reader | None = None
-        self.wake = asyncio.Event()
-        self.done = False
-
-    def first_pending(self) -> int | None:
-        """Index of the first message held here (unconfirmed first), else the reader's next."""
-        if self.unconfirmed:
-            return next(iter(self.unconfirmed.values())).index
-        if self.inbox:
-            return self.inbox[0].index
-        return self.reader.next_index if self.reader else None
-
-
 class Bridge:
-    """The daemon (service.Daemon protocol): start, alive, status, stop."""
+    """The daemon (service.Daemon protocol): start, alive, status, stop.
+
+    It reads (one Reader thread per stream), discovers streams, and hands both
+    to its Publisher, the broker side (publisher.py).
+    """
 
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
@@ -90,36 +58,51 @@ class Bridge:
         self.budget = Budget(config.max_inflight_bytes)
         self.beats = Heartbeats()
         self._stop = threading.Event()
-        self._links: dict[str, _Link] = {}
-        self._by_pid: dict[int, _Link] = {}
-        self._finished: set[str] = set()  # streams whose end message the broker has
-        self._frame_slots: dict[str, threading.Semaphore] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._link: BrokerLink | None = None
-        self._broker_up = False
+        self._frame_slots: dict[str, Budget] = {}
         self._receiver_up = False
         self._unmatched_told: set[str] = set()
+        self.publisher = Publisher(
+            config,
+            self.address,
+            self.metrics,
+            self.beats,
+            self._stop,
+            start_reader=self._start_reader,
+            drop=self._drop,
+            forget=self._forget,
+        )
         self._lock = StateLock(
             config.state_dir, api=config.api, rabbitmq=str(self.address), prefix=config.prefix
         )
         self._lock.acquire()
         self._threads: list[threading.Thread] = []
-        self._failed: BaseException | None = None
-        self._lease = Lease(self.address, config.prefix, config.state_dir, config.api)
         try:
-            asyncio.run(self._first_lease())
+            asyncio.run(self.publisher.first_lease())
             self._metrics_server = serve(self.metrics.registry, config.metrics_port)
         except BaseException:
             self._lock.release()
             raise
         self.metrics.broker_up.set(0)
 
+    # what the tests and perf/bridge.py look at
+    @property
+    def _links(self) -> dict[str, Link]:
+        return self.publisher.links
+
+    @property
+    def _finished(self) -> set[str]:
+        return self.publisher.finished
+
+    @property
+    def _broker_up(self) -> bool:
+        return self.publisher.broker_up
+
     # ------------------------------------------------------------- daemon api
 
     def start(self) -> None:
         ready = threading.Event()
         broker = threading.Thread(
-            target=self._run_loop, args=(ready,), name="bridge-broker", daemon=True
+            target=self.publisher.run, args=(ready,), name="bridge-broker", daemon=True
         )
         broker.start()
         ready.wait()
@@ -135,14 +118,14 @@ class Bridge:
         )
 
     def alive(self) -> bool:
-        if self._failed is not None:
+        if self.publisher.failed is not None:
             return False
         return all(t.is_alive() for t in self._threads) and self.beats.fresh(ALIVE_SECONDS)
 
     def status(self) -> str:
         pending = sum(len(link.unconfirmed) + len(link.inbox) for link in self._links.values())
         return (
-            f"broker {'up' if self._broker_up else 'DOWN'}, receiver"
+            f"broker {'up' if self.publisher.broker_up else 'DOWN'}, receiver"
             f" {'up' if self._receiver_up else 'DOWN'}; {len(self._links)} streams,"
             f" {len(self._finished)} finished, {pending} messages in flight"
         )
@@ -167,18 +150,16 @@ class Bridge:
             server_key_dir=self.config.server_key_dir or None,
         )
 
-    def _start_reader(self, link: _Link, start: int) -> None:
+    def _start_reader(self, link: Link, start: int) -> None:
         """A new reader of ``link`` from index ``start``; an old one becomes stale."""
         if link.reader is not None:
             link.reader.stale.set()
         self._drop(link, list(link.unconfirmed.values()) + list(link.inbox))
         link.unconfirmed.clear()
         link.inbox.clear()
-        slots = self._frame_slots.setdefault(
-            link.name, threading.Semaphore(self.config.max_inflight_frames)
-        )
-        assert self._loop is not None
-        loop = self._loop
+        slots = self._frame_slots.setdefault(link.name, Budget(self.config.max_inflight_frames))
+        loop = self.publisher.loop
+        assert loop is not None
         # items reach the loop in batches: one wake-up per batch, not per frame
         pending: list[Item] = []
         guard = threading.Lock()
@@ -193,10 +174,10 @@ class Bridge:
             # a wake-up of the loop costs a GIL hand-over: let frames gather 1 ms first
             loop.call_later(GATHER_SECONDS, flush)
 
-        def deliver(item: Item) -> None:
+        def deliver(items: list[Item]) -> None:
             with guard:
-                pending.append(item)
-                first = len(pending) == 1
+                first = not pending
+                pending.extend(items)
             if first:
                 with contextlib.suppress(RuntimeError):  # a closed loop: the bridge stops
                     loop.call_soon_threadsafe(soon)
@@ -216,6 +197,10 @@ class Bridge:
         link.reader = reader
         reader.start()
 
+    def _forget(self, name: str) -> None:
+        """A stream is retired: its frame slots go."""
+        self._frame_slots.pop(name, None)
+
     def _set_receiver(self, up: bool) -> None:
         if up != self._receiver_up:
             self._receiver_up = up
@@ -223,20 +208,20 @@ class Bridge:
             if up:
                 log.info("bridge: receiver at %s answers", self.config.api)
 
-    def _arrived(self, link: _Link, reader: Reader, items: list[Item]) -> None:
+    def _arrived(self, link: Link, reader: Reader, items: list[Item]) -> None:
         if reader is not link.reader or reader.stale.is_set():
             self._drop(link, items)
             return
         link.inbox.extend(items)
         link.wake.set()
 
-    def _drop(self, link: _Link, items: Sequence[Item]) -> None:
+    def _drop(self, link: Link, items: Sequence[Item]) -> None:
         if not items:
             return
         self.budget.give(sum(item.cost for item in items))
         slots = self._frame_slots.get(link.name)
         if slots is not None:
-            slots.release(len(items))
+            slots.give(len(items))
 
     # ------------------------------------------------------------- discovery
 
@@ -258,9 +243,10 @@ class Bridge:
                 self._set_receiver(True)
                 chosen = [i for i in infos if self.patterns(i.name)]
                 self._tell_unmatched([i.name for i in infos])
-                if self._loop is not None and not self._loop.is_closed():
+                loop = self.publisher.loop
+                if loop is not None and not loop.is_closed():
                     try:
-                        self._loop.call_soon_threadsafe(self._update, chosen)
+                        loop.call_soon_threadsafe(self.publisher.update, chosen)
                     except RuntimeError:
                         return  # the loop closed: stopping
                 self._stop.wait(self.config.poll_seconds)
@@ -279,272 +265,3 @@ class Bridge:
             if pattern not in self.patterns.unmatched(names):
                 self._unmatched_told.discard(pattern)
                 log.info("bridge: pattern %r now matches a stream", pattern)
-
-    def _update(self, infos: list[StreamInfo]) -> None:
-        """(loop) New streams get a link; lag of every link."""
-        for info in infos:
-            if info.name in self._finished:
-                self.metrics.lag_frames.labels(info.name).set(0)
-                continue
-            link = self._links.get(info.name)
-            if link is None:
-                link = self._links[info.name] = _Link(info, self.config.prefix)
-                log.info("bridge: %r -> broker stream %s", info.name, link.broker)
-                for counter in (self.metrics.published, self.metrics.gone):
-                    counter.labels(info.name)  # exposed at 0 from the start
-            link.info = info
-            stored = 0 if info.last is None else info.last + 1
-            self.metrics.lag_frames.labels(info.name).set(max(0, stored - link.confirmed_next))
-        self.metrics.streams.set(len(self._links))
-
-    # ----------------------------------------------------------------- broker
-
-    async def _first_lease(self) -> None:
-        """Before READY: refuse to start (exit 2) if another bridge holds the broker lease.
-
-        A broker that cannot be reached now is no reason not to start: the lease
-        is then taken when it can be, before anything is published."""
-        link = BrokerLink(self.address, lambda _pid, ids: self._lease.on_confirm(ids), _ignore)
-        try:
-            await link.open()
-        except BrokerError as err:
-            log.info("bridge: %s; the broker lease is taken once it answers", err)
-            return
-        try:
-            await self._lease.acquire(link)
-        except LeaseHeld as held:
-            raise ConfigError(
-                f"another bridge, {held}, holds the broker lease {self._lease.stream} at"
-                f" {self.address}; one bridge per receiver and prefix: stop that one first"
-            ) from None
-        except BrokerError as err:
-            log.info("bridge: %s; the broker lease is taken once it answers", err)
-        finally:
-            self._lease.detach()
-            await link.close()
-
-    def _run_loop(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        ready.set()
-        try:
-            loop.run_until_complete(self._broker_main())
-        except BaseException as err:
-            self._failed = err
-            log.exception("bridge: the broker loop failed")
-        finally:
-            loop.close()
-
-    async def _broker_main(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            link = BrokerLink(self.address, self._on_confirm, self._on_error)
-            try:
-                await link.open()
-            except BrokerError as err:
-                self._set_broker(False)
-                delay = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
-                if failures == 0:
-                    log.warning("bridge: %s; retrying with back-off", err)
-                else:
-                    log.info("bridge: %s; retrying in %.1f s", err, delay)
-                failures += 1
-                await self._pause(delay)
-                continue
-            failures = 0
-            self._set_broker(True)
-            self._link = link
-            try:
-                await self._lease.acquire(link)
-                await self._session(link)
-            except LeaseHeld as held:
-                log.error(
-                    "bridge: another bridge, %s, holds the broker lease %s; stopping",
-                    held,
-                    self._lease.stream,
-                )
-                self._failed = held
-                return
-            except BrokerError as err:
-                log.warning("bridge: %s; reconnecting", err)
-            finally:
-                self._set_broker(False)
-                self._detach_all()
-                self._lease.detach()
-                await link.close()
-                self._link = None
-            if not self._stop.is_set():
-                await self._pause(BACKOFF_SECONDS[0])
-
-    async def _pause(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            self.beats.beat("broker")
-            await asyncio.sleep(min(TICK_SECONDS, deadline - time.monotonic()))
-
-    def _set_broker(self, up: bool) -> None:
-        if up != self._broker_up:
-            self._broker_up = up
-            self.metrics.broker_up.set(int(up))
-            if up:
-                log.info("bridge: connected to broker %s", self.address)
-
-    async def _session(self, broker: BrokerLink) -> None:
-        pumps: dict[str, asyncio.Task] = {}
-        try:
-            while True:
-                self.beats.beat("broker")
-                if broker.closed.is_set() or not broker.alive:
-                    raise BrokerError(f"lost the connection to broker {self.address}")
-                if self._stop.is_set():
-                    await self._drain(broker)
-                    try:
-                        await asyncio.wait_for(self._lease.release(broker), STOP_RELEASE_SECONDS)
-                    except (TimeoutError, BrokerError) as err:
-                        log.info("bridge: the broker lease was not released (%r)", err)
-                    return
-                await self._lease.renew(broker)
-                for name, link in list(self._links.items()):
-                    if link.done:
-                        await self._retire(broker, link, pumps.pop(name, None))
-                    elif link.pid is None and broker.has_free_publisher():
-                        await self._attach(broker, link)
-                        if not link.done:
-                            pumps[name] = asyncio.create_task(self._pump(broker, link))
-                for name, task in list(pumps.items()):
-                    if task.done():
-                        pumps.pop(name)
-                        task.result()  # raises the pump's BrokerError
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(broker.closed.wait(), TICK_SECONDS)
-        finally:
-            for task in pumps.values():
-                task.cancel()
-            for task in pumps.values():
-                with contextlib.suppress(asyncio.CancelledError, BrokerError):
-                    await task
-
-    async def _attach(self, broker: BrokerLink, link: _Link) -> None:
-        """Declare the publisher of ``link`` and go on from what the broker has."""
-        await broker.ensure_stream(link.broker)
-        last_id = await broker.last_publishing_id(link.broker)
-        info = link.info
-        if info.finished:
-            end_id = (0 if info.last is None else info.last + 1) + 1
-            if last_id >= end_id:
-                link.done = True  # bridged completely before (by an earlier run)
-                link.confirmed_next = end_id - 1
-                log.info(
-                    "bridge: %r finished; all %d frames in the broker already",
-                    link.name,
-                    end_id - 1,
-                )
-                return
-        link.pid = await broker.declare_publisher(link.broker)
-        self._by_pid[link.pid] = link
-        link.confirmed_next = max(link.confirmed_next, last_id)
-        # messages the broker has are dropped; the rest is published again, in order
-        keep = [i for i in list(link.unconfirmed.values()) + list(link.inbox) if i.index >= last_id]
-        self._drop(
-            link,
-            [i for i in list(link.unconfirmed.values()) + list(link.inbox) if i.index < last_id],
-        )
-        link.unconfirmed.clear()
-        link.inbox = deque(keep)
-        first = link.first_pending()
-        gap = first is None or first > last_id  # the broker lacks what comes before
-        ended = link.reader is not None and not link.reader.is_alive() and not keep
-        if link.reader is None or gap or ended:
-            log.debug("bridge: %r: reading from index %d", link.name, last_id)
-            self._start_reader(link, last_id)
-        link.wake.set()
-
-    async def _pump(self, broker: BrokerLink, link: _Link) -> None:
-        """Publish ``link``'s inbox in index order, one Publish frame per batch."""
-        limit = broker.frame_max - 4096
-        assert link.pid is not None
-        while not self._stop.is_set():
-            if not link.inbox:
-                link.wake.clear()
-                await link.wake.wait()
-                continue
-            if len(link.inbox) < BATCH_FRAMES and link.unconfirmed:
-                # publishes are out already: let a few more frames arrive and send them
-                # in one Publish frame (fewer frames and confirms; at most 2 ms later)
-                await asyncio.sleep(BATCH_WAIT_SECONDS)
-            batch: list[Item] = []
-            size = 0
-            while link.inbox and (not batch or size + link.inbox[0].cost < limit):
-                item = link.inbox.popleft()
-                batch.append(item)
-                size += item.cost
-                link.unconfirmed[item.index + 1] = item
-            await broker.publish(link.pid, [(i.index + 1, i.data) for i in batch])
-
-    def _on_confirm(self, pid: int, ids: Sequence[int]) -> None:
-        if pid == self._lease.pid:
-            self._lease.on_confirm(ids)
-            return
-        link = self._by_pid.get(pid)
-        if link is None:
-            return
-        done = [item for item in map(link.unconfirmed.pop, ids, [None] * len(ids)) if item]
-        if not done:
-            return
-        self._drop(link, done)  # gives back their room
-        link.confirmed_next = max(link.confirmed_next, max(item.index for item in done) + 1)
-        self.metrics.published.labels(link.name).inc(len(done))
-        body_bytes = sum(len(item.data) for item in done if not item.end)
-        self.metrics.published_bytes.labels(link.name).inc(body_bytes)
-        end = next((item for item in done if item.end), None)
-        if end is not None:
-            link.done = True
-            log.info("bridge: %r finished; all %d frames in the broker", link.name, end.index)
-
-    def _on_error(self, pid: int, publishing_id: int, code: int) -> None:
-        link = self._by_pid.get(pid)
-        name = link.name if link else f"publisher {pid}"
-        log.error(
-            "bridge: the broker refused message %d of %r (response code %d); reconnecting",
-            publishing_id,
-            name,
-            code,
-        )
-        if self._link is not None:
-            self._link.closed.set()
-
-    async def _retire(self, broker: BrokerLink, link: _Link, pump: asyncio.Task | None) -> None:
-        if pump is not None:
-            pump.cancel()
-        if link.pid is not None:
-            self._by_pid.pop(link.pid, None)
-            await broker.delete_publisher(link.pid)
-            link.pid = None
-        self._links.pop(link.name, None)
-        self._frame_slots.pop(link.name, None)
-        self._finished.add(link.name)
-        self.metrics.lag_frames.labels(link.name).set(0)
-
-    async def _drain(self, broker: BrokerLink) -> None:
-        """SIGTERM: publish nothing new; wait for what is out to be confirmed."""
-        deadline = time.monotonic() + STOP_CONFIRMS_SECONDS
-        while any(link.unconfirmed for link in self._links.values()):
-            if time.monotonic() > deadline or not broker.alive:
-                waiting = sum(len(link.unconfirmed) for link in self._links.values())
-                log.warning(
-                    "bridge: stopping with %d messages unconfirmed; the next start publishes"
-                    " them again (the broker drops those it has)",
-                    waiting,
-                )
-                return
-            self.beats.beat("broker")
-            await asyncio.sleep(0.05)
-
-    def _detach_all(self) -> None:
-        for link in self._links.values():
-            link.pid = None
-        self._by_pid.clear()
-
-
-def _ignore(*_args: object) -> None:
-    pass

@@ -2,7 +2,8 @@
 
 Each stream gets a thread with a Consumer of its own (Consumers are not
 thread-safe). It hands encoded messages to the broker side through
-``deliver``, after taking room for them from the in-flight :class:`Budget`, so
+``deliver``, a batch at a time (the frames one replay reply brought), after
+taking room for them from the in-flight :class:`Budget` of bytes and of frames, so
 that memory stays bounded however far the broker falls behind. Frames removed
 by retention before they were read are counted and logged; a receiver that is
 down or restarting is waited for.
@@ -15,13 +16,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hidra_ng.bridge.messages import encode_end, encode_frame
+from hidra_ng.bridge.messages import RecordEncoder, encode_end
 from hidra_ng.client.consumer import Consumer
 from hidra_ng.errors import Gone, HidraError, ReceiverUnavailable
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+#: frames handed over at once (one lock, one wake-up of the broker side per batch)
+HAND_OVER_FRAMES = 256
 _OVERHEAD = 512  # bytes counted per message besides its body (properties)
 
 
@@ -39,7 +42,8 @@ class Item:
 
 
 class Budget:
-    """Bytes read from the receiver and not yet confirmed by the broker (all streams)."""
+    """Room for what was read from the receiver and not yet confirmed by the broker:
+    bytes (all streams), or frames (one stream)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -72,9 +76,9 @@ class Reader(threading.Thread):
         start: int,
         *,
         consumer: Callable[[], Consumer],
-        deliver: Callable[[Item], None],
+        deliver: Callable[[list[Item]], None],
         budget: Budget,
-        frames: threading.Semaphore,
+        frames: Budget,
         full: bool,
         stop: threading.Event,
         on_gone: Callable[[int], None],
@@ -125,34 +129,43 @@ class Reader(threading.Thread):
     def _replay(self, consumer: Consumer) -> bool:
         """Deliver frames until the stream ends (True) or the bridge stops (True)."""
         replay = consumer.replay(
-            self.stream, start=self.next_index, follow=True, decode=False, window_frames=1024
+            self.stream, start=self.next_index, follow=True, decode=False, window_frames=4096
         )
         try:
-            for frame in replay:
+            encoder = RecordEncoder(self.stream)
+            while True:
+                try:
+                    records = replay.next_records(HAND_OVER_FRAMES)
+                except StopIteration:
+                    break
                 self._on_receiver(True)
-                item = Item(frame.index, encode_frame(frame, full=self._full))
-                if not self._hand_over(item):
+                items = [
+                    Item(index, encoder.encode(index, record, payload, self._full))
+                    for index, record, payload in records
+                ]
+                if not self._hand_over(items):
                     return True
-                self.next_index = frame.index + 1
+                self.next_index = records[-1][0] + 1
         finally:
             replay.close()
         self._on_receiver(True)
         # a finished stream read to its end: one end message
-        self._hand_over(Item(self.next_index, encode_end(self.stream, self.next_index), end=True))
+        end = Item(self.next_index, encode_end(self.stream, self.next_index), end=True)
+        self._hand_over([end])
         return True
 
-    def _hand_over(self, item: Item) -> bool:
-        while not self._frames.acquire(timeout=0.2):
-            if self._done():
-                return False
-        if not self._budget.take(item.cost, self._halt, self.stale.is_set):
-            self._frames.release()
+    def _hand_over(self, items: list[Item]) -> bool:
+        cost = sum(item.cost for item in items)
+        if not self._frames.take(len(items), self._halt, self.stale.is_set):
+            return False
+        if not self._budget.take(cost, self._halt, self.stale.is_set):
+            self._frames.give(len(items))
             return False
         if self._done():
-            self._budget.give(item.cost)
-            self._frames.release()
+            self._budget.give(cost)
+            self._frames.give(len(items))
             return False
-        self._deliver(item)
+        self._deliver(items)
         return True
 
     def _skip_removed(self, consumer: Consumer) -> None:

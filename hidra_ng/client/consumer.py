@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import time
 import weakref
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -23,6 +26,7 @@ from hidra_ng.errors import (
     ReceiverUnavailable,
 )
 from hidra_ng.security import ClientKeys
+from hidra_ng.shards import ShardMap
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.frames import Frame, frame_from_record
 
@@ -31,7 +35,23 @@ log = logging.getLogger(__name__)
 _record_decoder = msgspec.msgpack.Decoder(proto.Record)
 _ref_decoder = msgspec.msgpack.Decoder(proto.FrameRef)
 _replay_decoder = msgspec.msgpack.Decoder(proto.FrameRef | proto.ReplayEvent)
+_replay_batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch | proto.ReplayEvent)
 _batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch)
+_query_decoder = msgspec.msgpack.Decoder(proto.QueryResult)
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    """One reply to a query: its matches, and where a query goes on (:meth:`Consumer.query_page`).
+
+    ``next`` is the first index the receiver did not examine; ``more`` is True when a
+    bound (``limit`` or ``scan_limit``) stopped it before the last record stored when
+    the query began: a query with ``start=next`` continues it.
+    """
+
+    frames: list[Frame]
+    next: int
+    more: bool
 
 
 def decode_frame(
@@ -54,7 +74,18 @@ def decode_frame(
 
 
 class Consumer:
-    """Read stored frames from a receiver (SPEC §4). Not thread-safe: one per thread."""
+    """Read stored frames from a receiver (SPEC §4). Not thread-safe: one per thread.
+
+    ``shards=PATH`` (SPEC §14) reads from every receiver of a shard map instead:
+    each request goes to the receiver that holds its stream (client/sharded.py).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Consumer:
+        if cls is Consumer and kwargs.get("shards"):
+            from hidra_ng.client.sharded import ShardedConsumer
+
+            return super().__new__(ShardedConsumer)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -63,6 +94,7 @@ class Consumer:
         request_timeout: float = 10.0,
         keys_dir: str | None = None,
         server_key_dir: str | None = None,
+        shards: str | os.PathLike[str] | ShardMap | None = None,
     ) -> None:
         self.api = api
         self.request_timeout = request_timeout
@@ -213,20 +245,69 @@ class Consumer:
         body, _ = self._call("parked", stream=proto.check_stream_name(stream), group=group)
         return msgspec.msgpack.decode(body, type=list[int])
 
-    def query(self, stream: str, expr: str, *, limit: int = 0) -> list[Frame]:
+    def query(
+        self, stream: str, expr: str, *, limit: int = 0, start: int = 0, scan_limit: int = 0
+    ) -> list[Frame]:
         """Metadata-only frames (data None) of ``stream`` matching ``expr``, in index order.
 
-        The filter language is described in hidra_ng/receiver/query.py and the README; at
-        most ``limit`` results (default 10,000).
+        The filter language is described in hidra_ng/receiver/query.py and the README. At
+        most ``limit`` results (default 10,000), from index ``start`` on. The receiver
+        answers a query in pages of at most ``scan_limit`` records examined (default
+        100,000); this asks page after page until it has ``limit`` matches or has
+        examined the last record stored. :meth:`iter_query` yields them as they come.
         """
-        body, _ = self._call(
-            "query", stream=proto.check_stream_name(stream), expr=expr, limit=limit
+        want = limit or proto.DEFAULT_QUERY_LIMIT
+        return list(
+            itertools.islice(
+                self.iter_query(stream, expr, limit=want, start=start, scan_limit=scan_limit),
+                want,
+            )
         )
-        refs = msgspec.msgpack.decode(body, type=list[proto.FrameRef])
-        return [
+
+    def iter_query(
+        self, stream: str, expr: str, *, limit: int = 0, start: int = 0, scan_limit: int = 0
+    ) -> Iterator[Frame]:
+        """The matches of :meth:`query`, page by page: at most ``limit`` in all, 0 for no
+        limit (it goes on to the last record stored when the last page began)."""
+        left = limit
+        while True:
+            page = self.query_page(
+                stream,
+                expr,
+                start=start,
+                limit=min(left, proto.MAX_QUERY_LIMIT) if limit else 0,
+                scan_limit=scan_limit,
+            )
+            yield from page.frames
+            left -= len(page.frames)
+            if not page.more or (limit and left <= 0):
+                return
+            start = page.next
+
+    def query_page(
+        self, stream: str, expr: str, *, start: int = 0, limit: int = 0, scan_limit: int = 0
+    ) -> QueryPage:
+        """One request of a query: the matches among at most ``scan_limit`` records from
+        ``start`` (at most ``limit`` of them), and where to go on (:class:`QueryPage`)."""
+        for name, value in (("start", start), ("limit", limit), ("scan_limit", scan_limit)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(
+                    f"query {name} {value!r} is not valid; expected an integer >= 0"
+                )
+        body, _ = self._call(
+            "query",
+            stream=proto.check_stream_name(stream),
+            expr=expr,
+            start=start,
+            limit=limit,
+            scan_limit=scan_limit,
+        )
+        result = _query_decoder.decode(body)
+        frames = [
             frame_from_record(r.stream, r.index, _record_decoder.decode(r.record), None)
-            for r in refs
+            for r in result.frames
         ]
+        return QueryPage(frames, result.next, result.more)
 
     # --------------------------------------------------------------- replay
 
@@ -258,6 +339,28 @@ class Consumer:
                 " expected both positive"
             )
         return _Replay(self, stream, start, stop, follow, window_frames, window_bytes, decode)
+
+    def replay_merged(
+        self,
+        stream: str,
+        start: int = 0,
+        stop: int | None = None,
+        follow: bool = False,
+        *,
+        window_frames: int = 256,
+        window_bytes: int = 64 << 20,
+        decode: bool = True,
+    ) -> Iterator[Frame]:
+        """A series split into ``STREAM/part-K`` (SPEC §14) as one sequence in image order.
+
+        ``start``/``stop`` are image numbers (the ``i`` of ``hidra_split``); each part
+        is replayed with its share of the flow-control window; ``follow=True`` ends
+        once the series is finished (every part finished and read to its end).
+        client/merged.py describes how.
+        """
+        from hidra_ng.client.merged import replay_merged
+
+        return replay_merged(self, stream, start, stop, follow, window_frames, window_bytes, decode)
 
     # -------------------------------------------------------------- plumbing
 
@@ -353,7 +456,11 @@ def _group_fields(frame: Frame) -> dict:
 
 
 class _Replay:
-    """A replay iterator with its own DEALER, so other requests do not mix in."""
+    """A replay iterator with its own DEALER, so other requests do not mix in.
+
+    It asks for batched replies (several small frames per reply); frames of a
+    batch wait in ``_ready`` and are credited back as they are taken.
+    """
 
     def __init__(self, consumer, stream, start, stop, follow, window_frames, window_bytes, decode):
         self.consumer = consumer
@@ -367,6 +474,8 @@ class _Replay:
         consumer._replays.add(self)
         self._id = 0
         self._owed = [0, 0]  # frames and bytes read since the last credit
+        self._ready: deque[tuple[proto.FrameRef, memoryview]] = deque()
+        self._heard = 0.0  # when the receiver last said something (or was asked)
         self._resumed = False
         self._done = False
         self._request()
@@ -374,6 +483,7 @@ class _Replay:
     def _request(self) -> None:
         self._id = next(self.consumer._ids)
         self._owed = [0, 0]
+        self._heard = time.monotonic()
         req = proto.ReplayRequest(
             id=self._id,
             stream=self.stream,
@@ -382,6 +492,7 @@ class _Replay:
             follow=self.follow,
             credit_frames=self.window[0],
             credit_bytes=self.window[1],
+            batch=True,
         )
         self._sock.send(proto.encode(proto.Kind.REQUEST, req))
 
@@ -389,45 +500,116 @@ class _Replay:
         return self
 
     def __next__(self) -> Frame:
+        while True:
+            frame = self.next_frame(None)
+            if frame is not None:
+                return frame
+
+    def next_frame(self, timeout: float | None) -> Frame | None:
+        """The next frame, or None when none came within ``timeout`` seconds (None: wait).
+
+        Raises StopIteration at the end of the replay, like ``next()``.
+        """
+        if self._ready or self._wait(timeout):
+            return self._take()
+        return None
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` (None: for ever) for frames; False if none came."""
+        if self._ready:
+            return True
         if self._done:
             raise StopIteration
+        called = time.monotonic()
+        deadline = None if timeout is None else called + timeout
         # a waiting follow replay hears "idle" every few seconds; silence is a failure
         silence = self.consumer.request_timeout + (api_idle_seconds() if self.follow else 0)
         while True:
-            if not self._sock.poll(silence * 1000):
-                if not self._resumed:
-                    self._resumed = True  # e.g. a receiver restart: ask again from here
-                    log.info("replay of %s silent; asking again from %d", self.stream, self.next)
-                    self._request()
-                    continue
-                self.close()
-                raise ReceiverUnavailable(
-                    f"receiver at {self.consumer.api} sent nothing for {silence:.0f} s while"
-                    f" replaying {self.stream!r} at index {self.next}"
-                )
-            try:
-                answer = _read_reply(self._sock, self._id)
-            except HidraError:
-                self.close()
-                raise
-            if answer is None:
+            now = time.monotonic()
+            quiet_until = max(self._heard, called) + silence
+            wait = quiet_until - now if deadline is None else min(quiet_until, deadline) - now
+            if wait > 0 and self._sock.poll(wait * 1000):
+                self._heard = time.monotonic()
+                if self._receive():
+                    return True
                 continue
-            reply_body, payloads = answer
-            payload = payloads[0] if payloads else memoryview(b"")
-            try:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if time.monotonic() < quiet_until:
+                continue
+            if not self._resumed:
+                self._resumed = True  # e.g. a receiver restart: ask again from here
+                log.info("replay of %s silent; asking again from %d", self.stream, self.next)
+                self._request()
+                continue
+            self.close()
+            raise ReceiverUnavailable(
+                f"receiver at {self.consumer.api} sent nothing for {silence:.0f} s while"
+                f" replaying {self.stream!r} at index {self.next}"
+            )
+
+    def buffered(self, max_count: int) -> list[Frame]:
+        """Up to ``max_count`` frames already received, without waiting (maybe none)."""
+        out: list[Frame] = []
+        while self._ready and len(out) < max_count:
+            out.append(self._take())
+        return out
+
+    def next_records(self, max_count: int) -> list[tuple[int, proto.Record, memoryview]]:
+        """The next frames as received: (index, Record, payload as stored), at least one
+        (waiting like ``next()``), at most ``max_count``; StopIteration at the end.
+
+        For a reader that forwards what is stored (the bridge): no Frame is made, the
+        meta stays JSON text, the payload a view of the received message.
+        """
+        while not self._ready:
+            self._wait(None)
+        out: list[tuple[int, proto.Record, memoryview]] = []
+        while self._ready and len(out) < max_count:
+            ref, payload = self._take_raw()
+            out.append((ref.index, _record_decoder.decode(ref.record), payload))
+        return out
+
+    def _receive(self) -> bool:
+        """Read one reply; True if it brought frames. StopIteration at the end."""
+        try:
+            answer = _read_reply(self._sock, self._id)
+        except HidraError:
+            self.close()
+            raise
+        if answer is None:
+            return False
+        reply_body, payloads = answer
+        joined = payloads[0] if payloads else memoryview(b"")
+        try:
+            body = _replay_batch_decoder.decode(reply_body)
+        except msgspec.DecodeError:
+            try:  # a receiver that sends one FrameRef per reply
                 body = _replay_decoder.decode(reply_body)
             except msgspec.DecodeError as err:
                 raise ProtocolError(f"malformed replay message: {err}") from err
-            if isinstance(body, proto.ReplayEvent):
-                if body is proto.ReplayEvent.END:
-                    self.close()
-                    raise StopIteration
-                continue  # idle: the receiver is alive and waiting for frames
-            frame = decode_frame(body, payload, decode=self.decode)
-            self.next = frame.index + 1
-            self._resumed = False
-            self._credit(len(payload))
-            return frame
+        if isinstance(body, proto.ReplayEvent):
+            if body is proto.ReplayEvent.END:
+                self.close()
+                raise StopIteration
+            return False  # idle: the receiver is alive and waiting for frames
+        if isinstance(body, proto.FrameRef):
+            self._ready.append((body, joined))
+            return True
+        views = proto.cut_payloads(joined, body.sizes, len(body.frames), "replay reply")
+        self._ready.extend(zip(body.frames, views, strict=True))
+        return True
+
+    def _take(self) -> Frame:
+        ref, payload = self._take_raw()
+        return decode_frame(ref, payload, decode=self.decode)
+
+    def _take_raw(self) -> tuple[proto.FrameRef, memoryview]:
+        ref, payload = self._ready.popleft()
+        self.next = ref.index + 1
+        self._resumed = False
+        self._credit(len(payload))
+        return ref, payload
 
     def _credit(self, nbytes: int) -> None:
         """Give back what was read, in chunks of half a window (fewer messages)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -28,6 +29,7 @@ from hidra_ng.errors import (
     ReceiverUnavailable,
 )
 from hidra_ng.security import ClientKeys
+from hidra_ng.shards import ShardMap, load_shard_map
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.frames import Frame
 
@@ -43,6 +45,11 @@ class Subscriber:
     the newest frame, right after joining too: a snapshot from the receiver's
     api (``api``; by default the publish host at port 50101) merged with the live
     feed, anything older than what was already seen dropped.
+
+    ``shards=PATH`` (SPEC §14): the live frames of the receivers that hold
+    ``streams`` (all receivers when no streams are given), one SUB socket
+    connected to each of their publish endpoints; ``latest()`` asks the
+    stream's own receiver.
     """
 
     def __init__(
@@ -54,11 +61,18 @@ class Subscriber:
         buffer_frames: int = 16,
         keys_dir: str | None = None,
         server_key_dir: str | None = None,
+        shards: str | os.PathLike[str] | ShardMap | None = None,
     ) -> None:
         if buffer_frames < 1:
             raise InvalidArgument(f"buffer_frames {buffer_frames} is not valid; expected 1 or more")
-        self.publish = publish
         self.streams = [proto.check_stream_name(s) for s in streams]
+        self._shards = None if shards is None else load_shard_map(shards)
+        endpoints = [publish]
+        if self._shards is not None:
+            held = [self._shards.place(s) for s in self.streams] or self._shards.shards
+            endpoints = list(dict.fromkeys(shard.publish for shard in held))
+            api = api or ", ".join(shard.api for shard in held)
+        self.publish = ", ".join(endpoints)
         self.api = api or _default_api(publish)
         self.skipped = 0
         self._reported = 0
@@ -68,7 +82,7 @@ class Subscriber:
         self._snapshotted = False
         self._consumer: Consumer | None = None
         self._keys = {"keys_dir": keys_dir, "server_key_dir": server_key_dir}
-        self._feed = _Feed(publish, self.streams, buffer_frames, ClientKeys.load(**self._keys))
+        self._feed = _Feed(endpoints, self.streams, buffer_frames, ClientKeys.load(**self._keys))
         self._feed.start()
 
     # ------------------------------------------------------------- live feed
@@ -137,9 +151,16 @@ class Subscriber:
                 return frame
         raise NotYetAvailable(f"no frame of stream {stream!r} within {timeout} s")
 
+    def _reader(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(
+                self.api, request_timeout=2.0, shards=self._shards, **self._keys
+            )
+        return self._consumer
+
     def _snapshot(self) -> None:
         try:
-            self._consumer = self._consumer or Consumer(self.api, request_timeout=2.0, **self._keys)
+            self._consumer = self._reader()
             for stream in self.streams:
                 try:
                     frame = self._consumer.last(stream)
@@ -158,7 +179,7 @@ class Subscriber:
             return
         self._last_report = now
         with contextlib.suppress(zmq.ZMQError, HidraError):
-            self._consumer = self._consumer or Consumer(self.api, request_timeout=2.0, **self._keys)
+            self._consumer = self._reader()
             req = proto.SkippedRequest(id=0, count=self.skipped - self._reported)
             self._consumer._sock.send(proto.encode(proto.Kind.REQUEST, req), zmq.NOBLOCK)
             if final:  # give the report a moment to leave before the socket closes
@@ -182,7 +203,7 @@ class _Feed(threading.Thread):
     """Owns the SUB socket: drains it into a buffer that drops its oldest entries."""
 
     def __init__(
-        self, publish: str, streams: list[str], buffer_frames: int, keys: ClientKeys | None
+        self, publish: list[str], streams: list[str], buffer_frames: int, keys: ClientKeys | None
     ) -> None:
         super().__init__(name="hidra-ng-subscriber", daemon=True)
         self._buffer: collections.deque[tuple[zmq.Frame, zmq.Frame]] = collections.deque()
@@ -198,11 +219,14 @@ class _Feed(threading.Thread):
             # the NUL ends the topic, so "p11/a" does not also match "p11/ab"
             self._sock.setsockopt(zmq.SUBSCRIBE, stream.encode() + b"\0" if stream else b"")
         try:
-            self._sock.connect(publish)
+            for endpoint in publish:  # one receiver, or each receiver of a shard map
+                self._sock.connect(endpoint)
         except zmq.ZMQError as err:
             self._sock.close(linger=0)
             self._ctx.term()
-            raise ConfigError(f"cannot connect to the publish endpoint {publish!r}: {err}") from err
+            raise ConfigError(
+                f"cannot connect to the publish endpoint {endpoint!r}: {err}"
+            ) from err
 
     def run(self) -> None:
         try:

@@ -8,6 +8,7 @@ The jobs live in their own modules; this one runs the loop and routes:
 * :mod:`~hidra_ng.receiver.requests`: the handler of each request type (one table)
 * :mod:`~hidra_ng.receiver.waiters`: requests parked until a commit or a deadline
 * :mod:`~hidra_ng.receiver.replay`: replay sessions served a bounded slice a turn
+* :mod:`~hidra_ng.receiver.scans`: metadata queries scanned a bounded slice a turn
 * :mod:`~hidra_ng.receiver.replies`: replies, and the group commit some wait for
 """
 
@@ -29,6 +30,7 @@ from hidra_ng.receiver.groups import Groups
 from hidra_ng.receiver.replay import IDLE_SECONDS, SESSION_SECONDS, Replays
 from hidra_ng.receiver.replies import Replies
 from hidra_ng.receiver.requests import Requests
+from hidra_ng.receiver.scans import Scans
 from hidra_ng.receiver.store import Store
 from hidra_ng.wire import protocol as proto
 
@@ -64,8 +66,9 @@ class ApiServer:
         self.replies = Replies(router, groups)
         self.acks = SenderAcks(store, self.replies)
         self.replays = Replays(store, self.replies)
-        self.replies.peer_gone = self.replays.peer_gone
-        self.requests = Requests(store, groups, metrics, self.replies, self.replays)
+        self.scans = Scans(store, self.replies)
+        self.replies.peer_gone = self._peer_gone
+        self.requests = Requests(store, groups, metrics, self.replies, self.replays, self.scans)
         self.waiters = self.requests.waiters
         self._notice_decoder = msgspec.msgpack.Decoder(Notice)
         self._next_sweep = 0.0
@@ -76,31 +79,39 @@ class ApiServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.notices, zmq.POLLIN)
+        written = self.groups.writer.fileno()  # the group writer made turns durable
+        poller.register(written, zmq.POLLIN)
         while True:
             self.beat()
             stop = stopping.is_set()
-            timeout = 0 if (self.replays.ready or stop) else self._poll_timeout()
+            busy = self.replays.ready or self.scans.ready or stop
+            timeout = 0 if busy else self._poll_timeout()
             events = dict(poller.poll(timeout))
             if self.notices in events:
                 self._take_notices()
+            if written in events:
+                self.replies.on_written()
             if self.router in events:
                 self._take_requests()
-            self.replies.release_held()
             if stop and not events:
+                self.replies.settle(5.0)  # the replies of group changes still being written
+                self.replays.held.release_all()  # ingest has stopped; zmq ends before the store
                 return  # every notice is handled: the last acks are out
-            self.replays.serve()
             for stream, _ in self.groups.due_groups():
                 self.waiters.wake(stream)  # a redelivery is due
             self.waiters.expire()
-            self.replies.release_held()
+            self.replies.release_held()  # the turn's group changes to the writer, as one
+            self.replays.serve()
+            self.scans.serve()  # a slice of the queries: requests go on between slices
             self._sweep()
-            try:
-                self.groups.commit()
-            except StorageError as err:  # a full disk, say: kept in memory, tried next turn
-                self.replies.group_storage_error(err, "")
+
+    def _peer_gone(self, ident: bytes) -> None:
+        self.replays.peer_gone(ident)
+        self.scans.peer_gone(ident)
 
     def _poll_timeout(self) -> int:
-        timeout = 100
+        # read transactions held for zmq's sends end soon after zmq is done with them
+        timeout = 5 if self.replays.held else 100
         first = self.waiters.next_deadline()
         deadlines = [] if first is None else [first]
         due = self.groups.next_due()

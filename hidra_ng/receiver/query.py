@@ -29,8 +29,6 @@ from typing import Any
 
 from hidra_ng.errors import QueryError
 
-DEFAULT_LIMIT = 10_000
-MAX_LIMIT = 1_000_000
 MAX_QUERY_CHARS = 4096
 #: parentheses and ``not`` nest at most this deep: the parser and the predicate it
 #: builds recurse once per level, and a deeper query must fail as a QueryError, not

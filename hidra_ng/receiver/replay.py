@@ -6,17 +6,25 @@ replay never stalls other consumers and the receiver never holds more than the
 window for one consumer. A follow replay that waits for new frames says it is
 alive (``ReplayEvent.IDLE``) every ``IDLE_SECONDS``; a replay whose consumer
 said nothing for ``SESSION_SECONDS`` is dropped.
+
+A batched replay (``ReplayRequest.batch``, what ``Consumer.replay`` asks for)
+answers with ``FrameBatch`` bodies: small frames joined, many per reply, and each
+frame of ``ZERO_COPY_BYTES`` or more alone, sent as a view of the store's map with
+its read transaction held until zmq is done with it (held.py). Credit counts
+frames and bytes either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
 import msgspec
 
-from hidra_ng.errors import HidraError, InvalidInput
+from hidra_ng.errors import Gone, HidraError, InvalidInput
+from hidra_ng.receiver.held import HeldReads
 from hidra_ng.receiver.replies import Replies
 from hidra_ng.receiver.store import Store
 from hidra_ng.wire import protocol as proto
@@ -26,6 +34,10 @@ log = logging.getLogger(__name__)
 #: per turn, one replay sends at most this much before the next one's turn
 TURN_BYTES = 8 << 20
 TURN_FRAMES = 64
+#: per turn, a batched replay sends at most this many frames (small ones, many per reply)
+TURN_FRAMES_BATCHED = 2048
+#: in a batched replay, frames this large go out as views of the map, one per reply
+ZERO_COPY_BYTES = 64 << 10
 IDLE_SECONDS = proto.REPLAY_IDLE_SECONDS
 #: a replay whose consumer said nothing for this long is dropped
 SESSION_SECONDS = 600.0
@@ -45,6 +57,7 @@ class Session:
     credit_bytes: int
     heard: float  # last message from the consumer
     sent: float  # last message to the consumer
+    batch: bool = False  # FrameBatch replies (ReplayRequest.batch)
 
 
 class Replays:
@@ -53,6 +66,7 @@ class Replays:
         self.replies = replies
         self._sessions: dict[Key, Session] = {}
         self._ready: set[Key] = set()  # replays that may send now
+        self.held = HeldReads()  # read transactions whose views zmq still sends
 
     @property
     def ready(self) -> bool:
@@ -83,6 +97,7 @@ class Replays:
             req.credit_bytes,
             now,
             now,
+            req.batch,
         )
         self._ready.add(key)
 
@@ -118,6 +133,7 @@ class Replays:
 
     def serve(self) -> None:
         """One turn of every replay that may send."""
+        self.held.release_done()
         for key in list(self._ready):
             replay = self._sessions.get(key)
             if replay is None:
@@ -146,6 +162,8 @@ class Replays:
                 self.replies.reply(r.ident, r.id, proto.ReplayEvent.END)
                 return None
             return False  # woken by the next commit of this stream
+        if r.batch:
+            return self._serve_batched(r, end)
         rows = self.store.read_range(
             r.stream,
             r.next,
@@ -162,6 +180,70 @@ class Replays:
             r.credit_bytes -= len(payload)
             r.sent = time.monotonic()
         return True
+
+    def _serve_batched(self, r: Session, end: int) -> bool:
+        """One turn of a batched replay; True to go on, False to wait."""
+        max_frames = min(r.credit_frames, TURN_FRAMES_BATCHED)
+        max_bytes = min(r.credit_bytes, TURN_BYTES)
+        txn = contextlib.ExitStack()
+        trackers: list = []
+        try:
+            read = txn.enter_context(self.store.reader(r.stream))
+            views = not self.store.env.resize_waiting and self.held.room
+            refs: list[proto.FrameRef] = []
+            payloads: list[memoryview] = []
+            total = frames = 0
+            for index in range(r.next, end):
+                if frames + len(refs) >= max_frames:
+                    break
+                try:
+                    record, payload = read(index)
+                except Gone:
+                    if index == r.next:
+                        raise
+                    break  # removed while we read: the next turn reports it
+                size = len(payload)
+                if total and total + size > max_bytes:
+                    break
+                total += size
+                ref = proto.FrameRef(r.stream, index, msgspec.Raw(record))
+                if views and size >= ZERO_COPY_BYTES:
+                    if refs and not self._send_batch(r, refs, payloads):
+                        return False
+                    frames += len(refs)
+                    refs, payloads = [], []
+                    tracker = self.replies.reply_tracked(
+                        r.ident, r.id, proto.FrameBatch([ref], [size]), payload
+                    )
+                    if tracker is None:
+                        return False
+                    trackers.append(tracker)
+                    self._sent(r, 1, size)
+                    frames += 1
+                else:
+                    refs.append(ref)
+                    payloads.append(payload)
+            return not refs or self._send_batch(r, refs, payloads)
+        finally:
+            if trackers:
+                self.held.keep(txn, trackers)
+            else:
+                txn.close()
+
+    def _send_batch(self, r: Session, refs: list[proto.FrameRef], payloads: list) -> bool:
+        """Small frames in one reply, their payloads joined (a copy, inside the read)."""
+        sizes = [len(p) for p in payloads]
+        batch = proto.FrameBatch(refs, sizes)
+        if not self.replies.reply(r.ident, r.id, batch, [b"".join(payloads)]):
+            return False  # full or gone: a later credit or the sweep decides
+        self._sent(r, len(refs), sum(sizes))
+        return True
+
+    def _sent(self, r: Session, frames: int, nbytes: int) -> None:
+        r.next += frames
+        r.credit_frames -= frames
+        r.credit_bytes -= nbytes
+        r.sent = time.monotonic()
 
     def sweep(self, now: float) -> None:
         """Keep follow replays that wait for frames alive; drop those whose consumer is silent."""

@@ -2,8 +2,10 @@
 
 A reply goes out at once without blocking (a peer that cannot take it now
 asks again), or, when it confirms a change of consumer-group state (``next``,
-``ack``, ``nack``), it is held until that change is committed, together with
-every other change of the api loop's turn: one commit for all of them.
+``ack``, ``nack``), it is held until that change is durable: at the end of the
+api loop's turn every change of the turn goes to the group writer
+(:mod:`~hidra_ng.receiver.groupsync`) as one, and the turn's held replies are
+sent when the writer reports it committed and fsynced.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ class Replies:
         self.groups = groups
         #: told when a peer is gone (ROUTER_MANDATORY): its replays end
         self.peer_gone: Callable[[bytes], None] = lambda ident: None
-        self._held: list[list[Any]] = []  # replies confirming group changes
+        self._held: list[list[Any]] = []  # replies confirming group changes of this turn
+        #: (turn, its held replies): sent once the group writer made the turn durable
+        self._waiting: list[tuple[int, list[list[Any]]]] = []
         self._next_group_error_log = 0.0
 
     def send(self, frames: list[Any], copy: bool = True) -> bool:
@@ -65,6 +69,23 @@ class Replies:
         reply = proto.Reply(req_id, body=msgspec.Raw(proto.encode_body(body)))
         return self._answer([ident, proto.encode(proto.Kind.REPLY, reply), *payloads], after_commit)
 
+    def reply_tracked(
+        self, ident: bytes, req_id: int, body: Any, payload: Any
+    ) -> zmq.MessageTracker | None:
+        """Send a reply whose payload is a view zmq sends without a copy; its tracker
+        says when zmq is done with the view (None: not sent, the peer is full or gone)."""
+        reply = proto.Reply(req_id, body=msgspec.Raw(proto.encode_body(body)))
+        frames = [ident, proto.encode(proto.Kind.REPLY, reply), payload]
+        try:
+            return self.router.send_multipart(frames, zmq.NOBLOCK, copy=False, track=True)
+        except zmq.Again:
+            return None
+        except zmq.ZMQError as err:
+            if err.errno != errno.EHOSTUNREACH:
+                raise
+            self.peer_gone(ident)
+            return None
+
     def reply_error(
         self, ident: bytes, req_id: int, err: HidraError, *, after_commit: bool = False
     ) -> None:
@@ -83,23 +104,49 @@ class Replies:
         return self.send(frames, copy=False)
 
     def release_held(self) -> None:
-        """Commit the group changes of this turn, then send the replies that confirm them."""
-        if not self._held:
+        """End of the api's turn: its group changes go to the writer, as one; the replies
+        that confirm them wait for it (:meth:`on_written`). Once a turn."""
+        changes = self.groups.take_changes()
+        writer = self.groups.writer
+        if changes is None and not self._held:
             return
-        try:
-            self.groups.write()
-        except StorageError as err:
-            # confirm nothing: the members ask again (ReceiverUnavailable after their
-            # timeout); what was handed out unconfirmed comes back after the ack timeout
-            self.group_storage_error(err, f"; {len(self._held)} replies withheld")
-            self._held.clear()
+        if changes is None and writer.idle and not self._waiting:
+            held, self._held = self._held, []  # they confirm nothing that is not durable
+            for frames in held:
+                self.send(frames, copy=False)
             return
-        held, self._held = self._held, []
-        for frames in held:
-            self.send(frames, copy=False)
+        turn = writer.submit(changes)
+        if self._held:
+            self._waiting.append((turn, self._held))
+            self._held = []
+
+    @property
+    def waiting(self) -> int:
+        """Replies waiting for the group writer."""
+        return sum(len(held) for _, held in self._waiting)
+
+    def on_written(self) -> None:
+        """The group writer reported: send the replies of the turns now durable."""
+        for turn, error in self.groups.writer.results():
+            ready = [held for t, held in self._waiting if t <= turn]
+            self._waiting = [(t, held) for t, held in self._waiting if t > turn]
+            if error is not None:
+                # confirm nothing: the members ask again (ReceiverUnavailable after their
+                # timeout); what was handed out unconfirmed comes back after the ack timeout
+                withheld = sum(map(len, ready))
+                self.group_storage_error(error, f"; {withheld} replies withheld")
+                continue
+            for held in ready:
+                for frames in held:
+                    self.send(frames, copy=False)
+
+    def settle(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the group writer, then send what it made durable."""
+        self.groups.writer.wait(timeout)
+        self.on_written()
 
     def group_storage_error(self, err: StorageError, what: str) -> None:
-        """Log a failed commit of group state, at most once a minute (it is retried each turn)."""
+        """Log a failed commit of group state, at most once a minute (retried with the next)."""
         now = time.monotonic()
         if now >= self._next_group_error_log:
             self._next_group_error_log = now + 60.0

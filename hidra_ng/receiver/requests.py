@@ -17,9 +17,9 @@ import msgspec
 from hidra_ng.errors import HidraError, NotYetAvailable
 from hidra_ng.metrics import ReceiverMetrics
 from hidra_ng.receiver.groups import Group, Groups
-from hidra_ng.receiver.query import DEFAULT_LIMIT, MAX_LIMIT, compile_query
 from hidra_ng.receiver.replay import Replays
 from hidra_ng.receiver.replies import Replies
+from hidra_ng.receiver.scans import Scans
 from hidra_ng.receiver.store import Store
 from hidra_ng.receiver.waiters import Waiters, Waiting
 from hidra_ng.wire import protocol as proto
@@ -42,12 +42,14 @@ class Requests:
         metrics: ReceiverMetrics,
         replies: Replies,
         replays: Replays,
+        scans: Scans,
     ) -> None:
         self.store = store
         self.groups = groups
         self.metrics = metrics
         self.replies = replies
         self.replays = replays
+        self.scans = scans
         self.waiters = Waiters(store, self.retry, self.handle)
 
     def handle(self, ident: bytes, req: proto.Request) -> None:
@@ -109,12 +111,7 @@ class Requests:
         self.replies.reply(ident, req.id, ref, [payload])
 
     def query(self, ident: bytes, req: proto.QueryRequest) -> None:
-        proto.check_stream_name(req.stream)
-        matches = compile_query(req.expr)
-        limit = min(req.limit or DEFAULT_LIMIT, MAX_LIMIT)
-        rows = self.store.select(req.stream, matches, limit)
-        refs = [proto.FrameRef(req.stream, i, msgspec.Raw(r)) for i, r in rows]
-        self.replies.reply(ident, req.id, refs)
+        self.scans.start(ident, req)  # answered once scanned, a slice per turn
 
     # -- replays
 

@@ -341,30 +341,37 @@ class Store:
             yield read
 
     def select(
-        self, stream: str, predicate: Callable[[tuple], object], limit: int
-    ) -> list[tuple[int, bytes]]:
-        """(index, record) of stored messages whose (meta, index, stored, created) match.
+        self, stream: str, predicate: Callable[[tuple], object], start: int, stop: int, limit: int
+    ) -> tuple[list[tuple[int, bytes]], int]:
+        """(index, record) of stored messages in ``[start, stop)`` whose (meta, index,
+        stored, created) match, at most ``limit``; and the first index not examined.
 
-        Reads only the records, never the payloads.
+        Examines at most ``stop - start`` records, in one read transaction; reads only
+        the records, never the payloads.
         """
         meta = self._meta(stream)
         if meta is None:
             raise NotYetAvailable(f"stream {stream!r} has no messages yet")
         dec = msgspec.msgpack.Decoder(Record)
         out: list[tuple[int, bytes]] = []
+        position = max(start, meta.first)
+        if position >= stop:
+            return out, max(start, stop)
         with self.env.read() as txn:
             cursor = txn.cursor(db=self._db["records"])
-            if not cursor.set_range(frame_key(meta.id, meta.first)):
-                return out
+            if not cursor.set_range(frame_key(meta.id, position)):
+                return out, stop
             for key, value in cursor:
                 stream_id, index = _KEY.unpack(key)
-                if stream_id != meta.id or len(out) >= limit:
+                if stream_id != meta.id or index >= stop:
                     break
                 record = dec.decode(value)
                 row = (decode_meta(record.meta), index, record.stored, record.created)
                 if predicate(row):
                     out.append((index, bytes(value)))
-        return out
+                    if len(out) >= limit:
+                        return out, index + 1
+        return out, stop
 
     # -------------------------------------------------------------- retention
 

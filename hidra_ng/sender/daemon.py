@@ -10,6 +10,7 @@ from hidra_ng.config import SenderConfig
 from hidra_ng.errors import HidraError
 from hidra_ng.metrics import SenderMetrics, serve
 from hidra_ng.sender.producer import Producer
+from hidra_ng.sender.sharded import ShardedProducer
 from hidra_ng.sender.sources import Source
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class SenderDaemon:
         m.spool_messages.set_function(lambda: p.spool_messages)
         m.spool_bytes.set_function(lambda: p.spool_bytes)
         m.receiver_up.set_function(lambda: 1 if p.receiver_up else 0)
+        if isinstance(p, ShardedProducer):  # one receiver_up per receiver (SPEC §14)
+            m.track_receivers(lambda: p.receivers_up)
         m.track_sources(sources)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -91,6 +94,12 @@ class SenderDaemon:
 
     def status(self) -> str:
         p = self.producer
+        if isinstance(p, ShardedProducer):
+            up = ", ".join(f"{n} {'up' if u else 'down'}" for n, u in p.receivers_up.items())
+            return (
+                f"receivers {up}; spool {p.spool_messages} messages ({p.spool_bytes} bytes),"
+                f" sent {p.stats['sent']}, acked {p.stats['acked']}"
+            )
         return (
             f"receiver {'up' if p.receiver_up else 'down'}, spool {p.spool_messages} messages"
             f" ({p.spool_bytes} bytes), sent {p.stats['sent']}, acked {p.stats['acked']}"

@@ -39,7 +39,9 @@ from hidra_ng.errors import (
 from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
 from hidra_ng.sender.gobackn import GoBackN
-from hidra_ng.sender.spool import Spool, entry_bytes
+from hidra_ng.sender.lending import Lender, Loan
+from hidra_ng.sender.spool import Checkpoints, Outgoing, Spool, entry_bytes
+from hidra_ng.shards import ShardMap
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.compression import Encoded, check_compression, compress
 from hidra_ng.wire.frames import Data, describe
@@ -54,6 +56,22 @@ PACK_BELOW_BYTES = ZERO_COPY_BYTES
 
 GiB = 1 << 30
 MiB = 1 << 20
+
+
+def _check_targets(
+    ingest: str, api: str, spool_dir: str | os.PathLike[str], split_parts: int
+) -> None:
+    """A single receiver's endpoints and a spool, as a Producer without a shard map needs."""
+    if split_parts != 1:
+        raise ConfigError(
+            f"split_parts = {split_parts} needs a shard map (shards = PATH): the parts of a"
+            " split series go to the receivers of its shard"
+        )
+    if not (ingest and api and str(spool_dir)):
+        raise ConfigError(
+            f"ingest={ingest!r}, api={api!r} and spool_dir={str(spool_dir)!r}: expected"
+            " all three, or shards=PATH with spool_dir"
+        )
 
 
 def _send_timeout(seconds: float, former: float | None) -> float:
@@ -87,12 +105,20 @@ class Producer:
     declared once, in hidra_ng/config.py.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Producer:
+        # shards=PATH (SPEC §14): one link per receiver, each stream routed to its own
+        if cls is Producer and kwargs.get("shards"):
+            from hidra_ng.sender.sharded import ShardedProducer
+
+            return super().__new__(ShardedProducer)
+        return super().__new__(cls)
+
     def __init__(
         self,
-        ingest: str,
-        api: str,
-        spool_dir: str | os.PathLike[str],
-        sender_id: str,
+        ingest: str = "",
+        api: str = "",
+        spool_dir: str | os.PathLike[str] = "",
+        sender_id: str = "",
         *,
         spool_sync: str = "always",
         spool_batch_seconds: float = 0.5,
@@ -108,7 +134,12 @@ class Producer:
         keys_dir: str | os.PathLike[str] | None = None,
         server_key_dir: str | os.PathLike[str] | None = None,
         send_timeout: float | None = None,
+        shards: str | os.PathLike[str] | ShardMap | None = None,
+        split_parts: int = 1,
+        split_block_images: int = 1,
+        split_streams: Sequence[str] = ("**",),
     ) -> None:
+        _check_targets(ingest, api, spool_dir, split_parts)
         send_timeout_seconds = _send_timeout(send_timeout_seconds, send_timeout)
         proto.check_sender_id(sender_id)
         # CurveZMQ (SPEC §9): this sender's key pair and the receiver's public key
@@ -166,7 +197,7 @@ class Producer:
         stream: str,
         items: Iterable[tuple[Data, dict[str, Any] | None]],
         *,
-        checkpoint: tuple[str, bytes] | None = None,
+        checkpoint: Checkpoints = None,
     ) -> list[int]:
         """Spool several messages for ``stream`` in one commit; returns their seqs.
 
@@ -222,7 +253,7 @@ class Producer:
         self,
         prepared: Sequence[tuple[proto.Header, memoryview | bytes]],
         finish: Iterable[str] = (),
-        checkpoint: tuple[str, bytes] | None = None,
+        checkpoint: Checkpoints = None,
     ) -> list[int]:
         size = sum(entry_bytes(h, p) for h, p in prepared)
         if size > self.max_spool_bytes:
@@ -315,6 +346,10 @@ class Producer:
         """Highest seq the receiver acknowledged (with every seq below it); -1 before any."""
         return self._link.acked
 
+    def acked_seq_of(self, stream: str) -> int:
+        """:attr:`acked_seq` of the receiver that holds ``stream`` (with shards: per receiver)."""
+        return self.acked_seq
+
     def checkpoint(self, name: str) -> bytes | None:
         """A source's position saved with the messages it spooled (see ``send_many``)."""
         return self._spool.checkpoint(name)
@@ -364,6 +399,7 @@ class _Link(threading.Thread):
         self.spool = producer._spool
         self.heartbeat = heartbeat
         self.window = GoBackN(self.spool.lowest, window_bytes, resend_after, time.monotonic())
+        self._lender = Lender(self.spool.env)
         #: the window's ``acked``, for other threads (they wait on ``_acked_cond``)
         self.acked = self.window.acked
         self._released = self.acked
@@ -374,16 +410,10 @@ class _Link(threading.Thread):
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._ctx = zmq.Context()
-        self._push = self._ctx.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.LINGER, 0)
-        self._push.setsockopt(zmq.IMMEDIATE, 1)
-        self._push.setsockopt(zmq.SNDHWM, 1000)
-        # a broken connection drops what sat in its queue: resend at once, not after a stall
-        self._monitor = self._push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._push, self._monitor = self._new_push()
         self._dealer = self._ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
         if producer.keys is not None:
-            producer.keys.apply(self._push)
             producer.keys.apply(self._dealer)
         try:
             self._push.connect(producer.ingest)
@@ -391,6 +421,18 @@ class _Link(threading.Thread):
         except zmq.ZMQError as err:
             self._close_sockets()
             raise ConfigError(f"cannot connect to receiver: {err}") from err
+
+    def _new_push(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """A PUSH socket for the receiver's ingest (not connected yet) and its monitor."""
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.setsockopt(zmq.IMMEDIATE, 1)
+        push.setsockopt(zmq.SNDHWM, 1000)
+        # a broken connection drops what sat in its queue: resend at once, not after a stall
+        monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        if self.p.keys is not None:
+            self.p.keys.apply(push)
+        return push, monitor
 
     # --------------------------------------------------------- other threads
 
@@ -429,6 +471,7 @@ class _Link(threading.Thread):
         poller.register(self._monitor, zmq.POLLIN)
         next_hello = 0.0
         blocked = False
+        revoked = False  # lent views taken back for the map's growth now pending
         try:
             while not self._stopping.is_set():
                 now = time.monotonic()
@@ -450,6 +493,12 @@ class _Link(threading.Thread):
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 4096)
                 self._check_stall()
+                if self.spool.env.resize_waiting:
+                    if not revoked and self._lender.open_loans:
+                        self._revoke_loans(poller)
+                        revoked = True
+                else:
+                    revoked = False
                 self._release()
                 blocked = self._pump()
             self._take_replies()
@@ -494,6 +543,24 @@ class _Link(threading.Thread):
                     log.warning("unexpected %s message from receiver ignored", kind.name)
             except ProtocolError as err:
                 log.warning("malformed message from receiver ignored: %s", err)
+
+    def _revoke_loans(self, poller: zmq.Poller) -> None:
+        """The spool's map waits to grow for views zmq still holds: drop zmq's queue.
+
+        A new PUSH socket replaces the old one, whose queued messages libzmq then
+        frees (and with them the lent views); they are resent as after a broken
+        connection (lending.py).
+        """
+        log.info("spool map must grow; resending from seq %d on a new connection", self.acked + 1)
+        poller.unregister(self._monitor)
+        with contextlib.suppress(zmq.ZMQError):
+            self._push.disable_monitor()
+        self._monitor.close(linger=0)
+        self._push.close(linger=0)
+        self._push, self._monitor = self._new_push()
+        self._push.connect(self.p.ingest)
+        poller.register(self._monitor, zmq.POLLIN)
+        self.window.on_disconnect(time.monotonic())
 
     def _take_disconnects(self) -> None:
         """The PUSH connection broke: whatever sat in its queue is lost, so resend it now."""
@@ -545,21 +612,51 @@ class _Link(threading.Thread):
         idle = not self.window.in_flight
         if not (force or waiting or self.acked - self._released >= 256 or idle):
             return
-        self.spool.release(self.acked)
+        if force:
+            self.spool.release(self.acked)
+        elif self.spool.try_release(self.acked) is None:
+            return  # an append holds the spool, maybe growing its map: never wait for it here
         self._released = self.acked
         with self.p._space:
             self.p._space.notify_all()
+
+    def _read(self, start: int, max_bytes: int) -> tuple[list[Outgoing] | None, Loan | None]:
+        """Spooled messages to send; large payloads as views of the spool's map, lent to zmq.
+
+        The loan must be ended once the send call is done (see lending.py). None
+        (try again shortly) while loans are out and none can be opened: too many,
+        or the map waits to grow, which a blocking read would wait for too.
+        """
+        loan = self._lender.open()
+        if loan is None:
+            if self._lender.open_loans:
+                return None, None
+            return self.spool.read(start, self.MAX_BATCH_MESSAGES, max_bytes), None
+        try:
+            batch = self.spool.read_views(loan.txn, start, self.MAX_BATCH_MESSAGES, max_bytes)
+        except BaseException:
+            loan.end()
+            raise
+        for out in batch:
+            if len(out.payload) >= ZERO_COPY_BYTES:
+                out.payload = loan.lend(out.payload)
+        return batch, loan
 
     def _pump(self) -> bool:
         """Send spooled messages within the window; True if the socket pushed back."""
         window = self.window
         while (send := window.next_send(self.spool.next_seq - 1, self.MAX_BATCH_BYTES)) is not None:
-            batch = self.spool.read(send.seq, self.MAX_BATCH_MESSAGES, send.max_bytes)
+            batch, loan = self._read(send.seq, send.max_bytes)
+            if batch is None:
+                return True
             if not batch:
+                if loan is not None:
+                    loan.end()
                 return False
             envelope = proto.Envelope(
                 self.spool.sender_id, self.spool.incarnation, send.floor, send.epoch
             )
+            frames: list[bytes | memoryview]
             if all(len(out.payload) < PACK_BELOW_BYTES for out in batch):
                 frames = [
                     proto.encode(proto.Kind.DATA_PACKED, envelope),
@@ -577,6 +674,9 @@ class _Link(threading.Thread):
                 send_parts(self._push, frames)
             except zmq.Again:
                 return True
+            finally:
+                if loan is not None:
+                    loan.end()  # zmq holds what it still needs: lent views (lending.py)
             window.on_sent([(out.seq, len(out.payload)) for out in batch])
             if self.p.metrics is not None:
                 self.p.metrics.sent.inc(len(batch))

@@ -48,7 +48,7 @@ class Outgoing:
 
     seq: int
     header: bytes  # encoded Header
-    payload: bytes
+    payload: bytes | memoryview  # a view of the map from read_views()
 
 
 class Spool:
@@ -70,7 +70,7 @@ class Spool:
         self.sync_mode = sync
         self.env = Env(Path(path), self.DBS, sync=sync == "always", map_bytes=map_bytes)
         self._db = self.env.dbs
-        self._lock = threading.Lock()  # serializes appends (seq assignment)
+        self._lock = threading.RLock()  # serializes appends (seq assignment)
         try:
             self._load(sender_id)
         except BaseException:
@@ -144,9 +144,12 @@ class Spool:
         items: Sequence[tuple[Header, memoryview | bytes]],
         *,
         finish: Iterable[str] = (),
-        checkpoint: tuple[str, bytes] | None = None,
+        checkpoint: Checkpoints = None,
     ) -> list[int]:
-        """Spool messages in one transaction; headers get their seq here. Returns the seqs."""
+        """Spool messages in one transaction; headers get their seq here. Returns the seqs.
+
+        ``checkpoint``: one ``(name, value)`` or a list of them, written in the same commit.
+        """
         with self._lock:
             first = self.next_seq
             encoded = [
@@ -165,8 +168,8 @@ class Spool:
                 txn.put(b"next_seq", _SEQ.pack(new_next), db=state)
                 for stream in finish:
                     txn.put(b"finished:" + stream.encode(), b"", db=state)
-                if checkpoint is not None:
-                    txn.put(b"checkpoint:" + checkpoint[0].encode(), checkpoint[1], db=state)
+                for name, value in _checkpoints(checkpoint):
+                    txn.put(b"checkpoint:" + name.encode(), value, db=state)
 
             self.env.write(fill)
             self.next_seq = new_next
@@ -205,6 +208,15 @@ class Spool:
             self.bytes -= freed
             return freed
 
+    def try_release(self, up_to: int) -> int | None:
+        """:meth:`release`, or None at once if another thread holds the spool (an append)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.release(up_to)
+        finally:
+            self._lock.release()
+
     # ------------------------------------------------------------------ reads
 
     def read(self, start: int, max_count: int, max_bytes: int) -> list[Outgoing]:
@@ -231,6 +243,26 @@ class Spool:
                 total += size
         return out
 
+    def read_views(self, txn, start: int, max_count: int, max_bytes: int) -> list[Outgoing]:
+        """:meth:`read` in ``txn`` (``Env.hold()``): payloads are views of the map, no copy.
+
+        The views are valid while ``txn`` is open (hidra_ng/sender/lending.py).
+        """
+        out: list[Outgoing] = []
+        total = 0
+        headers = txn.cursor(db=self._db["headers"])
+        payload_db = self._db["payloads"]
+        if not headers.set_range(_SEQ.pack(start)):
+            return out
+        for key, header in headers:
+            payload = txn.get(key, db=payload_db)
+            size = 0 if payload is None else len(payload)
+            if out and (len(out) >= max_count or total + size > max_bytes):
+                break
+            out.append(Outgoing(_SEQ.unpack(key)[0], bytes(header), payload or b""))
+            total += size
+        return out
+
     def checkpoint(self, name: str) -> bytes | None:
         with self.env.read() as txn:
             value = txn.get(b"checkpoint:" + name.encode(), db=self._db["state"])
@@ -251,6 +283,16 @@ class Spool:
             self._flusher.join()
             self.env.sync()
         self.env.close()
+
+
+#: what ``append`` takes as checkpoints: none, one (name, value), or a list of them
+Checkpoints = tuple[str, bytes] | list[tuple[str, bytes]] | None
+
+
+def _checkpoints(checkpoint: Checkpoints) -> list[tuple[str, bytes]]:
+    if checkpoint is None:
+        return []
+    return [checkpoint] if isinstance(checkpoint, tuple) else checkpoint
 
 
 def entry_bytes(header: Header, payload: memoryview | bytes) -> int:

@@ -62,6 +62,8 @@ BITSHUFFLED = ("bslz4", "bszstd")
 
 _CODECS = {"lz4": blosc2.Codec.LZ4, "zstd": blosc2.Codec.ZSTD}
 _LEVELS = {"lz4": 5, "zstd": 3}
+#: blosc2's own threads per compression (they run outside the GIL)
+THREADS = 1
 _FRAME_HEADER = struct.Struct(">QI")  # uncompressed bytes, block bytes
 _BLOCK_SIZE = struct.Struct(">I")
 _BSHUF_MULT = 8  # bitshuffle transposes blocks of a multiple of 8 elements
@@ -93,7 +95,7 @@ def compress(buffer: memoryview | bytes, dtype: str, codec: str) -> bytes:
             "clevel": _LEVELS[codec],
             "filters": filters,
             "typesize": itemsize,
-            "nthreads": 1,
+            "nthreads": THREADS,
         },
     )
 

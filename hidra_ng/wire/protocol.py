@@ -190,6 +190,7 @@ class ReplayRequest(_Request, tag="replay", frozen=True):
     follow: bool = False  # keep going with frames committed later
     credit_frames: int = 0  # frames the consumer can take
     credit_bytes: int = 0  # payload bytes the consumer can take
+    batch: bool = False  # frames come as FrameBatch bodies, small ones several per reply
 
 
 class CreditRequest(_Request, tag="credit", frozen=True):
@@ -236,10 +237,20 @@ class ParkedRequest(_Request, tag="parked", frozen=True):
     group: str = ""
 
 
+#: matches in one query reply: the default of ``limit``, and its most
+DEFAULT_QUERY_LIMIT = 10_000
+MAX_QUERY_LIMIT = 1_000_000
+#: records a query examines for one reply: the default of ``scan_limit``, and its most
+DEFAULT_SCAN_LIMIT = 100_000
+MAX_SCAN_LIMIT = 100_000_000
+
+
 class QueryRequest(_Request, tag="query", frozen=True):
     stream: str = ""
     expr: str = ""  # the filter expression
     limit: int = 0  # at most this many results, 0 for the default
+    start: int = 0  # the first index examined: 0, or the ``next`` of the last QueryResult
+    scan_limit: int = 0  # at most this many records examined, 0 for the default
 
 
 Request = (
@@ -320,12 +331,27 @@ class FrameRef(msgspec.Struct, array_like=True, frozen=True):
     deliveries: int = 0  # how often the group handed this message out
 
 
+class QueryResult(msgspec.Struct, array_like=True, frozen=True):
+    """Body of a query's reply: the matches among the records examined, and where to go on.
+
+    The receiver examines records from ``start`` until it has ``limit`` matches, has
+    examined ``scan_limit`` records, or reaches the last record stored when the query
+    began. ``next`` is the first index not examined; ``more`` says a bound stopped the
+    scan before that last record, so a query from ``next`` continues it.
+    """
+
+    frames: list[FrameRef]
+    next: int
+    more: bool
+
+
 class FrameBatch(msgspec.Struct, array_like=True, frozen=True):
-    """Body of a reply that carries several frames (a batched next).
+    """Body of a reply that carries several frames (a batched next, a batched replay).
 
     Their payloads follow in one frame, joined in order; ``sizes`` cuts it apart
     (one zmq frame per reply instead of one per message: small messages are
-    cheaper that way).
+    cheaper that way). A batched replay sends a large frame as a batch of one,
+    its payload frame a view of the store, not a copy.
     """
 
     frames: list[FrameRef]
@@ -591,7 +617,8 @@ def check_request(req: Request) -> None:
             raise InvalidInput(
                 f"{req.op} {name} {value!r} is not valid; expected seconds from 0 to one week"
             )
-    for name in ("index", "credit_frames", "credit_bytes", "count", "limit", "max_deliveries"):
+    counts = ("index", "credit_frames", "credit_bytes", "count", "limit", "max_deliveries")
+    for name in (*counts, "start", "scan_limit"):
         value = getattr(req, name, 0)
         if not 0 <= value < SEQ_LIMIT:
             raise InvalidInput(

@@ -5,7 +5,9 @@ Layout, as the DECTRIS file writer (legacy NXmx format) writes it::
     <prefix>_master.h5
         /entry                      NXentry, definition = "NXmx", start/end times
         /entry/data                 NXdata; data_000001, data_000002, ... external links
-                                    to <prefix>_data_00000N.h5:/entry/data/data
+                                    to <prefix>_data_00000N.h5:/entry/data/data, and
+                                    images, a virtual dataset of all of them (the signal;
+                                    not "data": fabio reads every data* member)
         /entry/instrument           NXinstrument: name, time_zone
             beam                    NXbeam: incident_wavelength, incident_energy
             detector                NXdetector: geometry, sensor, times, corrections,
@@ -261,19 +263,48 @@ def _fill_master(h5: h5py.File, info: SeriesInfo) -> None:
         _text(entry, "end_time", info.end_time)
     _text(entry, "title", f"{info.stream} series {s.get('series_id')}")
 
-    _data_group(entry, info)
+    _data_group(entry, info, Path(h5.filename).parent)
     _instrument(entry, info, frame_time)
     _sample(entry, info)
     source = _nxgroup(entry, "source", "NXsource")
     _text(source, "name", info.source_name)
 
 
-def _data_group(entry: h5py.Group, info: SeriesInfo) -> None:
+def _data_group(entry: h5py.Group, info: SeriesInfo, directory: Path) -> None:
+    """The DECTRIS links (fabio, DECTRIS's own readers) and ``images``, a virtual dataset
+    over all the data files: the NXdata signal, so NeXus readers (silx) see every image.
+
+    Not named ``data`` as NXmx recommends: fabio's Eiger reader takes every member of
+    ``/entry/data`` whose name starts with "data" as a block of images, and would read
+    each image twice.
+    """
     data = _nxgroup(entry, "data", "NXdata")
     for n, name in enumerate(info.files, 1):
         data[f"data_{n:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
-    if info.files:
-        data.attrs["signal"] = "data_000001"
+    counts = []
+    try:
+        for name in info.files:
+            with h5py.File(directory / name, "r") as h5:
+                counts.append(h5["/entry/data/data"].shape[0])
+    except (OSError, KeyError) as err:
+        log.warning("master of %s without its virtual dataset /entry/data/images (the links"
+                    " to the data files are there): %s", info.prefix, err)  # fmt: skip
+        counts = []
+    if not counts:
+        if info.files:
+            data.attrs["signal"] = "data_000001"
+        return
+    shape = tuple(info.image_shape)
+    layout = h5py.VirtualLayout(shape=(sum(counts), *shape), dtype=np.dtype(info.dtype))
+    offset = 0
+    for name, count in zip(info.files, counts, strict=True):
+        # a name relative to the master's directory: the series can be moved as a whole
+        source = h5py.VirtualSource(name, "/entry/data/data", shape=(count, *shape))
+        layout[offset : offset + count] = source
+        offset += count
+    ds = data.create_virtual_dataset("images", layout)
+    ds.attrs["interpretation"] = "image"
+    data.attrs["signal"] = "images"
 
 
 def _instrument(entry: h5py.Group, info: SeriesInfo, frame_time: float) -> None:

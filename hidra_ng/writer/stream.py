@@ -6,10 +6,11 @@ were published. On start the writer removes left-over ``.part`` files and goes
 on from that checkpoint; frames after it are written again into files of the
 same names (see formats.py), so each frame ends up in the files once.
 
-Frames are read with ``Consumer.replay`` (flow-controlled, what is stored) and,
-once caught up, ``Consumer.get(next, timeout=1)``, which waits in the receiver
-for the next durable index without polling and returns within a second, so a
-stop request is seen promptly.
+Frames are read with one ``Consumer.replay(follow=True)``: flow-controlled (the
+receiver sends ahead within a credit window, small frames batched), going on
+with frames committed later, ending once a finished stream is read to its end.
+The writer waits for each frame at most a second (``next_frame``), so a stop
+request is seen promptly and a pause lets the format complete its file.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from hidra_ng.errors import (
     Gone,
     HidraError,
     InvalidStreamName,
-    NotYetAvailable,
     ReceiverUnavailable,
-    StreamFinished,
 )
 from hidra_ng.wire.frames import Frame
 from hidra_ng.writer.announce import AnnounceError, Announcer
@@ -263,36 +262,33 @@ class StreamWriter:
 
     def _loop(self, consumer: Consumer, fmt: Any) -> None:
         index = self.next_index
-        decode = fmt.decode
-        last_frame = time.monotonic()
-        while not self.stop.is_set():
-            for frame in consumer.replay(self.stream, start=index, decode=decode):
+        last_frame = beaten = time.monotonic()
+        replay = consumer.replay(self.stream, start=index, follow=True, decode=fmt.decode)
+        try:
+            while not self.stop.is_set():
+                try:
+                    frame = replay.next_frame(WAIT_SECONDS)
+                except StopIteration:  # the finished stream is read to its end
+                    fmt.finish(index)
+                    self.next_index = max(self.next_index, index)
+                    self.save()
+                    self.finished = True
+                    return
+                now = time.monotonic()
+                if frame is None:
+                    self.hooks.beat(self.stream)
+                    fmt.idle(index, now - last_frame)
+                    if self._dirty and now - self._saved_at >= STATE_SAVE_SECONDS:
+                        self.save()
+                    continue
                 self._add(fmt, frame)
                 index = frame.index + 1
-                last_frame = time.monotonic()
-                if self.stop.is_set():
-                    break
-            else:
-                self.hooks.beat(self.stream)
-            if self.stop.is_set():
-                break
-            try:
-                frame = consumer.get(self.stream, index, timeout=WAIT_SECONDS, decode=decode)
-            except NotYetAvailable:
-                self.hooks.beat(self.stream)
-                fmt.idle(index, time.monotonic() - last_frame)
-                if self._dirty and time.monotonic() - self._saved_at >= STATE_SAVE_SECONDS:
-                    self.save()
-                continue
-            except StreamFinished:
-                fmt.finish(index)
-                self.next_index = max(self.next_index, index)
-                self.save()
-                self.finished = True
-                return
-            self._add(fmt, frame)
-            index = frame.index + 1
-            last_frame = time.monotonic()
+                last_frame = now
+                if now - beaten >= WAIT_SECONDS:  # alive while frames keep coming
+                    self.hooks.beat(self.stream)
+                    beaten = now
+        finally:
+            replay.close()
         fmt.abort()
 
     def _add(self, fmt: Any, frame: Frame) -> None:

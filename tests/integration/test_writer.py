@@ -84,19 +84,34 @@ def test_a_dectris_series_opens_in_fabio_and_h5py(make_producer, api, tmp_path, 
     assert writer.metrics.series.labels(stream)._value.get() == 1
 
 
-def test_silx_finds_the_nxdata_of_a_master_and_of_an_hdf5_file(make_producer, api, tmp_path):
+def test_silx_finds_the_nxdata_of_a_master_and_of_an_hdf5_file(
+    make_producer, api, tmp_path, monkeypatch
+):
     import silx.io
     from silx.io.nxdata import get_default, is_valid_nxdata
 
     out = tmp_path / "out"
-    with detector(make_producer) as det, running_writer(api, out, streams=["**"]):
-        send_series(det, 3, 5)
+    with (
+        detector(make_producer) as det,
+        running_writer(api, out, streams=["**"], frames_per_file=2),
+    ):
+        sent = send_series(det, 3, 5)["threshold_1"]
         master = wait_master(out, "p11/eiger/threshold_1", 3)
+    assert len(list(master.parent.glob("series_3_data_*.h5"))) == 3
+    monkeypatch.chdir(tmp_path)  # the virtual dataset finds its files beside the master
     with silx.io.open(str(master)) as h5:
         nxdata = get_default(h5)
         assert nxdata is not None and is_valid_nxdata(h5["/entry/data"])
+        # the signal spans the three data files: every image of the series
         assert nxdata.signal.shape == (5, 64, 48)
         assert nxdata.interpretation == "image"
+        for i in range(5):
+            np.testing.assert_array_equal(nxdata.signal[i], sent[i])
+    # the DECTRIS links are still there, and fabio reads every image through them
+    img = fabio.open(str(master))
+    assert img.nframes == 5
+    for i in range(5):
+        np.testing.assert_array_equal(img.getframe(i).data, sent[i])
 
 
 def test_hdf5_format_writes_the_export_layout_a_file_per_n_frames(

@@ -388,7 +388,7 @@ def test_commit_writes_what_a_reopen_reads(env):
     g = env.groups
     assert hand_all(g) == [0, 1, 2]
     g.ack(STREAM, "g", 0)
-    g.commit(now=0.0)
+    g.write()
     g.ack(STREAM, "g", 1)  # not committed before close: close commits it
     g = env.reopen()
     assert sorted(g.group(STREAM, "g").entries) == [2]
@@ -409,9 +409,9 @@ def stored_entries(g: Groups, name: str) -> dict[int, tuple[int, float, bool]]:
 
 
 def test_write_commits_every_change_since_the_last_one(env):
-    """The api calls write() before it sends the replies that confirm these calls: a
-    receiver killed after a reply must not forget a hand-out, an ack or a nack (no fsync
-    needed for a kill -9: the page cache). Until then nothing is in LMDB."""
+    """One write commits every change since the last (take_changes, which the api's
+    group writer commits the same way before the replies that confirm them go out:
+    tests/unit/test_group_sync.py). Until then nothing is in LMDB."""
     env.add(3)
     g = env.groups
     assert hand(g) == 0

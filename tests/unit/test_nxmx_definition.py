@@ -148,6 +148,11 @@ def test_values_from_the_start_message(tmp_path):
         assert h5["/entry/sample/name"][()] == b"lysozyme"
         assert h5["/entry/data/data_000002"].shape == (2, 64, 48)
         assert h5["/entry/instrument/detector/detectorSpecific/nimages"][()] == 6
+        # the NXdata signal: a virtual dataset over both data files, image i filled with i
+        assert h5["/entry/data"].attrs["signal"] == "images"
+        signal = h5["/entry/data/images"]
+        assert signal.is_virtual and signal.shape == (6, 64, 48)
+        assert [int(signal[i, 0, 0]) for i in range(6)] == list(range(6))
     chains = depends_on_chains(master)
     assert chains["/entry/sample/depends_on"] == [
         "/entry/sample/transformations/phi",

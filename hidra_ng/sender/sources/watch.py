@@ -402,7 +402,7 @@ class WatchSource:
     def _remove_acked(self, producer: Producer) -> None:
         if self.remove != "after_ack":
             return
-        acked = producer.acked_seq
+        acked = producer.acked_seq_of(self.stream)  # seqs count per receiver with shards
         while self._pending and self._pending[0][0] <= acked:
             _, rel, ident = self._pending.popleft()
             self._remove(rel, ident)
