@@ -14,15 +14,9 @@ import hidra_ng
 MAX_CLASS_LINES = 300
 MAX_FUNCTION_LINES = 60
 
-# Being split on branches live (receiver/daemon.py) and packed (receiver/store.py); the
-# lead empties this set at merge. client/consumer.py's Consumer grew past 300 lines with
-# the shards merge and is not split yet (branch hygiene ran out of time).
-EXEMPT = {
-    "hidra_ng/receiver/daemon.py::Receiver",
-    "hidra_ng/receiver/store.py::Store",
-    "hidra_ng/receiver/store.py::Store.enforce_retention",
-    "hidra_ng/client/consumer.py::Consumer",
-}
+# A class or function allowed over its limit while a split is under way, with the reason
+# beside it; empty since Receiver, Store and Consumer were split by job.
+EXEMPT: set[str] = set()
 
 PACKAGE = Path(hidra_ng.__file__).parent
 
