@@ -12,7 +12,9 @@ The public API (SPEC §4)::
 from hidra_ng.client.consumer import Consumer
 from hidra_ng.client.subscriber import Subscriber
 from hidra_ng.errors import (
+    AnnounceError,
     AuthenticationError,
+    BrokerError,
     ConfigError,
     DiskFull,
     FieldError,
@@ -23,18 +25,23 @@ from hidra_ng.errors import (
     InvalidFrame,
     InvalidInput,
     InvalidStreamName,
+    LeaseHeld,
     MessageTooLarge,
     NoShardForStream,
+    NotAnImage,
     NotYetAvailable,
     ProtocolError,
+    PushRefused,
     QueryError,
     ReceiverUnavailable,
     SpoolFull,
     StorageError,
     StreamFinished,
+    StreamV1Error,
     StreamV2Error,
     Unavailable,
     UnsupportedVersion,
+    WriteRefused,
 )
 from hidra_ng.sender.producer import Producer
 from hidra_ng.wire.frames import Frame
@@ -51,7 +58,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AnnounceError",
     "AuthenticationError",
+    "BrokerError",
     "ConfigError",
     "Consumer",
     "DiskFull",
@@ -64,20 +73,25 @@ __all__ = [
     "InvalidFrame",
     "InvalidInput",
     "InvalidStreamName",
+    "LeaseHeld",
     "MessageTooLarge",
     "NoShardForStream",
+    "NotAnImage",
     "NotYetAvailable",
     "Producer",
     "ProtocolError",
+    "PushRefused",
     "QueryError",
     "ReceiverUnavailable",
     "SpoolFull",
     "StorageError",
     "StreamFinished",
     "StreamInfo",
+    "StreamV1Error",
     "StreamV2Error",
     "Subscriber",
     "Unavailable",
     "UnsupportedVersion",
+    "WriteRefused",
     "export_hdf5",
 ]

@@ -119,17 +119,22 @@ def receiver(
     settings: cfg.ReceiverConfig,
     ready_file: Annotated[
         Path | None,
-        typer.Option(help="once bound, write the endpoints here as JSON (e.g. for tcp://...:*)"),
+        typer.Option(
+            help="once bound, write the endpoints and the metrics port here as JSON (e.g. for"
+            " tcp://...:* and metrics_port -1)"
+        ),
     ] = None,
 ) -> None:
     """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
     from hidra_ng import heap, service
+    from hidra_ng.metrics import served_port
     from hidra_ng.receiver.daemon import Receiver
 
     heap.keep_frame_buffers()
     daemon = Receiver(settings)
     if ready_file is not None:
-        _write_ready_file(ready_file, daemon.endpoints)
+        bound = {**daemon.endpoints, "metrics_port": served_port(daemon.metrics.registry)}
+        _write_ready_file(ready_file, bound)
     raise typer.Exit(service.run(daemon))
 
 
@@ -184,24 +189,42 @@ def sender(
     raise typer.Exit(service.run(daemon, should_stop=done))
 
 
+#: --ready-file of the writer and the bridge: what they bind is their metrics port
+METRICS_READY_HELP = "once started, write the metrics port here as JSON (e.g. for metrics_port -1)"
+
+
 @app.command()
 @_config_command("writer")
-def write(settings: cfg.WriterConfig) -> None:
+def write(
+    settings: cfg.WriterConfig,
+    ready_file: Annotated[Path | None, typer.Option(help=METRICS_READY_HELP)] = None,
+) -> None:
     """Write streams as files for legacy tools (NXmx, HDF5, TIFF) as frames arrive."""
     from hidra_ng import service
+    from hidra_ng.metrics import served_port
     from hidra_ng.writer.daemon import WriterDaemon
 
-    raise typer.Exit(service.run(WriterDaemon(settings)))
+    daemon = WriterDaemon(settings)
+    if ready_file is not None:
+        _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
+    raise typer.Exit(service.run(daemon))
 
 
 @app.command()
 @_config_command("bridge")
-def bridge(settings: cfg.BridgeConfig) -> None:
+def bridge(
+    settings: cfg.BridgeConfig,
+    ready_file: Annotated[Path | None, typer.Option(help=METRICS_READY_HELP)] = None,
+) -> None:
     """Republish every durable frame of chosen streams into RabbitMQ streams (SPEC §13)."""
     from hidra_ng import service
     from hidra_ng.bridge import Bridge
+    from hidra_ng.metrics import served_port
 
-    raise typer.Exit(service.run(Bridge(settings)))
+    daemon = Bridge(settings)
+    if ready_file is not None:
+        _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
+    raise typer.Exit(service.run(daemon))
 
 
 @app.command()

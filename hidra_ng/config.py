@@ -14,7 +14,7 @@ is one :class:`ConfigError` sentence naming where the value came from (file,
 environment variable or flag), the key, the value and what was expected::
 
     receiver.metrics_port = 70000 in /etc/hidra-ng/receiver.toml: expected a
-    port number from 0 (off) to 65535
+    port number from 0 (off) to 65535, or -1 (any free port)
 """
 
 from __future__ import annotations
@@ -59,6 +59,15 @@ _FLAG_NAMES = {
 Port = Annotated[
     int, Meta(ge=0, le=65535, extra={"expected": "a port number from 0 (off) to 65535"})
 ]
+# -1: a port the OS chooses (metrics.ANY_PORT), logged and written to --ready-file
+MetricsPort = Annotated[
+    int,
+    Meta(
+        ge=-1,
+        le=65535,
+        extra={"expected": "a port number from 0 (off) to 65535, or -1 (any free port)"},
+    ),
+]
 
 
 def D(text: str, **constraints: Any) -> Meta:
@@ -85,7 +94,7 @@ class ReceiverConfig(_Config):
     ingest: Annotated[str, D("PULL endpoint for frames")] = "tcp://*:50100"
     api: Annotated[str, D("ROUTER endpoint for acks and requests")] = "tcp://*:50101"
     publish: Annotated[str, D("PUB endpoint for live frames")] = "tcp://*:50102"
-    metrics_port: Annotated[Port, D("HTTP /metrics port, 0: off")] = 9610
+    metrics_port: Annotated[MetricsPort, D("HTTP /metrics port, 0: off, -1: any free one")] = 9610
     ack_timeout_seconds: Annotated[
         float, D("consumer-group ack timeout, s", gt=0, le=7 * 24 * 3600)  # as groups allow
     ] = 30.0
@@ -159,7 +168,7 @@ class SenderConfig(_Config):
         30.0
     )
     compression: Annotated[str, D("none, lz4 or zstd (arrays only)")] = "none"
-    metrics_port: Annotated[Port, D("HTTP /metrics port, 0: off")] = 9611
+    metrics_port: Annotated[MetricsPort, D("HTTP /metrics port, 0: off, -1: any free one")] = 9611
     keys_dir: Annotated[str, D("this sender's CurveZMQ key pair")] = ""
     server_key_dir: Annotated[str, D("the receiver's public key")] = ""
     sources: Annotated[list[str], D("a source URI; may be repeated")] = msgspec.field(
@@ -309,7 +318,7 @@ class WriterConfig(_Config):
     recipes: Annotated[list[str], D("recipes named in each announcement")] = msgspec.field(
         default_factory=lambda: ["hidra-ng-files"]
     )
-    metrics_port: Annotated[Port, D("HTTP /metrics port, 0: off")] = 9613
+    metrics_port: Annotated[MetricsPort, D("HTTP /metrics port, 0: off, -1: any free one")] = 9613
     keys_dir: Annotated[str, D("this client's CurveZMQ key pair")] = ""
     server_key_dir: Annotated[str, D("the receiver's public key")] = ""
     # SPEC §14: several receivers (hidra_ng/shards.py); one writer for all of them
@@ -356,7 +365,7 @@ class BridgeConfig(_Config):
     payload: Annotated[str, D("full: body = stored payload; record: empty body")] = "full"
     prefix: Annotated[str, D("broker stream names: PREFIX.name")] = "hidra"
     state_dir: Annotated[str, D("directory of the bridge's lock")] = "/var/lib/hidra-ng-bridge"
-    metrics_port: Annotated[Port, D("HTTP /metrics port, 0: off")] = 9612
+    metrics_port: Annotated[MetricsPort, D("HTTP /metrics port, 0: off, -1: any free one")] = 9612
     keys_dir: Annotated[str, D("this client's CurveZMQ key pair")] = ""
     server_key_dir: Annotated[str, D("the receiver's public key")] = ""
     poll_seconds: Annotated[

@@ -21,6 +21,7 @@ from hidra_ng.client.subscriber import Subscriber
 from hidra_ng.sender.producer import Producer
 from hidra_ng.sender.sources.simulate import SimulateSource
 from hidra_ng.testing import ReceiverProcess
+from hidra_ng.wire.protocol import StreamInfo
 
 STREAM = "demo/scan_0001"
 
@@ -41,47 +42,9 @@ def run_demo(
             echo(f"receiver up (pid {pid}): ingest {rx.ingest}, api {rx.api}, publish {rx.publish}")
             live = _LiveCounter(rx.publish)
             live.start()
-            source = SimulateSource(name="demo", stream=STREAM, shape=shape, count=frames, rate=0)
-            pool = source.frames()
-            digests = [
-                hashlib.sha256(pool[i % len(pool)]).hexdigest()  # type: ignore[arg-type]
-                for i in range(frames)
-            ]
-            nbytes = pool[0].nbytes * frames
-
-            with Producer(rx.ingest, rx.api, root / "spool", "demo-detector") as producer:
-                started = time.perf_counter()
-                stop = threading.Event()
-                source.run(producer, stop)
-                producer.finish(STREAM)
-                spooled = time.perf_counter() - started
-                producer.flush(timeout=120)
-                acked = time.perf_counter() - started
-            echo(
-                f"sent {frames} frames of {shape[0]}x{shape[1]} uint16"
-                f" ({nbytes / 1e6:.0f} MB): spooled in {spooled:.2f} s,"
-                f" all acknowledged (durable at the receiver) after {acked:.2f} s"
-                f" = {nbytes / acked / 1e9:.2f} GB/s"
-            )
-
-            with Consumer(rx.api) as consumer:
-                info = consumer.info(STREAM)
-                started = time.perf_counter()
-                mismatches = replayed = 0
-                for frame in consumer.replay(STREAM):
-                    replayed += 1
-                    digest = hashlib.sha256(frame.data).hexdigest()  # type: ignore[arg-type]
-                    if digest != digests[frame.meta["frame"]]:
-                        mismatches += 1
-                read = time.perf_counter() - started
-                middle = consumer.get(STREAM, info.count // 2)
+            digests, nbytes = _send(rx, root, frames, shape, echo)
+            replayed, mismatches, info = _read_back(rx, digests, nbytes, echo)
             live.stop()
-            echo(
-                f"replayed and checked (sha256) {replayed} frames in {read:.2f} s"
-                f" = {nbytes / read / 1e9:.2f} GB/s;"
-                f" {mismatches} differ from what was sent; get({info.count // 2}) returns"
-                f" frame {middle.meta['frame']}"
-            )
             echo(
                 f"live subscriber saw {live.count} frames as they were committed"
                 f" (it may skip frames when slow; it never slows ingest)"
@@ -104,6 +67,64 @@ def run_demo(
         else:
             shutil.rmtree(root, ignore_errors=True)
             echo("temporary data removed (use --keep to keep it)")
+
+
+def _send(
+    rx: ReceiverProcess,
+    root: Path,
+    frames: int,
+    shape: tuple[int, int],
+    echo: Callable[[str], object],
+) -> tuple[list[str], int]:
+    """Simulated frames through a Producer until all are acked; their sha256s and bytes."""
+    source = SimulateSource(name="demo", stream=STREAM, shape=shape, count=frames, rate=0)
+    pool = source.frames()
+    digests = [
+        hashlib.sha256(pool[i % len(pool)]).hexdigest()  # type: ignore[arg-type]
+        for i in range(frames)
+    ]
+    nbytes = pool[0].nbytes * frames
+
+    with Producer(rx.ingest, rx.api, root / "spool", "demo-detector") as producer:
+        started = time.perf_counter()
+        stop = threading.Event()
+        source.run(producer, stop)
+        producer.finish(STREAM)
+        spooled = time.perf_counter() - started
+        producer.flush(timeout=120)
+        acked = time.perf_counter() - started
+    echo(
+        f"sent {frames} frames of {shape[0]}x{shape[1]} uint16"
+        f" ({nbytes / 1e6:.0f} MB): spooled in {spooled:.2f} s,"
+        f" all acknowledged (durable at the receiver) after {acked:.2f} s"
+        f" = {nbytes / acked / 1e9:.2f} GB/s"
+    )
+    return digests, nbytes
+
+
+def _read_back(
+    rx: ReceiverProcess, digests: list[str], nbytes: int, echo: Callable[[str], object]
+) -> tuple[int, int, StreamInfo]:
+    """Replay the stream and compare each frame with what was sent: (replayed, mismatches,
+    the stream's info)."""
+    with Consumer(rx.api) as consumer:
+        info = consumer.info(STREAM)
+        started = time.perf_counter()
+        mismatches = replayed = 0
+        for frame in consumer.replay(STREAM):
+            replayed += 1
+            digest = hashlib.sha256(frame.data).hexdigest()  # type: ignore[arg-type]
+            if digest != digests[frame.meta["frame"]]:
+                mismatches += 1
+        read = time.perf_counter() - started
+        middle = consumer.get(STREAM, info.count // 2)
+    echo(
+        f"replayed and checked (sha256) {replayed} frames in {read:.2f} s"
+        f" = {nbytes / read / 1e9:.2f} GB/s;"
+        f" {mismatches} differ from what was sent; get({info.count // 2}) returns"
+        f" frame {middle.meta['frame']}"
+    )
+    return replayed, mismatches, info
 
 
 class _LiveCounter(threading.Thread):

@@ -5,7 +5,8 @@ sorted by what the user has to do about it::
 
     HidraError
     ├── ConfigError              fix the configuration or the command line
-    │   └── FieldError           one setting: names its key, value and what is expected
+    │   ├── FieldError           one setting: names its key, value and what is expected
+    │   └── LeaseHeld            another bridge holds the broker lease (one per prefix)
     ├── InvalidInput             fix what you pass in (a named value is wrong)
     │   ├── InvalidArgument      a bad argument to a method (also a ValueError)
     │   │   └── InvalidArgumentType   of the wrong type (also a TypeError)
@@ -14,19 +15,30 @@ sorted by what the user has to do about it::
     │   ├── InvalidFrame         dtype / shape / payload do not fit together
     │   ├── MessageTooLarge
     │   ├── QueryError           a metadata query that does not parse (names the position)
-    │   └── StreamV2Error        a DECTRIS Stream V2 message that cannot be used (also a
-    │                            ValueError)
+    │   ├── StreamV2Error        a DECTRIS Stream V2 message that cannot be used (also a
+    │   │                        ValueError)
+    │   ├── StreamV1Error        a DECTRIS Stream V1 message that cannot be used (also a
+    │   │                        ValueError)
+    │   ├── PushRefused          a message pushed to a zmq: source breaks its header
+    │   │                        format (also a ValueError; ``reason`` is its counter label)
+    │   ├── WriteRefused         frames the writer's format cannot write (``reason``)
+    │   └── NotAnImage           the view cannot show this frame as an image
     ├── ProtocolError            a peer sent bytes that are not hidra_ng messages
     │   └── UnsupportedVersion
     ├── Unavailable              wait or retry later
     │   ├── ReceiverUnavailable
     │   ├── NotYetAvailable      the index is not written yet
-    │   └── SpoolFull            the local spool is at its limit
+    │   ├── SpoolFull            the local spool is at its limit
+    │   ├── BrokerError          the bridge's broker refused a request or is gone
+    │   └── AnnounceError        the writer's broker did not take an announcement
     ├── Gone                     retention removed the index; it will not come back
     ├── StreamFinished           the stream is finished and read to its end
     ├── AuthenticationError      keys are missing, unreadable or refused
     └── StorageError             LMDB failed (disk full, corrupt, permissions)
-        └── DiskFull             a commit failed for lack of space
+        └── DiskFull             no space left: a commit failed, or the writer's disk
+
+Every exception class of hidra_ng is defined here (a test checks it); a module
+that raises one imports it from here.
 
 Library errors (zmq, lmdb) are wrapped at the boundary into these, with the
 original as ``__cause__``.
@@ -64,6 +76,33 @@ class QueryError(InvalidInput):
 
 class StreamV2Error(InvalidInput, ValueError):
     """A Stream V2 message that cannot be used; the message says why."""
+
+
+class StreamV1Error(InvalidInput, ValueError):
+    """A Stream V1 message that cannot be used; the message says why."""
+
+
+class PushRefused(InvalidInput, ValueError):
+    """A pushed message that breaks the header format; ``reason`` is its counter label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WriteRefused(InvalidInput):
+    """Frames this format cannot write (no start message, a changed shape, ...).
+
+    The stream's writer stops at that index; the frames stay in the receiver.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotAnImage(InvalidInput):
+    """The frame holds no array (bytes or metadata only), or one a format cannot hold."""
 
 
 class InvalidStreamName(InvalidInput):
@@ -130,6 +169,14 @@ class SpoolFull(Unavailable):
     """The sender's spool stayed at its limit for the whole send timeout."""
 
 
+class BrokerError(Unavailable):
+    """The broker refused a request or the connection is gone."""
+
+
+class AnnounceError(Unavailable):
+    """The broker did not take an announcement."""
+
+
 class Gone(HidraError):
     """The requested index was removed by retention."""
 
@@ -147,7 +194,17 @@ class StorageError(HidraError):
 
 
 class DiskFull(StorageError):
-    """A commit failed for lack of space (ENOSPC or a map that cannot grow)."""
+    """No space left: an LMDB commit failed (ENOSPC or a map that cannot grow), or the
+    writer's output filesystem is full (it waits and retries)."""
+
+
+class LeaseHeld(ConfigError):
+    """Another live bridge holds the broker lease; ``holder`` is its claim, the message
+    describes it."""
+
+    def __init__(self, message: str, holder: dict) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 def reason(err: BaseException) -> str:

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,28 @@ def run(
     """
     notifier = notifier or Notifier()
     stop = stop_event or threading.Event()
+    previous = _handle_stop_signals(stop)
+    interval = tick_seconds
+    if notifier.watchdog_seconds:
+        interval = min(interval, notifier.watchdog_seconds / 2)
+    try:
+        daemon.start()
+        notifier.notify(ready=1, status=_status(daemon))
+        code = _serve(daemon, notifier, stop, interval, should_stop, status_seconds)
+    finally:
+        notifier.notify(stopping=1, status="stopping: finishing the commit in flight")
+        try:
+            _stop_within(daemon, stop_timeout_seconds)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            notifier.close()
+    log.info("stopped")
+    return code
+
+
+def _handle_stop_signals(stop: threading.Event) -> dict[signal.Signals, Any]:
+    """SIGTERM and SIGINT set ``stop``; returns the handlers they had before."""
 
     def on_signal(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -138,42 +160,46 @@ def run(
             log.info("%s received, stopping", name)
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    interval = tick_seconds
-    if notifier.watchdog_seconds:
-        interval = min(interval, notifier.watchdog_seconds / 2)
-    code = 0
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _serve(
+    daemon: Daemon,
+    notifier: Notifier,
+    stop: threading.Event,
+    interval: float,
+    should_stop: Callable[[], bool],
+    status_seconds: float,
+) -> int:
+    """The main loop until a stop: watchdog pings while alive, a status line now and then.
+
+    Returns the exit code: 0 after a requested stop, 1 if the daemon died or hangs.
+    """
+    last_status = time.monotonic()
+    while not stop.wait(interval):
+        if not daemon.alive():
+            log.error("a daemon thread died or hangs; exiting so systemd restarts the service")
+            return 1
+        if should_stop():
+            log.info("done, stopping")
+            return 0
+        if notifier.watchdog_seconds:
+            notifier.notify(watchdog=1)
+        if time.monotonic() - last_status >= status_seconds:
+            notifier.notify(status=_status(daemon))
+            last_status = time.monotonic()
+    return 0
+
+
+def _stop_within(daemon: Daemon, seconds: float) -> None:
+    """``daemon.stop()``; one that hangs longer than ``seconds`` ends the process (exit 1)."""
+    guard = threading.Timer(seconds, _stop_hangs, (seconds,))
+    guard.daemon = True
+    guard.start()
     try:
-        daemon.start()
-        notifier.notify(ready=1, status=_status(daemon))
-        last_status = time.monotonic()
-        while not stop.wait(interval):
-            if not daemon.alive():
-                log.error("a daemon thread died or hangs; exiting so systemd restarts the service")
-                code = 1
-                break
-            if should_stop():
-                log.info("done, stopping")
-                break
-            if notifier.watchdog_seconds:
-                notifier.notify(watchdog=1)
-            if time.monotonic() - last_status >= status_seconds:
-                notifier.notify(status=_status(daemon))
-                last_status = time.monotonic()
+        daemon.stop()
     finally:
-        notifier.notify(stopping=1, status="stopping: finishing the commit in flight")
-        guard = threading.Timer(stop_timeout_seconds, _stop_hangs, (stop_timeout_seconds,))
-        guard.daemon = True
-        guard.start()
-        try:
-            daemon.stop()
-        finally:
-            guard.cancel()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            notifier.close()
-    log.info("stopped")
-    return code
+        guard.cancel()
 
 
 def _status(daemon: Daemon) -> str:

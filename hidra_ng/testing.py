@@ -1,8 +1,9 @@
 """Helpers a user's own tests can use: a receiver as a separate local process on loopback.
 
 For the demo, the tests and perf: the receiver binds ``tcp://127.0.0.1:*`` and
-reports the ports it got through ``--ready-file`` (no guessed "free" port, unless
-``choose_ports=True`` asks for one).
+reports the ports it got through ``--ready-file`` (no guessed "free" port). A test
+whose clients need an address before the receiver runs holds one with
+:func:`reserve_port` (``ReceiverProcess(..., choose_ports=True)`` does).
 """
 
 from __future__ import annotations
@@ -21,10 +22,45 @@ from hidra_ng.client.consumer import Consumer
 from hidra_ng.errors import ReceiverUnavailable
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ReservedPort:
+    """A loopback TCP port held for a daemon that binds it later; nothing listens on it.
+
+    The socket is bound with SO_REUSEADDR and never listens, so on Linux:
+
+    * a daemon binding the same address later gets it (ZeroMQ and Python's HTTP
+      servers set SO_REUSEADDR too), while the reservation is still held;
+    * meanwhile the kernel gives the port to no ``bind(..., 0)`` and to no outgoing
+      connection (a client connecting early is refused, never connected to itself);
+    * a client connecting before the daemon listens is refused, as with no daemon.
+
+    Release it once the daemon listens (a listening socket keeps the port its own) or
+    at the end; it is a context manager.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, 0))
+        self.port: int = self._sock.getsockname()[1]
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    def release(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> ReservedPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def reserve_port(host: str = "127.0.0.1") -> ReservedPort:
+    """A port of ``host`` held for a daemon that binds it later (see :class:`ReservedPort`)."""
+    return ReservedPort(host)
 
 
 class ReceiverProcess:
@@ -39,16 +75,19 @@ class ReceiverProcess:
     ) -> None:
         """Binds ``tcp://127.0.0.1:*`` and reads the ports back from ``--ready-file``.
 
-        ``choose_ports=True``: pick free ports now, for a test whose clients need the
-        endpoints before the receiver runs (such a port may be taken meanwhile).
-        Once started, a restart binds the same ports again.
+        ``choose_ports=True``: reserve ports now (:func:`reserve_port`, held until the
+        receiver listens on them), for a test whose clients need the endpoints before
+        the receiver runs. Once started, a restart binds the same ports again.
+        ``--metrics-port -1`` among ``extra``: :attr:`metrics_port` is the port it got.
         """
         self.data_dir = Path(data_dir)
         names = ("ingest", "api", "publish")
-        if choose_ports:
-            self._endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in names}
+        self._reserved = [reserve_port() for _ in names] if choose_ports else []
+        if self._reserved:
+            self._endpoints = {n: r.endpoint for n, r in zip(names, self._reserved, strict=True)}
         else:
             self._endpoints = dict.fromkeys(names, "tcp://127.0.0.1:*")
+        self.metrics_port = 0  # from the ready file: 0 while off (the default here)
         self.extra = list(extra)
         self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}-receiver.log"
         self.ready_path = self.data_dir.parent / f"{self.data_dir.name}-ready.json"
@@ -74,8 +113,15 @@ class ReceiverProcess:
         log.close()
         deadline = time.monotonic() + timeout
         self._read_endpoints(deadline)
+        self.release_reservations()  # the receiver listens on them now
         self.wait_ready(max(0.0, deadline - time.monotonic()))
         return self
+
+    def release_reservations(self) -> None:
+        """Close the reserved ports of ``choose_ports=True`` (once the receiver listens)."""
+        for reserved in self._reserved:
+            reserved.release()
+        self._reserved = []
 
     def _read_endpoints(self, deadline: float) -> None:
         """The endpoints the child bound, from its ready file (written once bound)."""
@@ -89,8 +135,9 @@ class ReceiverProcess:
                     f"receiver wrote no {self.ready_path} in time; log:\n{self.read_log()}"
                 )
             time.sleep(0.02)
-        endpoints = json.loads(self.ready_path.read_text())
-        self._endpoints = {name: endpoints[name] for name in ("ingest", "api", "publish")}
+        bound = json.loads(self.ready_path.read_text())
+        self._endpoints = {name: bound[name] for name in ("ingest", "api", "publish")}
+        self.metrics_port = bound["metrics_port"]
 
     @property
     def ingest(self) -> str:
@@ -136,12 +183,14 @@ class ReceiverProcess:
 
     def kill(self) -> None:
         """kill -9, as a crash would."""
+        self.release_reservations()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""
+        self.release_reservations()
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
@@ -157,6 +206,7 @@ class ReceiverProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.release_reservations()
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.terminate(10)

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -42,23 +43,28 @@ sys.path.insert(0, str(REPO / "tests"))
 from browser import chromium, require_chromium, wait_js  # noqa: E402
 
 from hidra_ng import Producer  # noqa: E402
-from hidra_ng.testing import ReceiverProcess, free_port  # noqa: E402
+from hidra_ng.testing import ReceiverProcess  # noqa: E402
 
 STREAM = "perf/view"
 SHAPE = (2048, 2048)
 
 
 class ViewProcess:
-    """``hidra-ng view`` as a child process on a free port."""
+    """``hidra-ng view`` as a child process on a port it chose (``--port 0``), read back
+    from the line it prints at start (``hidra-ng view: open http://...``)."""
 
     def __init__(self, api: str, publish: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
         cmd = [sys.executable, "-m", "hidra_ng", "view", "--api", api, "--publish", publish,
-               "--port", str(self.port)]  # fmt: skip
+               "--port", "0"]  # fmt: skip
         self._log = log.open("ab")
+        start = self._log.tell()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + 30
+        while (found := re.search(rb"open (http://\S+/)", log.read_bytes()[start:])) is None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"hidra-ng view did not start; see {log}")
+            time.sleep(0.1)
+        self.url = found.group(1).decode()
         while True:
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(self.url + "api/status", timeout=2).read()

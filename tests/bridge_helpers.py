@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hidra_ng.bridge import Bridge
 from hidra_ng.config import BridgeConfig
-from hidra_ng.testing import free_port
+from tests.helpers import wait_for
 
 
 @dataclass
@@ -161,9 +161,10 @@ class BridgeProcess:
         metrics: bool = True,
         name: str = "bridge",
     ) -> None:
-        self.metrics_port = free_port() if metrics else 0
+        self._metrics_port: int | None = None if metrics else 0  # read from the ready file
         self.state_dir = Path(state_dir)
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}-{name}.log"
+        self.ready_path = self.state_dir.parent / f"{self.state_dir.name}-{name}-ready.json"
         self.argv = [
             sys.executable,
             "-m",
@@ -176,13 +177,30 @@ class BridgeProcess:
             "--state-dir",
             str(state_dir),
             "--metrics-port",
-            str(self.metrics_port),
+            "-1" if metrics else "0",  # -1: any free port, read back from the ready file
+            "--ready-file",
+            str(self.ready_path),
             *extra,
         ]
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def metrics_port(self) -> int:
+        """The port of the bridge's /metrics (0: off), from its ready file once written."""
+        if self._metrics_port is None:
+
+            def written() -> bool:
+                assert self.proc is not None, "the bridge was not started"
+                assert self.proc.poll() is None, f"the bridge exited: {self.read_log()[-3000:]}"
+                return self.ready_path.exists()
+
+            wait_for(written, timeout=60, what=f"the bridge's {self.ready_path.name}")
+            self._metrics_port = json.loads(self.ready_path.read_text())["metrics_port"]
+        return self._metrics_port
+
     def start(self) -> BridgeProcess:
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.ready_path.unlink(missing_ok=True)
         env = {
             k: v
             for k, v in os.environ.items()

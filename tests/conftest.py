@@ -15,7 +15,7 @@ import pytest
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.sender.producer import Producer
-from hidra_ng.testing import ReceiverProcess
+from hidra_ng.testing import ReceiverProcess, reserve_port
 from scripts.rabbitmq_node import RabbitNode
 from tests import helpers
 from tests.helpers import digest, finish_transfer, wait_for  # noqa: F401  (see above)
@@ -88,6 +88,14 @@ def receiver_process(tmp_path: Path) -> Iterator[ReceiverProcess]:
         yield rx
     finally:
         rx.kill()
+
+
+@pytest.fixture
+def absent_endpoints() -> Iterator[tuple[str, str]]:
+    """Receiver ingest and api endpoints where nothing listens (yet), reserved for the test:
+    a receiver started on them later gets them, nothing else takes them meanwhile."""
+    with reserve_port() as ingest, reserve_port() as api:
+        yield ingest.endpoint, api.endpoint
 
 
 @pytest.fixture(scope="session")

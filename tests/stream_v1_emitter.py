@@ -127,7 +127,8 @@ class Emitter1:
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def send(self, parts: list[bytes], timeout: float = 10.0) -> None:
+    def send(self, parts: list[bytes], timeout: float = 60.0) -> None:
+        # a deadline, not a pace: a client process may start slowly on a loaded machine
         if not self.sock.poll(timeout * 1000, zmq.POLLOUT):
             raise TimeoutError("no Stream V1 client connected")
         self.sock.send_multipart(parts)

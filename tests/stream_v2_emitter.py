@@ -278,8 +278,9 @@ class Emitter:
         self._disconnects = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     def send(
-        self, message: dict[str, Any] | bytes, timeout: float = 10.0, self_described: bool = True
+        self, message: dict[str, Any] | bytes, timeout: float = 60.0, self_described: bool = True
     ) -> None:
+        # a deadline, not a pace: a client process may start slowly on a loaded machine
         raw = message if isinstance(message, bytes) else encode(message, self_described)
         if not self.sock.poll(timeout * 1000, zmq.POLLOUT):
             raise TimeoutError("no Stream V2 client connected")

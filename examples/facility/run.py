@@ -23,7 +23,6 @@ import asyncio
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,10 +41,14 @@ STREAM = "p11/scan_0001"
 BROKER_STREAM = "hidra.p11.scan_0001"  # hidra_ng.bridge.broker_name(STREAM)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 30.0) -> dict:
+    """The JSON a daemon's ``--ready-file`` PATH holds, once written (renamed into place)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args[3]} wrote no {path.name}; see daemons.log")
+        time.sleep(0.05)
+    return json.loads(path.read_text())
 
 
 def hidra_ng_cmd(*args: str) -> list[str]:
@@ -138,26 +141,28 @@ def main() -> int:
         uri = node["stream_uri"]
         print(f"1. RabbitMQ node up: {uri} (AMQP {node['amqp_uri']})")
 
-        ports = {name: free_port() for name in ("ingest", "api", "publish")}
-        ep = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
         log = (work / "daemons.log").open("ab")
+        any_port = "tcp://127.0.0.1:*"  # the receiver tells the ports it got in its ready file
         procs["receiver"] = subprocess.Popen(
             hidra_ng_cmd(
                 "receiver",
                 "--data-dir",
                 str(work / "store"),
                 "--ingest",
-                ep["ingest"],
+                any_port,
                 "--api",
-                ep["api"],
+                any_port,
                 "--publish",
-                ep["publish"],
+                any_port,
                 "--metrics-port",
                 "0",
+                "--ready-file",
+                str(work / "receiver-ready.json"),
             ),
             stdout=log,
             stderr=log,
         )
+        ep = wait_for_file(work / "receiver-ready.json", procs["receiver"])
         with hidra_ng.Consumer(ep["api"]) as c:
             c.ping(timeout=30)
         print(f"2. receiver up: api {ep['api']}")

@@ -19,6 +19,7 @@ from rstream import exceptions, schema
 from rstream.client import Client
 
 from hidra_ng.bridge.uri import BrokerAddress
+from hidra_ng.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,6 @@ FRAME_MAX = 64 << 20  # must not exceed the broker's stream.frame_max (documente
 HEARTBEAT_SECONDS = 20
 MAX_PUBLISHERS = 256  # publisher ids are one byte in the stream protocol
 REQUEST_TIMEOUT_SECONDS = 10.0
-
-
-class BrokerError(Exception):
-    """The broker refused a request or the connection is gone."""
 
 
 class BrokerLink:

@@ -31,8 +31,9 @@ import socket
 import time
 import uuid
 
-from hidra_ng.bridge.broker import BrokerError, BrokerLink
+from hidra_ng.bridge.broker import BrokerLink
 from hidra_ng.bridge.uri import BrokerAddress
+from hidra_ng.errors import BrokerError, LeaseHeld
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ RENEW_SECONDS = 5.0
 STALE_SECONDS = 15.0
 # the lock stream keeps little: a claim or renewal is ~300 bytes
 LOCK_STREAM_ARGUMENTS = {"max-length-bytes": 8 << 20, "stream-max-segment-size-bytes": 1 << 20}
-
-
-class LeaseHeld(Exception):
-    """Another live bridge holds the lease; ``holder`` describes it."""
-
-    def __init__(self, holder: dict) -> None:
-        self.holder = holder
-        super().__init__(describe(holder))
 
 
 def describe(holder: dict) -> str:
@@ -99,7 +92,7 @@ class Lease:
         if holder is None:  # not read back in time (a busy broker): try again later
             raise BrokerError(f"broker {self.address} did not let the lease claim be read back")
         if holder.get("token") != self.me["token"]:
-            raise LeaseHeld(holder)
+            raise LeaseHeld(describe(holder), holder)
         log.info("bridge: holding the broker lease %s", self.stream)
 
     async def renew(self, link: BrokerLink) -> None:
@@ -110,7 +103,7 @@ class Lease:
         # read back every time: a claim that raced a renewal for one id may have won it
         holder = await self._last_holder()
         if holder is not None and holder.get("token") != self.me["token"]:
-            raise LeaseHeld(holder)
+            raise LeaseHeld(describe(holder), holder)
         # None: not read in time (a busy broker); renew anyway, check again next time
         await self._publish(link, seq + 1, "renew", wait=False)
 
@@ -152,7 +145,7 @@ class Lease:
         while time.monotonic() < deadline:
             await asyncio.sleep(1.0)
             if await link.last_publishing_id(self.stream, REFERENCE) != seq:
-                raise LeaseHeld(holder)
+                raise LeaseHeld(describe(holder), holder)
         log.warning("bridge: %s did not renew the broker lease; taking it over", describe(holder))
 
     async def _publish(self, link: BrokerLink, publishing_id: int, kind: str, wait: bool) -> None:

@@ -10,12 +10,12 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import zmq
 
+from hidra_ng.client.queries import QueryPage, check_page_bounds, page_of, query_pages
 from hidra_ng.errors import (
     REMOTE_ERRORS,
     ConfigError,
@@ -37,21 +37,6 @@ _ref_decoder = msgspec.msgpack.Decoder(proto.FrameRef)
 _replay_decoder = msgspec.msgpack.Decoder(proto.FrameRef | proto.ReplayEvent)
 _replay_batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch | proto.ReplayEvent)
 _batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch)
-_query_decoder = msgspec.msgpack.Decoder(proto.QueryResult)
-
-
-@dataclass(frozen=True)
-class QueryPage:
-    """One reply to a query: its matches, and where a query goes on (:meth:`Consumer.query_page`).
-
-    ``next`` is the first index the receiver did not examine; ``more`` is True when a
-    bound (``limit`` or ``scan_limit``) stopped it before the last record stored when
-    the query began: a query with ``start=next`` continues it.
-    """
-
-    frames: list[Frame]
-    next: int
-    more: bool
 
 
 def decode_frame(
@@ -103,7 +88,7 @@ class Consumer:
         self._replays: weakref.WeakSet[_Replay] = weakref.WeakSet()
         self._ctx = zmq.Context()
         try:
-            self._sock = self._dealer()
+            self._sock = _dealer(self._ctx, self.api, self._keys)
         except ConfigError:
             self._ctx.term()
             raise
@@ -197,15 +182,7 @@ class Consumer:
                 f"max_count {max_count!r} is not valid; expected 1 to {proto.MAX_BATCH}"
             )
         ack = list(ack)
-        indices = []
-        for frame in ack:
-            fields = _group_fields(frame)
-            if (fields["stream"], fields["group"]) != (stream, group):
-                raise InvalidArgument(
-                    f"frame {frame.stream!r} #{frame.index} of group {frame.group!r} cannot be"
-                    f" acked with a next of group {group!r} of stream {stream!r}; use ack_many"
-                )
-            indices.append(frame.index)
+        indices = _acked_indices(ack, stream, group)
         if len(indices) > proto.MAX_BATCH:
             self.ack_many(ack)  # too many for one request
             indices = []
@@ -269,31 +246,14 @@ class Consumer:
     ) -> Iterator[Frame]:
         """The matches of :meth:`query`, page by page: at most ``limit`` in all, 0 for no
         limit (it goes on to the last record stored when the last page began)."""
-        left = limit
-        while True:
-            page = self.query_page(
-                stream,
-                expr,
-                start=start,
-                limit=min(left, proto.MAX_QUERY_LIMIT) if limit else 0,
-                scan_limit=scan_limit,
-            )
-            yield from page.frames
-            left -= len(page.frames)
-            if not page.more or (limit and left <= 0):
-                return
-            start = page.next
+        return query_pages(self.query_page, stream, expr, limit, start, scan_limit)
 
     def query_page(
         self, stream: str, expr: str, *, start: int = 0, limit: int = 0, scan_limit: int = 0
     ) -> QueryPage:
         """One request of a query: the matches among at most ``scan_limit`` records from
         ``start`` (at most ``limit`` of them), and where to go on (:class:`QueryPage`)."""
-        for name, value in (("start", start), ("limit", limit), ("scan_limit", scan_limit)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidArgument(
-                    f"query {name} {value!r} is not valid; expected an integer >= 0"
-                )
+        check_page_bounds(start=start, limit=limit, scan_limit=scan_limit)
         body, _ = self._call(
             "query",
             stream=proto.check_stream_name(stream),
@@ -302,12 +262,7 @@ class Consumer:
             limit=limit,
             scan_limit=scan_limit,
         )
-        result = _query_decoder.decode(body)
-        frames = [
-            frame_from_record(r.stream, r.index, _record_decoder.decode(r.record), None)
-            for r in result.frames
-        ]
-        return QueryPage(frames, result.next, result.more)
+        return page_of(body)
 
     # --------------------------------------------------------------- replay
 
@@ -331,13 +286,7 @@ class Consumer:
         stream is read to its end. A removed index raises ``Gone``.
         """
         proto.check_stream_name(stream)
-        if start < 0 or (stop is not None and stop < start):
-            raise InvalidArgument(f"replay range start={start} stop={stop} is not valid")
-        if window_frames <= 0 or window_bytes <= 0:
-            raise InvalidArgument(
-                f"window_frames={window_frames} and window_bytes={window_bytes} are not valid;"
-                " expected both positive"
-            )
+        _check_replay_range(start, stop, window_frames, window_bytes)
         return _Replay(self, stream, start, stop, follow, window_frames, window_bytes, decode)
 
     def replay_merged(
@@ -393,19 +342,6 @@ class Consumer:
             if answer is not None:
                 return answer
 
-    def _dealer(self) -> zmq.Socket:
-        """A DEALER to the api, with CurveZMQ when keys are configured."""
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self._keys is not None:
-            self._keys.apply(sock)
-        try:
-            sock.connect(self.api)
-        except zmq.ZMQError as err:
-            sock.close(linger=0)
-            raise ConfigError(f"cannot connect to the receiver api {self.api!r}: {err}") from err
-        return sock
-
     def close(self) -> None:
         for replay in list(self._replays):
             replay.close()
@@ -417,6 +353,20 @@ class Consumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dealer(ctx: zmq.Context, api: str, keys: ClientKeys | None) -> zmq.Socket:
+    """A DEALER to the api, with CurveZMQ when keys are configured."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        keys.apply(sock)
+    try:
+        sock.connect(api)
+    except zmq.ZMQError as err:
+        sock.close(linger=0)
+        raise ConfigError(f"cannot connect to the receiver api {api!r}: {err}") from err
+    return sock
 
 
 def _read_reply(sock: zmq.Socket, request_id: int) -> tuple[memoryview, list[memoryview]] | None:
@@ -446,6 +396,32 @@ def _next_fields(
     }
 
 
+def _acked_indices(ack: list[Frame], stream: str, group: str) -> list[int]:
+    """The indices of frames acked with a next of ``stream`` and ``group``."""
+    indices = []
+    for frame in ack:
+        fields = _group_fields(frame)
+        if (fields["stream"], fields["group"]) != (stream, group):
+            raise InvalidArgument(
+                f"frame {frame.stream!r} #{frame.index} of group {frame.group!r} cannot be"
+                f" acked with a next of group {group!r} of stream {stream!r}; use ack_many"
+            )
+        indices.append(frame.index)
+    return indices
+
+
+def _check_replay_range(
+    start: int, stop: int | None, window_frames: int, window_bytes: int
+) -> None:
+    if start < 0 or (stop is not None and stop < start):
+        raise InvalidArgument(f"replay range start={start} stop={stop} is not valid")
+    if window_frames <= 0 or window_bytes <= 0:
+        raise InvalidArgument(
+            f"window_frames={window_frames} and window_bytes={window_bytes} are not valid;"
+            " expected both positive"
+        )
+
+
 def _group_fields(frame: Frame) -> dict:
     if not frame.group:
         raise InvalidArgument(
@@ -470,7 +446,7 @@ class _Replay:
         self.follow = follow
         self.window = (window_frames, window_bytes)
         self.decode = decode
-        self._sock = consumer._dealer()
+        self._sock = _dealer(consumer._ctx, consumer.api, consumer._keys)
         consumer._replays.add(self)
         self._id = 0
         self._owed = [0, 0]  # frames and bytes read since the last credit

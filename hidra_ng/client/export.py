@@ -283,47 +283,8 @@ def export_hdf5(
         raise InvalidInput(f"directory {out.parent} of {out} does not exist")
     with contextlib.ExitStack() as stack:
         consumer = api if isinstance(api, Consumer) else stack.enter_context(Consumer(api))
-        info = consumer.info(stream)
-        end = info.last + 1 if info.last is not None else info.first
-        first = info.first if start == 0 else start
-        last = end if stop is None else stop
-        if not start >= 0 or not first <= last <= end:
-            raise InvalidInput(
-                f"range start={start} stop={stop} is not in stream {stream!r}, which holds"
-                f" indices {info.first} to {end - 1}"
-            )
-        if first < info.first:
-            raise Gone(
-                f"indices {first} to {info.first - 1} of stream {stream!r} were removed by"
-                f" retention; it starts at {info.first}"
-            )
-        total = last - first
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            with h5py.File(tmp, "w") as h5:
-                writer = _Writer(h5, stream)
-                for done, frame in enumerate(stored_frames(consumer, stream, first, last), 1):
-                    writer.add(frame, total)
-                    if progress is not None:
-                        progress(done, total)
-                writer.close()
-                if writer.count == 0 and writer.meta_count == 0:
-                    raise InvalidInput(f"stream {stream!r} has no messages from {first} to {last}")
-                result: dict[str, Any] = dict(
-                    frames=writer.count,
-                    metadata_messages=writer.meta_count,
-                    frame_shape=writer.shape,
-                    dtype=writer.dtype,
-                    compression=writer.codec,
-                )
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        first, last = _index_range(consumer, stream, start, stop)
+        result = _write_file(consumer, stream, first, last, out, progress)
     _fsync_dir(out.parent)
     return ExportResult(
         path=out,
@@ -334,6 +295,65 @@ def export_hdf5(
         seconds=time.monotonic() - began,
         **result,
     )
+
+
+def _index_range(consumer: Consumer, stream: str, start: int, stop: int | None) -> tuple[int, int]:
+    """The indices to export, ``start=0`` and ``stop=None`` resolved, checked against the
+    stream's stored range."""
+    info = consumer.info(stream)
+    end = info.last + 1 if info.last is not None else info.first
+    first = info.first if start == 0 else start
+    last = end if stop is None else stop
+    if not start >= 0 or not first <= last <= end:
+        raise InvalidInput(
+            f"range start={start} stop={stop} is not in stream {stream!r}, which holds"
+            f" indices {info.first} to {end - 1}"
+        )
+    if first < info.first:
+        raise Gone(
+            f"indices {first} to {info.first - 1} of stream {stream!r} were removed by"
+            f" retention; it starts at {info.first}"
+        )
+    return first, last
+
+
+def _write_file(
+    consumer: Consumer,
+    stream: str,
+    first: int,
+    last: int,
+    out: Path,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Write the range under a temporary name, fsync, rename to ``out``; what was written."""
+    total = last - first
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            writer = _Writer(h5, stream)
+            for done, frame in enumerate(stored_frames(consumer, stream, first, last), 1):
+                writer.add(frame, total)
+                if progress is not None:
+                    progress(done, total)
+            writer.close()
+            if writer.count == 0 and writer.meta_count == 0:
+                raise InvalidInput(f"stream {stream!r} has no messages from {first} to {last}")
+            result: dict[str, Any] = dict(
+                frames=writer.count,
+                metadata_messages=writer.meta_count,
+                frame_shape=writer.shape,
+                dtype=writer.dtype,
+                compression=writer.codec,
+            )
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
 
 
 def _fsync_dir(path: Path) -> None:

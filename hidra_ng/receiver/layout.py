@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+
+import msgspec
 
 from hidra_ng.wire.block import Block, pack, packable, runs
+from hidra_ng.wire.protocol import Record, decode_meta
 
 KEY = struct.Struct(">IQ")
 EMPTY = memoryview(b"")
@@ -193,3 +196,34 @@ def _packed(txn, dbs: dict, stream_id: int, start: int) -> Iterator[Entry]:
         block_key = bytes(key)
         for j, (record, payload) in enumerate(block.entries(skip), start=first + skip):
             yield j, record, payload, block_key
+
+
+_record_decoder = msgspec.msgpack.Decoder(Record)
+
+
+def select(
+    txn,
+    dbs: dict,
+    stream_id: int,
+    predicate: Callable[[tuple], object],
+    start: int,
+    stop: int,
+    limit: int,
+) -> tuple[list[tuple[int, bytes]], int]:
+    """(index, record) of the messages in ``[start, stop)`` whose (meta, index, stored,
+    created) match, at most ``limit``; and the first index not examined.
+
+    Examines at most ``stop - start`` records; reads only the records, never the payloads.
+    """
+    out: list[tuple[int, bytes]] = []
+    if start >= stop:
+        return out, stop
+    for index, value, _, _ in scan(txn, dbs, stream_id, start, payloads=False):
+        if index >= stop:
+            break
+        record = _record_decoder.decode(value)
+        if predicate((decode_meta(record.meta), index, record.stored, record.created)):
+            out.append((index, bytes(value)))
+            if len(out) >= limit:
+                return out, index + 1
+    return out, stop

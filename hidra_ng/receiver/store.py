@@ -43,7 +43,6 @@ from hidra_ng.wire.protocol import (
     Payload,
     Record,
     StreamInfo,
-    decode_meta,
     encode_body,
 )
 
@@ -299,22 +298,11 @@ class Store:
         meta = self._meta(stream)
         if meta is None:
             raise NotYetAvailable(f"stream {stream!r} has no messages yet")
-        dec = msgspec.msgpack.Decoder(Record)
-        out: list[tuple[int, bytes]] = []
-        position = max(start, meta.first)
-        if position >= stop:
-            return out, max(start, stop)
+        first = max(start, meta.first)
+        if first >= stop:
+            return [], max(start, stop)
         with self.env.read() as txn:
-            for index, value, _, _ in layout.scan(txn, self._db, meta.id, position, payloads=False):
-                if index >= stop:
-                    break
-                record = dec.decode(value)
-                row = (decode_meta(record.meta), index, record.stored, record.created)
-                if predicate(row):
-                    out.append((index, bytes(value)))
-                    if len(out) >= limit:
-                        return out, index + 1
-        return out, stop
+            return layout.select(txn, self._db, meta.id, predicate, first, stop, limit)
 
     # -------------------------------------------------------------- retention
 

@@ -58,6 +58,34 @@ GiB = 1 << 30
 MiB = 1 << 20
 
 
+def _check_targets(
+    ingest: str, api: str, spool_dir: str | os.PathLike[str], split_parts: int
+) -> None:
+    """A single receiver's endpoints and a spool, as a Producer without a shard map needs."""
+    if split_parts != 1:
+        raise ConfigError(
+            f"split_parts = {split_parts} needs a shard map (shards = PATH): the parts of a"
+            " split series go to the receivers of its shard"
+        )
+    if not (ingest and api and str(spool_dir)):
+        raise ConfigError(
+            f"ingest={ingest!r}, api={api!r} and spool_dir={str(spool_dir)!r}: expected"
+            " all three, or shards=PATH with spool_dir"
+        )
+
+
+def _send_timeout(seconds: float, former: float | None) -> float:
+    """``send_timeout_seconds``, or ``send_timeout`` (the former name) if given instead."""
+    if former is None:
+        return seconds
+    if seconds != 30.0 and seconds != former:
+        raise ConfigError(
+            f"send_timeout={former} and send_timeout_seconds={seconds} disagree; give"
+            " send_timeout_seconds only"
+        )
+    return former
+
+
 class Producer:
     """Send frames to a hidra_ng receiver without ever losing one (SPEC §4).
 
@@ -111,23 +139,8 @@ class Producer:
         split_block_images: int = 1,
         split_streams: Sequence[str] = ("**",),
     ) -> None:
-        if split_parts != 1:
-            raise ConfigError(
-                f"split_parts = {split_parts} needs a shard map (shards = PATH): the parts of a"
-                " split series go to the receivers of its shard"
-            )
-        if not (ingest and api and str(spool_dir)):
-            raise ConfigError(
-                f"ingest={ingest!r}, api={api!r} and spool_dir={str(spool_dir)!r}: expected"
-                " all three, or shards=PATH with spool_dir"
-            )
-        if send_timeout is not None:  # the former name
-            if send_timeout_seconds != 30.0 and send_timeout_seconds != send_timeout:
-                raise ConfigError(
-                    f"send_timeout={send_timeout} and send_timeout_seconds="
-                    f"{send_timeout_seconds} disagree; give send_timeout_seconds only"
-                )
-            send_timeout_seconds = send_timeout
+        _check_targets(ingest, api, spool_dir, split_parts)
+        send_timeout_seconds = _send_timeout(send_timeout_seconds, send_timeout)
         proto.check_sender_id(sender_id)
         # CurveZMQ (SPEC §9): this sender's key pair and the receiver's public key
         self.keys = ClientKeys.load(

@@ -103,22 +103,7 @@ class ShardedProducer(Producer):
         self._stamp = 0
         root = Path(spool_dir)
         #: one Producer per receiver, by shard name
-        self.links: dict[str, Producer] = {}
-        try:
-            for shard in self.map.shards:
-                self.links[shard.name] = Producer(
-                    shard.ingest,
-                    shard.api,
-                    root / f"{SPOOL_PREFIX}{shard.name}",
-                    sender_id,
-                    max_spool_bytes=self.max_spool_bytes,
-                    metrics=metrics,
-                    **options,
-                )
-        except BaseException:
-            for link in self.links.values():
-                link.close()
-            raise
+        self.links = self._open_links(root, metrics, options)
         first = next(iter(self.links.values()))
         # the same settings in every link; sources read these
         self.send_timeout = first.send_timeout
@@ -127,6 +112,28 @@ class ShardedProducer(Producer):
         self.compression = first.compression
         self.keys = first.keys
         self._warn_orphans(root)
+
+    def _open_links(
+        self, root: Path, metrics: SenderMetrics | None, options: dict[str, Any]
+    ) -> dict[str, Producer]:
+        """A Producer per shard, each with its spool under ``root``; all or none."""
+        links: dict[str, Producer] = {}
+        try:
+            for shard in self.map.shards:
+                links[shard.name] = Producer(
+                    shard.ingest,
+                    shard.api,
+                    root / f"{SPOOL_PREFIX}{shard.name}",
+                    self.sender_id,
+                    max_spool_bytes=self.max_spool_bytes,
+                    metrics=metrics,
+                    **options,
+                )
+        except BaseException:
+            for link in links.values():
+                link.close()
+            raise
+        return links
 
     def _warn_orphans(self, root: Path) -> None:
         for path in sorted(root.glob(SPOOL_PREFIX + "*")):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hidra_ng.errors import InvalidInput
+from hidra_ng.errors import InvalidArgument, NotAnImage
 from hidra_ng.wire.frames import Frame
 
 #: suffix -> (format, media type)
@@ -41,10 +41,6 @@ _BROWSER_DTYPES = {
     "float32",
     "float64",
 }
-
-
-class NotAnImage(InvalidInput):
-    """The frame holds no array (bytes or metadata only), or one a format cannot hold."""
 
 
 def frame_info(frame: Frame) -> dict[str, Any]:
@@ -99,7 +95,7 @@ def encode(frame: Frame, fmt: str) -> tuple[bytes, dict[str, str]]:
         return buf.getvalue(), {}
     if fmt == "png":
         return to_png(frame, data)
-    raise ValueError(f"format {fmt!r} is unknown")
+    raise InvalidArgument(f"format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
 
 
 def to_png(frame: Frame, data: np.ndarray) -> tuple[bytes, dict[str, str]]:

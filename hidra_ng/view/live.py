@@ -26,7 +26,13 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from hidra_ng.errors import HidraError, NotYetAvailable, ReceiverUnavailable
+from hidra_ng.errors import (
+    HidraError,
+    InvalidArgument,
+    InvalidArgumentType,
+    NotYetAvailable,
+    ReceiverUnavailable,
+)
 from hidra_ng.view import images
 from hidra_ng.view.link import LiveFeed, ReceiverLink
 from hidra_ng.wire.frames import Frame
@@ -118,7 +124,7 @@ class Session:
     async def _op_watch(self, req: dict) -> None:
         stream = req["stream"]
         if not isinstance(stream, str):
-            raise TypeError("stream must be a string")
+            raise InvalidArgumentType(f"stream {stream!r} is not a string")
         await self._unwatch()
         try:
             self.feed = self.link.feed(stream)
@@ -138,7 +144,7 @@ class Session:
     async def _op_show(self, req: dict) -> None:
         index = req["index"]
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise ValueError(f"index {index!r} is not an integer >= 0")
+            raise InvalidArgument(f"index {index!r} is not an integer >= 0")
         if not self.stream:
             await self._error("no stream chosen; send watch first")
             return
@@ -154,7 +160,7 @@ class Session:
     async def _op_pixel(self, req: dict) -> None:
         x, y = req["x"], req["y"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (x, y)):
-            raise TypeError("x and y must be integers")
+            raise InvalidArgumentType(f"x {x!r} and y {y!r} must be integers")
         frame = self.shown
         value = None if frame is None else images.value_at(frame, x, y)
         index = None if frame is None else frame.index

@@ -22,15 +22,11 @@ import threading
 import uuid
 from typing import Any
 
-from hidra_ng.errors import HidraError
+from hidra_ng.errors import AnnounceError
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = uuid.UUID("6f1c1b7e-8d3c-5c8e-9a51-3e0f0b6d2a15")
-
-
-class AnnounceError(HidraError):
-    """The broker did not take an announcement."""
 
 
 def message_id(parameters: dict[str, Any]) -> str:

@@ -22,19 +22,11 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from hidra_ng.errors import HidraError, InvalidFrame
+from hidra_ng.errors import DiskFull, InvalidFrame
 
 log = logging.getLogger(__name__)
 
 PART = ".part"
-
-
-class DiskFull(HidraError):
-    """The output filesystem has no space left; the writer waits and retries."""
-
-
-class OutputError(HidraError):
-    """A file cannot be written (permissions, a missing directory, ...)."""
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from hidra_ng.client.export import nexus_groups
-from hidra_ng.errors import Gone, HidraError
+from hidra_ng.errors import Gone, HidraError, WriteRefused
 from hidra_ng.wire.frames import Frame
 from hidra_ng.writer import nxmx
 from hidra_ng.writer.files import PartFile, chunk_bytes, family, filter_options, publish
@@ -30,17 +30,6 @@ from hidra_ng.writer.files import PartFile, chunk_bytes, family, filter_options,
 log = logging.getLogger(__name__)
 
 FORMATS = ("nxmx", "hdf5", "tiff")
-
-
-class WriteRefused(HidraError):
-    """Frames this format cannot write (no start message, a changed shape, ...).
-
-    The stream's writer stops at that index; the frames stay in the receiver.
-    """
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass
@@ -232,9 +221,37 @@ class NxmxFormat(Format):
         return f"{prefix}_{suffix}"
 
     def _image(self, frame: Frame, meta: dict[str, Any]) -> None:
-        s = self.series
+        s = self._series_of(frame, meta)
         image_id = meta.get("image_id")
-        what = f"image {image_id} (index {frame.index}) of stream {frame.stream!r}"
+        nr = image_id + 1 if isinstance(image_id, int) and image_id >= 0 else s.last_image_nr + 1
+        data_file = self.data
+        if data_file is None:
+            data_file = self._open_data_file(frame.stream, s, nr)
+        if family(frame.compression) != family(s.codec):
+            # another codec than the series' first image: the decoded image, re-encoded
+            # by the dataset's filter (only then; images as stored go in unchanged)
+            decoded = self.ctx.fetch(frame.index, decode=True).data
+            assert isinstance(decoded, np.ndarray)
+            data_file.data[data_file.count] = decoded
+            data_file.count += 1
+            data_file.indices.append(frame.index)
+            data_file.image_ids.append(nr - 1)
+        else:
+            assert isinstance(frame.data, bytes)
+            data_file.add(frame.data, frame.index, nr - 1)
+        s.images += 1
+        s.last_image_nr = nr
+        if s.first_image_nr is None:
+            s.first_image_nr = nr
+        s.end_time = nxmx.observed_end_time(meta) or s.end_time
+        if data_file.count >= self.ctx.options.frames_per_file:
+            self._complete_data(frame.index + 1)
+
+    def _series_of(self, frame: Frame, meta: dict[str, Any]) -> OpenSeries:
+        """The open series ``frame`` belongs to (its image kind set by its first image),
+        or WriteRefused."""
+        s = self.series
+        what = f"image {meta.get('image_id')} (index {frame.index}) of stream {frame.stream!r}"
         if s is None:
             raise WriteRefused(
                 f"{what} has no start message before it; nxmx needs the series' start message"
@@ -259,40 +276,22 @@ class NxmxFormat(Format):
                 f" started with {s.dtype} {s.shape}; one series holds one kind of image",
                 "shape_changed",
             )
-        nr = image_id + 1 if isinstance(image_id, int) and image_id >= 0 else s.last_image_nr + 1
-        if self.data is None:
-            number = len(s.files) + 1
-            name = f"{s.prefix}_data_{number:06d}.h5"
-            self.data = nxmx.DataFile(
-                self.ctx.directory / name,
-                frame.stream,
-                s.meta.get("series_unique_id"),
-                self.ctx.options.frames_per_file,
-                s.dtype,
-                s.shape,
-                s.codec,
-            )
-            self.data_low = nr
-        data = frame.data
-        if family(frame.compression) != family(s.codec):
-            # another codec than the series' first image: the decoded image, re-encoded
-            # by the dataset's filter (only then; images as stored go in unchanged)
-            decoded = self.ctx.fetch(frame.index, decode=True).data
-            assert isinstance(decoded, np.ndarray)
-            self.data.data[self.data.count] = decoded
-            self.data.count += 1
-            self.data.indices.append(frame.index)
-            self.data.image_ids.append(nr - 1)
-        else:
-            assert isinstance(data, bytes)
-            self.data.add(data, frame.index, nr - 1)
-        s.images += 1
-        s.last_image_nr = nr
-        if s.first_image_nr is None:
-            s.first_image_nr = nr
-        s.end_time = nxmx.observed_end_time(meta) or s.end_time
-        if self.data.count >= self.ctx.options.frames_per_file:
-            self._complete_data(frame.index + 1)
+        return s
+
+    def _open_data_file(self, stream: str, s: OpenSeries, nr: int) -> nxmx.DataFile:
+        """The series' next data file, its first image numbered ``nr``."""
+        name = f"{s.prefix}_data_{len(s.files) + 1:06d}.h5"
+        self.data = nxmx.DataFile(
+            self.ctx.directory / name,
+            stream,
+            s.meta.get("series_unique_id"),
+            self.ctx.options.frames_per_file,
+            s.dtype,
+            s.shape,
+            s.codec,
+        )
+        self.data_low = nr
+        return self.data
 
     def _complete_data(self, next_index: int) -> None:
         s, df = self.series, self.data

@@ -327,36 +327,69 @@ def _instrument(entry: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
     _detector(det, info, frame_time)
 
 
-def _detector(det: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
-    s = info.start
-    if len(info.image_shape) >= 2:
-        height, width = info.image_shape[-2:]
-    else:  # a series without images: the size the start message announced
-        height, width = int(s.get("image_size_y") or 0), int(s.get("image_size_x") or 0)
-    px = number(s, "pixel_size_x") or 0.0
-    py = number(s, "pixel_size_y") or px
-    bcx = number(s, "beam_center_x") or 0.0
-    bcy = number(s, "beam_center_y") or 0.0
-    translation = s.get("detector_translation")
-    if isinstance(translation, list) and len(translation) == 3:
-        vector = [float(v) for v in translation]
-    else:
-        vector = [0.0, 0.0, 0.0]
-    distance = vector[2]
+@dataclass(frozen=True)
+class _Geometry:
+    """The detector's size (pixels) and placement (metres, pixels) from the start message."""
 
+    height: int
+    width: int
+    px: float  # pixel size, x and y
+    py: float
+    bcx: float  # beam centre, pixels
+    bcy: float
+    translation: list[float]  # detector_translation; [2] is the distance
+
+    @classmethod
+    def of(cls, info: SeriesInfo) -> _Geometry:
+        s = info.start
+        if len(info.image_shape) >= 2:
+            height, width = info.image_shape[-2:]
+        else:  # a series without images: the size the start message announced
+            height, width = int(s.get("image_size_y") or 0), int(s.get("image_size_x") or 0)
+        px = number(s, "pixel_size_x") or 0.0
+        translation = s.get("detector_translation")
+        if isinstance(translation, list) and len(translation) == 3:
+            vector = [float(v) for v in translation]
+        else:
+            vector = [0.0, 0.0, 0.0]
+        return cls(
+            height=height,
+            width=width,
+            px=px,
+            py=number(s, "pixel_size_y") or px,
+            bcx=number(s, "beam_center_x") or 0.0,
+            bcy=number(s, "beam_center_y") or 0.0,
+            translation=vector,
+        )
+
+
+def _detector(det: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
+    g = _Geometry.of(info)
+    _detector_description(det, info.start, g)
+    _detector_readout(det, info, frame_time)
+    _detector_transformations(det, g)
+    _detector_specific(det, info, g)
+
+
+def _detector_description(det: h5py.Group, s: dict[str, Any], g: _Geometry) -> None:
     _text(det, "depends_on", "/entry/instrument/detector/transformations/translation")
     _text(det, "description", str(s.get("detector_description") or "DECTRIS detector"))
     _text(det, "serial_number", str(s.get("detector_serial_number") or ""))
     _text(det, "type", "HPC")
     _text(det, "sensor_material", str(s.get("sensor_material") or "unknown"))
     _value(det, "sensor_thickness", number(s, "sensor_thickness") or 0.0, "m")
-    _value(det, "x_pixel_size", px, "m")
-    _value(det, "y_pixel_size", py, "m")
-    _value(det, "beam_center_x", bcx, "pixel")
-    _value(det, "beam_center_y", bcy, "pixel")
-    _value(det, "distance", distance, "m")
+    _value(det, "x_pixel_size", g.px, "m")
+    _value(det, "y_pixel_size", g.py, "m")
+    _value(det, "beam_center_x", g.bcx, "pixel")
+    _value(det, "beam_center_y", g.bcy, "pixel")
+    _value(det, "distance", g.translation[2], "m")
     _value(det, "distance_derived", False)
     _value(det, "beam_center_derived", False)
+
+
+def _detector_readout(det: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
+    """Times, bit depths, corrections applied, threshold energy, the mask and flatfield."""
+    s = info.start
     if number(s, "count_time") is not None:
         _value(det, "count_time", number(s, "count_time"), "s")
     _value(det, "frame_time", frame_time, "s")
@@ -387,11 +420,15 @@ def _detector(det: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
         if table is not None:
             det.create_dataset(name, data=table, chunks=True, compression="gzip")
 
+
+def _detector_transformations(det: h5py.Group, g: _Geometry) -> None:
+    """The distance as a translation, the module with its offset and pixel directions."""
+    vector = g.translation
     transformations = _nxgroup(det, "transformations", "NXtransformations")
     _value(
         transformations,
         "translation",
-        distance,
+        vector[2],
         "m",
         transformation_type="translation",
         vector=_vec([0, 0, 1]),
@@ -400,7 +437,7 @@ def _detector(det: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
     )
     module = _nxgroup(det, "module", "NXdetector_module")
     _value(module, "data_origin", np.asarray([0, 0], "<i4"))
-    _value(module, "data_size", np.asarray([height, width], "<i4"))
+    _value(module, "data_size", np.asarray([g.height, g.width], "<i4"))
     _value(module, "data_stride", np.asarray([1, 1], "<i4"))
     module_path = "/entry/instrument/detector/module"
     _value(
@@ -410,12 +447,12 @@ def _detector(det: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
         "m",
         transformation_type="translation",
         vector=_vec([1, 0, 0]),
-        offset=_vec([bcx * px, bcy * py, 0.0]),
+        offset=_vec([g.bcx * g.px, g.bcy * g.py, 0.0]),
         depends_on="/entry/instrument/detector/transformations/translation",
     )
     for name, size, axis in (
-        ("fast_pixel_direction", px, [-1, 0, 0]),
-        ("slow_pixel_direction", py, [0, -1, 0]),
+        ("fast_pixel_direction", g.px, [-1, 0, 0]),
+        ("slow_pixel_direction", g.py, [0, -1, 0]),
     ):
         _value(
             module,
@@ -428,11 +465,15 @@ def _detector(det: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
             depends_on=f"{module_path}/module_offset",
         )
 
+
+def _detector_specific(det: h5py.Group, info: SeriesInfo, g: _Geometry) -> None:
+    """``detectorSpecific``: the start message as sent and its main numbers."""
+    s = info.start
     specific = _nxgroup(det, "detectorSpecific", "NXcollection")
     _value(specific, "nimages", np.int64(info.images))
     _value(specific, "ntrigger", np.int64(1))
-    _value(specific, "x_pixels_in_detector", np.int32(width))
-    _value(specific, "y_pixels_in_detector", np.int32(height))
+    _value(specific, "x_pixels_in_detector", np.int32(g.width))
+    _value(specific, "y_pixels_in_detector", np.int32(g.height))
     _text(specific, "start_message", json.dumps(s, sort_keys=True))
     for key in ("series_id", "number_of_images", "image_size_x", "image_size_y"):
         if isinstance(s.get(key), int):
@@ -440,8 +481,8 @@ def _detector(det: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
     for key in ("series_unique_id", "arm_date"):
         if isinstance(s.get(key), str):
             _text(specific, key, s[key])
-    if isinstance(channel, str):
-        _text(specific, "channel", channel)
+    if isinstance(info.channel, str):
+        _text(specific, "channel", info.channel)
 
 
 def goniometer_axes(start: dict[str, Any]) -> dict[str, tuple[float, float]]:

@@ -19,7 +19,6 @@ import pytest
 from hidra_ng import Consumer, Producer, SpoolFull
 from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.sender.spool import Spool
-from hidra_ng.testing import free_port
 from tests.helpers import digest, wait_for
 
 pytestmark = pytest.mark.slow
@@ -94,10 +93,8 @@ def test_receiver_with_a_full_disk_stops_acking_serves_reads_and_resumes(
 
 
 def test_spool_on_a_full_disk_raises_spool_full_and_keeps_what_it_took(
-    tmp_path, receiver_config, record_property
+    tmp_path, receiver_config, record_property, absent_endpoints
 ):
-    ports = {name: free_port() for name in ("ingest", "api", "publish")}
-    endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
     spool_dir = tmp_path / "small" / "spool"
     sent = payloads(40, seed=2)
     taken = 0
@@ -105,7 +102,7 @@ def test_spool_on_a_full_disk_raises_spool_full_and_keeps_what_it_took(
         record_property("filesystem", "tmpfs 24 MiB" if mounted else "capped LMDB map")
         print("spool disk full simulated with", "a tmpfs" if mounted else "a capped LMDB map")
         # no receiver yet: everything stays in the spool
-        p = Producer(endpoints["ingest"], endpoints["api"], spool_dir, "spooly", send_timeout=1.0)
+        p = Producer(*absent_endpoints, spool_dir, "spooly", send_timeout=1.0)
         if not mounted:
             p._spool.env.max_map_bytes = p._spool.env.map_bytes
         try:
@@ -121,13 +118,12 @@ def test_spool_on_a_full_disk_raises_spool_full_and_keeps_what_it_took(
             assert spool.count == taken  # nothing half-written, nothing lost
         finally:
             spool.close()
-        config = msgspec.structs.replace(
-            receiver_config, **{name: endpoints[name] for name in ("ingest", "api", "publish")}
-        )
+        ingest, api = absent_endpoints  # the receiver comes up there now
+        config = msgspec.structs.replace(receiver_config, ingest=ingest, api=api)
         with (
             Receiver(config) as rx,
-            Producer(endpoints["ingest"], endpoints["api"], spool_dir, "spooly") as p,
-            Consumer(endpoints["api"]) as c,
+            Producer(ingest, api, spool_dir, "spooly") as p,
+            Consumer(api) as c,
         ):
             p.flush(60)
             assert [digest(f.data) for f in c.replay("s")] == [digest(d) for d in sent[:taken]]

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hidra_ng import Consumer, Producer
 from hidra_ng.errors import HidraError
-from hidra_ng.testing import ReceiverProcess, free_port
+from hidra_ng.testing import ReceiverProcess
 from hidra_ng.wire import protocol as proto
 from tests.helpers import digest, wait_for
 
@@ -181,10 +181,9 @@ def send_until_dropped(endpoint: str, parts: list[bytes], timeout: float = 30.0)
 @pytest.mark.parametrize("socket_name", ["ingest", "api"])
 def test_garbage_on_a_socket_is_refused_counted_and_harmless(tmp_path, socket_name):
     rng = random.Random(RNG_SEED)
-    port = free_port()
-    rx = ReceiverProcess(tmp_path / "store")
-    rx.extra = ["--metrics-port", str(port)]
+    rx = ReceiverProcess(tmp_path / "store", "--metrics-port", "-1")  # any port
     rx.start()
+    port = rx.metrics_port
     try:
         proc = psutil.Process(rx.proc.pid)
         if socket_name == "ingest":

@@ -227,11 +227,12 @@ def test_bad_input_is_one_sentence_and_exit_2(args, named, tmp_path) -> None:
 
 
 def test_unreachable_broker_waits_and_says_so_then_sigterm_exits_0(receiver, tmp_path) -> None:
-    from hidra_ng.testing import free_port
+    from hidra_ng.testing import reserve_port
     from tests.bridge_helpers import BridgeProcess
     from tests.ops_helpers import try_scrape
 
-    uri = f"rabbitmq-stream://guest:secret@127.0.0.1:{free_port()}/%2F"
+    nowhere = reserve_port()  # held, never listening: each connection is refused
+    uri = f"rabbitmq-stream://guest:secret@127.0.0.1:{nowhere.port}/%2F"
     bridge = BridgeProcess(receiver.endpoints["api"], uri, tmp_path / "b").start()
     try:
         wait_for(lambda: "cannot be reached" in bridge.read_log(), timeout=60, what="the log")
@@ -243,6 +244,7 @@ def test_unreachable_broker_waits_and_says_so_then_sigterm_exits_0(receiver, tmp
         assert bridge.terminate() == 0
     finally:
         bridge.kill()
+        nowhere.release()
 
 
 def test_metrics_of_a_bridge_process(rabbitmq, receiver, make_producer, tmp_path) -> None:

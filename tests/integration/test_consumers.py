@@ -15,7 +15,7 @@ import psutil
 import pytest
 import zmq
 
-from hidra_ng import Consumer, Gone, Producer, StreamFinished, Subscriber
+from hidra_ng import Consumer, Frame, Gone, Producer, StreamFinished, Subscriber
 from hidra_ng.receiver.daemon import Receiver
 from hidra_ng.wire import protocol as proto
 from tests.helpers import digest, wait_for
@@ -266,18 +266,27 @@ def test_a_subscriber_that_never_reads_costs_bounded_memory(receiver_process, tm
             peak.append(proc.memory_info().rss)
 
     sampler = threading.Thread(target=sample)
-    with Subscriber(rx.publish, ["flood"], api=rx.api):  # joins, then never reads
-        time.sleep(0.3)  # let the subscription reach the receiver
+    probes: list[int] = []
+
+    def probe_arrived(sub: Subscriber, p: Producer) -> Frame | None:
+        probes.append(p.send("flood", b"probe"))
+        return sub.receive(0.05)
+
+    with (
+        Subscriber(rx.publish, ["flood"], api=rx.api) as sub,  # reads the probe, then never
+        Producer(rx.ingest, rx.api, tmp_path / "spool", "flood", spool_sync="batch") as p,
+    ):
+        # the receiver publishes a stream once it knows a subscriber of it
+        wait_for(lambda: probe_arrived(sub, p), what="the subscription to take effect")
         start_rss = proc.memory_info().rss
         sampler.start()
-        with Producer(rx.ingest, rx.api, tmp_path / "spool", "flood", spool_sync="batch") as p:
-            for _ in range(total // frame.nbytes):
-                p.send("flood", frame)
-            p.flush(120)
+        for _ in range(total // frame.nbytes):
+            p.send("flood", frame)
+        p.flush(120)
         stop.set()
         sampler.join()
     with Consumer(rx.api) as c:
-        assert c.info("flood").count == total // frame.nbytes
+        assert c.info("flood").count == len(probes) + total // frame.nbytes
     growth = max(peak) - start_rss
     assert growth < 600 << 20, f"receiver RSS grew by {growth >> 20} MiB"
 

@@ -7,9 +7,10 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from hidra_ng.testing import ReceiverProcess, free_port
+from hidra_ng.testing import ReceiverProcess
 from tests.debian import require_debian
 from tests.helpers import wait_for
 from tests.ops_helpers import DaemonProcess, scrape, sender_args, try_scrape
@@ -70,14 +71,21 @@ def value(samples: dict, name: str, **labels: str) -> float:
 @pytest.fixture
 def transfer(tmp_path: Path):
     """A receiver and a sender daemon with metrics, after the whole transfer is acked."""
-    rx_port, tx_port = free_port(), free_port()
-    receiver = ReceiverProcess(tmp_path / "store", "--metrics-port", str(rx_port))
+    receiver = ReceiverProcess(tmp_path / "store", "--metrics-port", "-1")  # any free port
     receiver.start()
+    rx_port = receiver.metrics_port
+    ready = tmp_path / "sender-ready.json"
     args = sender_args(
-        receiver.ingest, receiver.api, tmp_path / "spool", SOURCES, metrics_port=tx_port
+        receiver.ingest,
+        receiver.api,
+        tmp_path / "spool",
+        SOURCES,
+        metrics_port=-1,
+        extra=("--ready-file", str(ready)),
     )
     sender = DaemonProcess(args, tmp_path / "sender.log").start()
     try:
+        tx_port = sender.ready(ready)["metrics_port"]
 
         def done() -> dict | None:
             s = try_scrape(tx_port)
@@ -101,18 +109,82 @@ def metrics_text(port: int) -> bytes:
         return reply.read()
 
 
+def promtool_check(name: str, port: int) -> None:
+    """Prometheus's own checker (Debian package prometheus) on a daemon's exposition,
+    which has the process collectors too."""
+    require_debian(["prometheus"], ["promtool"])
+    text = metrics_text(port)
+    assert b"process_resident_memory_bytes " in text and b"process_open_fds " in text
+    done = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    problems = (done.stdout + done.stderr).decode()
+    assert done.returncode == 0, f"promtool on the {name}'s /metrics: {problems}"
+
+
 def test_promtool_accepts_both_daemons_metrics(transfer) -> None:
-    """Prometheus's own checker (Debian package prometheus) on both expositions."""
     require_debian(["prometheus"], ["promtool"])
     _, rx_port, _, tx_port = transfer
     for name, port in (("receiver", rx_port), ("sender", tx_port)):
-        text = metrics_text(port)
-        assert b"process_resident_memory_bytes " in text and b"process_open_fds " in text
-        done = subprocess.run(
-            ["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60
+        promtool_check(name, port)
+
+
+def test_promtool_accepts_the_writers_metrics(receiver, make_producer, tmp_path: Path) -> None:
+    """``hidra-ng write`` on any free metrics port, read from its ready file."""
+    require_debian(["prometheus"], ["promtool"])
+    stream = "metrics/written"
+    producer = make_producer()
+    for k in range(4):
+        producer.send(stream, np.full((8, 8), k, np.uint16))
+    producer.finish(stream)
+    producer.flush(timeout=30)
+    ready = tmp_path / "writer-ready.json"
+    args = ["write", "--api", receiver.endpoints["api"], "--dir", str(tmp_path / "out"),
+            "--format", "hdf5", "--metrics-port", "-1", "--ready-file", str(ready)]  # fmt: skip
+    with DaemonProcess(args, tmp_path / "writer.log") as writer:
+        port = writer.ready(ready)["metrics_port"]
+        wait_for(
+            lambda: (
+                (try_scrape(port) or {}).get(
+                    ("hidra_ng_writer_frames_total", (("stream", stream),))
+                )
+                == 4
+            ),
+            timeout=60,
+            what="the 4 frames in a complete file",
         )
-        problems = (done.stdout + done.stderr).decode()
-        assert done.returncode == 0, f"promtool on the {name}'s /metrics: {problems}"
+        promtool_check("writer", port)
+        assert writer.terminate() == 0, writer.read_log()
+
+
+def test_promtool_accepts_the_bridges_metrics(rabbitmq, receiver, make_producer, tmp_path) -> None:
+    """``hidra-ng bridge`` on any free metrics port, read from its ready file."""
+    from tests.bridge_helpers import BridgeProcess
+
+    require_debian(["prometheus"], ["promtool"])
+    stream = "metrics/bridged"
+    producer = make_producer()
+    for k in range(5):
+        producer.send(stream, bytes([k]) * 100)
+    producer.flush(timeout=30)
+    api = receiver.endpoints["api"]
+    bridge = BridgeProcess(api, rabbitmq.stream_uri, tmp_path / "b", "--prefix", "t-promtool")
+    bridge.start()
+    try:
+        wait_for(
+            lambda: (
+                (try_scrape(bridge.metrics_port) or {}).get(
+                    ("hidra_ng_bridge_published_total", (("stream", stream),))
+                )
+                == 5
+            ),
+            timeout=60,
+            what="5 frames published",
+        )
+        promtool_check("bridge", bridge.metrics_port)
+        assert bridge.terminate() == 0, bridge.read_log()[-3000:]
+    finally:
+        bridge.kill()
 
 
 def test_metrics_match_the_transfer(transfer) -> None:

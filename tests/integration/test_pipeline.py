@@ -30,7 +30,7 @@ from hidra_ng import (
 )
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.receiver.daemon import Receiver
-from hidra_ng.testing import ReceiverProcess, free_port
+from hidra_ng.testing import ReceiverProcess
 from hidra_ng.wire import protocol as proto
 from tests.helpers import wait_for
 
@@ -323,15 +323,10 @@ def test_spool_of_another_sender_is_refused(tmp_path: Path, receiver: Receiver) 
         assert producer.send("owned/stream", b"still mine") == 1
 
 
-def absent_endpoints() -> tuple[str, str]:
-    """Loopback endpoints where no receiver listens (yet)."""
-    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-
-
 def test_full_spool_raises_spool_full_and_keeps_what_it_has(
-    tmp_path: Path, receiver_config: ReceiverConfig
+    tmp_path: Path, receiver_config: ReceiverConfig, absent_endpoints: tuple[str, str]
 ) -> None:
-    ingest, api = absent_endpoints()
+    ingest, api = absent_endpoints
     spool_dir = tmp_path / "spool"
     stream = "full/spool"
     chunk = bytes(range(256)) * (2 * KiB)  # 512 KiB
@@ -363,8 +358,10 @@ def test_full_spool_raises_spool_full_and_keeps_what_it_has(
     assert data == [chunk, chunk[::-1], bytes(KiB)]
 
 
-def test_metadata_counts_against_the_spool_limit(tmp_path: Path) -> None:
-    ingest, api = absent_endpoints()
+def test_metadata_counts_against_the_spool_limit(
+    tmp_path: Path, absent_endpoints: tuple[str, str]
+) -> None:
+    ingest, api = absent_endpoints
     meta = {"notes": "n" * 20_000}  # metadata-only messages of about 20 kB each
     with Producer(
         ingest, api, tmp_path / "spool", "chatty", max_spool_bytes=64 * KiB, send_timeout=0.2
@@ -391,9 +388,9 @@ def count_spool_commits(producer: Producer, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_send_many_is_one_commit_all_or_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, absent_endpoints: tuple[str, str]
 ) -> None:
-    ingest, api = absent_endpoints()  # no acks, so nothing but send_many writes the spool
+    ingest, api = absent_endpoints  # no acks, so nothing but send_many writes the spool
     stream = "batch/commit"
     with Producer(ingest, api, tmp_path / "spool", "batcher") as producer:
         commits = count_spool_commits(producer, monkeypatch)
@@ -432,8 +429,10 @@ def test_spool_sync_batch_delivers_everything(tmp_path: Path, receiver: Receiver
     assert [f.meta["k"] for f in frames] == list(range(200))
 
 
-def test_spool_sync_batch_keeps_unsent_messages_across_close(tmp_path: Path) -> None:
-    ingest, api = absent_endpoints()
+def test_spool_sync_batch_keeps_unsent_messages_across_close(
+    tmp_path: Path, absent_endpoints: tuple[str, str]
+) -> None:
+    ingest, api = absent_endpoints
     spool_dir = tmp_path / "spool"
     with Producer(ingest, api, spool_dir, "batchy", spool_sync="batch") as producer:
         assert producer.send_many("sync/kept", [(b"%d" % k, None) for k in range(5)]) == [

@@ -8,15 +8,14 @@ from hidra_ng.config import SenderConfig
 from hidra_ng.sender.daemon import SenderDaemon
 from hidra_ng.sender.sources import parse
 from hidra_ng.sender.spool import Spool
-from hidra_ng.testing import free_port
 from tests.helpers import wait_for
 
 
-def test_stop_does_not_wait_for_the_send_timeout(tmp_path):
-    nowhere = f"tcp://127.0.0.1:{free_port()}"  # no receiver: the spool only fills
+def test_stop_does_not_wait_for_the_send_timeout(tmp_path, absent_endpoints):
+    ingest, api = absent_endpoints  # no receiver: the spool only fills
     config = SenderConfig(
-        ingest=nowhere,
-        api=nowhere.replace(nowhere.rsplit(":", 1)[1], str(free_port())),
+        ingest=ingest,
+        api=api,
         spool_dir=str(tmp_path / "spool"),
         sender_id="stopper",
         max_spool_bytes=1 << 20,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hidra_ng import Consumer
-from hidra_ng.testing import ReceiverProcess, free_port
+from hidra_ng.testing import ReceiverProcess
 from tests.helpers import wait_for
 from tests.ops_helpers import DaemonProcess, NotifySocket, clean_env, sender_args
 
@@ -61,11 +61,11 @@ def check_stop(notify: NotifySocket, daemon: DaemonProcess) -> None:
 
 
 def test_receiver_notifies_ready_watchdog_status_stopping(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("ingest", "api", "publish")}
-    api = f"tcp://127.0.0.1:{ports['api']}"
+    ready = tmp_path / "receiver-ready.json"
     args = ["receiver", "--data-dir", str(tmp_path / "store"), "--metrics-port", "0"]
-    for name, port in ports.items():
-        args += [f"--{name}", f"tcp://127.0.0.1:{port}"]
+    for name in ("ingest", "api", "publish"):
+        args += [f"--{name}", "tcp://127.0.0.1:*"]
+    args += ["--ready-file", str(ready)]
     with NotifySocket(f"@hidra-ng-test-{secrets.token_hex(6)}") as notify:
         env = clean_env(NOTIFY_SOCKET=notify.address, WATCHDOG_USEC=str(WATCHDOG_USEC))
         with DaemonProcess(args, tmp_path / "receiver.log", env) as daemon:
@@ -76,7 +76,7 @@ def test_receiver_notifies_ready_watchdog_status_stopping(tmp_path: Path) -> Non
             )
             assert daemon.running(), daemon.read_log()
             # READY means the sockets are bound and the store is open: the api answers
-            with Consumer(api) as consumer:
+            with Consumer(daemon.ready(ready)["api"]) as consumer:
                 consumer.ping(timeout=5.0)
             first = notify.messages()[0]
             assert first["READY"] == "1"
@@ -128,13 +128,14 @@ MDWE_TRANSFER = textwrap.dedent(
     import numpy as np
     from hidra_ng import Consumer, Producer
     from hidra_ng.config import ReceiverConfig
-    from hidra_ng.testing import free_port
+    from hidra_ng.metrics import served_port
     from hidra_ng.receiver.daemon import Receiver
 
     d = tempfile.mkdtemp()
     ep = "tcp://127.0.0.1:*"
     rx = Receiver(ReceiverConfig(data_dir=d + "/store", ingest=ep, api=ep, publish=ep,
-                                 metrics_port=free_port(), initial_map_bytes=64 << 20))
+                                 metrics_port=-1, initial_map_bytes=64 << 20))
+    assert served_port(rx.metrics.registry) > 0
     rx.start()
     frames = [np.arange(4096, dtype=np.uint16).reshape(64, 64) + i for i in range(5)]
     try:

@@ -11,7 +11,6 @@ import pytest
 
 from hidra_ng import Consumer, NotYetAvailable, Producer, StreamFinished, Subscriber
 from hidra_ng.shards import load_shard_map, part_name
-from hidra_ng.testing import free_port
 from tests.helpers import wait_for
 from tests.ops_helpers import DaemonProcess, clean_env, scrape
 from tests.shard_helpers import in_process_receivers, write_shard_map
@@ -167,7 +166,7 @@ def test_sender_daemon_with_shards_reports_each_receiver_up(tmp_path: Path, thre
     ready = tmp_path / "sender-ready.json"
     args = [
         "sender", "--shards", str(shards), "--spool-dir", str(tmp_path / "spool"),
-        "--sender-id", "daemon", "--metrics-port", str(free_port()), "--ready-file", str(ready),
+        "--sender-id", "daemon", "--metrics-port", "-1", "--ready-file", str(ready),
         "--split-parts", "3", "--split-block-images", "4", "--split-streams", "c/**",
         "--source", "simulate:?shape=8x8&dtype=uint16&rate=0&count=20&stream=a/sim",
         "--source", "simulate:?shape=8x8&dtype=uint16&rate=0&count=20&stream=c/sim",

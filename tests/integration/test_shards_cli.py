@@ -14,7 +14,7 @@ import pytest
 from hidra_ng import Consumer, Producer
 from hidra_ng.cli import main
 from hidra_ng.config import ViewConfig, WriterConfig
-from hidra_ng.testing import free_port
+from hidra_ng.testing import reserve_port
 from hidra_ng.view import ViewServer
 from hidra_ng.writer.daemon import WriterDaemon
 from tests.helpers import wait_for
@@ -224,7 +224,8 @@ def test_writer_with_shards_goes_on_with_the_receivers_that_answer(
 ) -> None:
     """A receiver that does not answer (nothing listens at its api) delays only its streams."""
     send(shards, tmp_path, {"b/y": 6, "c/w": 4})
-    text = shards.read_text().replace(two["r0"].endpoints["api"], f"tcp://127.0.0.1:{free_port()}")
+    nobody = reserve_port()  # held, never listening: connections to it are refused
+    text = shards.read_text().replace(two["r0"].endpoints["api"], nobody.endpoint)
     away = tmp_path / "r0-away.toml"
     away.write_text(text)
     out = tmp_path / "out"
@@ -249,5 +250,6 @@ def test_writer_with_shards_goes_on_with_the_receivers_that_answer(
         wait_for(lambda: up("r0") == 0.0 and up("r1") == 1.0, what="receiver_up per receiver")
     finally:
         daemon.stop()
+        nobody.release()
     for stream, n in {"b/y": 6, "c/w": 4}.items():
         assert sorted(k for _, k in read_hdf5(out.joinpath(*stream.split("/")))) == list(range(n))

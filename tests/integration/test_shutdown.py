@@ -18,7 +18,7 @@ import pytest
 from hidra_ng import Consumer, Producer
 from hidra_ng.receiver.store import Store
 from hidra_ng.sender.spool import Spool
-from hidra_ng.testing import ReceiverProcess, free_port
+from hidra_ng.testing import ReceiverProcess
 from tests.helpers import digest, wait_for
 from tests.ops_helpers import DaemonProcess, sender_args, try_scrape
 
@@ -123,19 +123,21 @@ _COUNT = struct.Struct(">Q")  # the simulate source's checkpoint: frames spooled
 
 
 def test_sigterm_sender_keeps_its_spool_and_resumes_exactly(tmp_path: Path) -> None:
-    # No receiver yet: every frame stays spooled (its ports chosen now, for the sender).
+    # No receiver yet: every frame stays spooled (its ports reserved now, for the sender).
     receiver = ReceiverProcess(tmp_path / "store", choose_ports=True)
-    metrics_port = free_port()
     spool_dir = tmp_path / "spool"
+    ready = tmp_path / "sender1-ready.json"
     args = sender_args(
         receiver.ingest,
         receiver.api,
         spool_dir,
         [SIM_SOURCE],
         sender_id=SENDER_ID,
-        metrics_port=metrics_port,
+        metrics_port=-1,
+        extra=("--ready-file", str(ready)),
     )
     with DaemonProcess(args, tmp_path / "sender1.log") as daemon:
+        metrics_port = daemon.ready(ready)["metrics_port"]
 
         def spooled() -> float:
             samples = try_scrape(metrics_port) or {}

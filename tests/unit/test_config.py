@@ -516,3 +516,16 @@ def test_allow_ips_is_a_list_and_still_reads_a_comma_string(tmp_path: Path) -> N
         "environment variable HIDRA_NG_RECEIVER_ALLOW_IPS='10.0.0.0/8, nowhere': expected IP"
         " addresses or networks like 10.0.0.0/8; 'nowhere' is neither"
     )
+
+
+@pytest.mark.parametrize("section", ["receiver", "sender", "writer", "bridge"])
+def test_metrics_port_minus_one_asks_for_any_free_port(section: str) -> None:
+    """-1 (metrics.ANY_PORT) is the one value below 0: any free port, read back later."""
+    from hidra_ng.metrics import ANY_PORT
+
+    assert cfg.load(section, flags={"metrics_port": ANY_PORT}, environ={}).metrics_port == -1
+    with pytest.raises(ConfigError) as bad:
+        cfg.load(section, flags={"metrics_port": -2}, environ={})
+    assert str(bad.value) == (
+        "--metrics-port -2: expected a port number from 0 (off) to 65535, or -1 (any free port)"
+    )

@@ -3,6 +3,8 @@ methods raise HidraError subclasses for bad arguments; zmq errors are wrapped.""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 
 import pytest
@@ -38,6 +40,70 @@ def test_errors_that_lived_elsewhere_are_in_the_tree() -> None:
     assert issubclass(QueryError, errors.InvalidInput)
     assert issubclass(StreamV2Error, errors.InvalidInput) and issubclass(StreamV2Error, ValueError)
     assert issubclass(errors.FieldError, errors.ConfigError)
+
+
+def every_module() -> list[str]:
+    """Every module of hidra_ng but ``__main__`` (which runs the command line)."""
+    import hidra_ng
+
+    found = ["hidra_ng"]
+    for info in pkgutil.walk_packages(hidra_ng.__path__, "hidra_ng."):
+        if not info.name.endswith(".__main__"):
+            found.append(info.name)
+    return found
+
+
+def test_every_exception_class_is_defined_in_errors() -> None:
+    """Modules import their errors from hidra_ng.errors; private ones (``_Name``, never
+    raised to a user) are the only exceptions."""
+    elsewhere = []
+    for name in every_module():
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__ == name
+                and name != "hidra_ng.errors"
+                and not attr.startswith("_")
+            ):
+                elsewhere.append(f"{name}.{attr}")
+    assert not elsewhere, f"define these in hidra_ng/errors.py: {elsewhere}"
+
+
+def test_errors_of_the_sources_bridge_and_writer_are_in_the_tree() -> None:
+    from hidra_ng.bridge.broker import BrokerError
+    from hidra_ng.bridge.lease import LeaseHeld
+    from hidra_ng.sender.sources.dectris1 import StreamV1Error
+    from hidra_ng.sender.sources.zmq_push import PushRefused
+    from hidra_ng.writer.announce import AnnounceError
+    from hidra_ng.writer.files import DiskFull
+    from hidra_ng.writer.formats import WriteRefused
+
+    assert issubclass(StreamV1Error, errors.InvalidInput) and issubclass(StreamV1Error, ValueError)
+    assert issubclass(PushRefused, errors.InvalidInput) and issubclass(PushRefused, ValueError)
+    assert PushRefused("size", "too big").reason == "size"
+    assert WriteRefused("no start", "no_start").reason == "no_start"
+    assert issubclass(WriteRefused, errors.InvalidInput)
+    assert issubclass(BrokerError, errors.Unavailable)
+    assert issubclass(AnnounceError, errors.Unavailable)
+    assert DiskFull is errors.DiskFull  # one class for a full disk, the writer's too
+    held = LeaseHeld("pid 7 on host h", {"pid": 7})
+    assert isinstance(held, errors.ConfigError) and held.holder == {"pid": 7}
+
+
+def test_bad_arguments_to_the_views_encoder_raise_hidra_errors() -> None:
+    import numpy as np
+
+    from hidra_ng.view import images
+    from hidra_ng.wire.frames import Frame
+
+    frame = Frame(
+        stream="s", index=0, data=np.zeros((2, 2), np.uint8), meta={}, sender="x", seq=0,
+        created=0.0, stored=0.0,
+    )  # fmt: skip
+    with pytest.raises(InvalidArgument, match="format 'gif' is unknown; expected one of"):
+        images.encode(frame, "gif")
 
 
 def test_bad_arguments_to_client_methods_raise_hidra_errors() -> None:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from hidra_ng.metrics import MAX_STREAM_LABELS, ReceiverMetrics
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from hidra_ng.metrics import (
+    MAX_STREAM_LABELS,
+    BridgeMetrics,
+    ReceiverMetrics,
+    StreamSeries,
+    WriterMetrics,
+)
 
 
 def series(m: ReceiverMetrics, stream: str) -> float | None:
@@ -45,9 +54,64 @@ def test_a_stream_emptied_by_retention_loses_its_series() -> None:
     assert series(m, "a") == 1
 
 
-def test_process_collectors_are_served_by_both_registries() -> None:
-    from hidra_ng.metrics import SenderMetrics
+def test_process_collectors_are_served_by_every_daemons_registry() -> None:
+    from hidra_ng.metrics import BridgeMetrics, SenderMetrics, WriterMetrics
 
-    for m in (ReceiverMetrics(), SenderMetrics()):
+    for m in (ReceiverMetrics(), SenderMetrics(), BridgeMetrics(), WriterMetrics()):
         assert m.registry.get_sample_value("process_resident_memory_bytes") > 0
         assert m.registry.get_sample_value("process_open_fds") > 0
+
+
+def stream_labelled_series(registry: CollectorRegistry) -> dict[str, set[str]]:
+    """Metric family -> the streams it has series of."""
+    found: dict[str, set[str]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if "stream" in sample.labels:
+                found.setdefault(family.name, set()).add(sample.labels["stream"])
+    return found
+
+
+@pytest.mark.parametrize("kind", [BridgeMetrics, WriterMetrics])
+def test_the_bridge_and_writer_keep_series_of_at_most_max_stream_labels_streams(kind) -> None:
+    m = kind()
+    for k in range(MAX_STREAM_LABELS + 3):
+        for metric in (m.lag_frames, m.gone):  # one gauge and one counter of each daemon
+            metric.labels(f"scan/{k}")
+        if kind is WriterMetrics:
+            m.errors.labels(f"scan/{k}", "io").inc()
+            m.errors.labels(f"scan/{k}", "disk_full").inc()
+    m.gone.labels("scan/3").inc()  # used again: kept, scan/4 goes with the next new one
+    m.lag_frames.labels("scan/new").set(1)
+    series = stream_labelled_series(m.registry)
+    assert series, "no stream-labelled series at all"
+    for name, streams in series.items():
+        assert len(streams) <= MAX_STREAM_LABELS, name
+        assert "scan/4" not in streams and "scan/0" not in streams, name
+    assert "scan/3" in series[m.gone.metric._name]
+    if kind is WriterMetrics:  # a series per (stream, reason): every reason of a stream went
+        errors = [
+            s.labels for f in m.registry.collect() if f.name == "hidra_ng_writer_errors"
+            for s in f.samples if s.name.endswith("_total")
+        ]  # fmt: skip
+        assert len(errors) == 2 * (MAX_STREAM_LABELS - 1)  # of them scan/new has none
+
+
+def test_stream_series_bounds_and_forgets_every_label_set_of_a_stream() -> None:
+    registry = CollectorRegistry()
+    series = StreamSeries(limit=2)
+    errors = series.track(Counter("e", "e", ["stream", "reason"], registry=registry))
+    for stream in ("a", "b"):
+        errors.labels(stream, "io").inc()
+        errors.labels(stream, "full").inc()
+    assert series.streams() == ["a", "b"]
+    errors.labels("c", "io").inc()  # a goes, with both of its reasons
+    assert series.streams() == ["b", "c"]
+    assert registry.get_sample_value("e_total", {"stream": "a", "reason": "io"}) is None
+    assert registry.get_sample_value("e_total", {"stream": "a", "reason": "full"}) is None
+    assert registry.get_sample_value("e_total", {"stream": "b", "reason": "full"}) == 1
+    series.forget("b")
+    series.forget("never-seen")
+    assert series.streams() == ["c"]
+    assert registry.get_sample_value("e_total", {"stream": "b", "reason": "io"}) is None
+    assert registry.get_sample_value("e_total", {"stream": "c", "reason": "io"}) == 1

@@ -18,7 +18,7 @@ from hidra_ng.sender.sources.dectris import (
     decode_message,
     typed_array_dtype,
 )
-from hidra_ng.sender.sources.zmq_push import Finish, Refused, parse_message
+from hidra_ng.sender.sources.zmq_push import Finish, PushRefused, parse_message
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.compression import Encoded
 
@@ -209,6 +209,6 @@ def test_zmq_array_bytes_metadata_and_finish():
     ],
 )
 def test_zmq_refusals_name_a_reason(frames, reason):
-    with pytest.raises(Refused) as err:
+    with pytest.raises(PushRefused) as err:
         parse_message(frames, "d")
     assert err.value.reason == reason and str(err.value)

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from hidra_ng.errors import ConfigError, HidraError
+from hidra_ng.errors import ConfigError, HidraError, StreamV1Error
 from hidra_ng.sender.producer import Producer
 from hidra_ng.sender.sources._common import Item, Params, fit_meta, jsonable
 from hidra_ng.sender.sources.dectris import DectrisSource, SeriesState
@@ -60,10 +60,6 @@ TABLES = {
 TYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64")
 _ENCODING = re.compile(r"^(?:bs(8|16|32|64)-?)?(lz4)?([<>])$")
 _LZ4_HDF5 = struct.Struct(">QII")  # total bytes, block bytes, size of the one block
-
-
-class StreamV1Error(ValueError):
-    """A Stream V1 message that cannot be used; the message says why."""
 
 
 def _json(part: zmq.Frame | bytes, what: str) -> dict[str, Any]:
@@ -144,6 +140,8 @@ def image_data(
             encoded = Encoded(framed, dtype.str, shape, "lz4-hdf5")
             encoded.check()
             return encoded
+    except StreamV1Error:
+        raise  # says what is wrong already
     except HidraError as err:
         raise StreamV1Error(f"image ({encoding}): {err}") from err
     if len(blob) != nbytes:
@@ -242,38 +240,8 @@ class Dectris1Source(DectrisSource):
                 raise StreamV1Error(f"header ({detail}) has no detector configuration part")
             config = _json(rest.pop(0), "detector configuration part")
             meta["config"] = jsonable(config)
-        items: list[Item] = []
-        listed: list[dict[str, Any]] = []
-        dropped: list[str] = []
-        if detail == "all":
-            for _ in TABLES:
-                if len(rest) < 2:
-                    raise StreamV1Error(
-                        "header (all) lacks a table: expected 3 (header, blob) pairs"
-                    )
-                head = _json(rest.pop(0), "table header")
-                blob = _blob(rest.pop(0))
-                name = TABLES.get(head.get("htype"))  # type: ignore[arg-type]
-                if name is None:
-                    raise StreamV1Error(
-                        f"table htype {head.get('htype')!r} is not one of {', '.join(TABLES)}"
-                    )
-                dtype, shape = array_of(head, name, limit)
-                nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-                if len(blob) != nbytes:
-                    raise StreamV1Error(
-                        f"{name} of shape {head['shape']} and type {head['type']} needs"
-                        f" {nbytes} bytes; got {len(blob)}"
-                    )
-                if not self.tables:
-                    dropped.append(name)
-                    continue
-                entry = {"table": name, "channel": self.channel}
-                table_meta = {"type": "table", "message": "start", **entry, "series_id": series}
-                items.append(
-                    (self.tables_stream, np.frombuffer(blob, dtype).reshape(shape), table_meta)
-                )
-                listed.append({**entry, "dtype": dtype.str, "shape": list(shape)})
+        no_tables: tuple[list[Item], list[dict[str, Any]], list[str]] = ([], [], [])
+        items, listed, dropped = self._tables(rest, series, limit) if detail == "all" else no_tables
         if len(rest) > 1:
             raise StreamV1Error(
                 f"header ({detail}) has {len(rest)} parts after its tables and configuration;"
@@ -289,6 +257,42 @@ class Dectris1Source(DectrisSource):
             None, series if isinstance(series, int) else None, [self.channel], None, True
         )
         return self.series_meta(meta, meta_limit) + items
+
+    def _tables(
+        self, rest: list[zmq.Frame], series: Any, limit: int
+    ) -> tuple[list[Item], list[dict[str, Any]], list[str]]:
+        """The (header, blob) pairs of the tables at the front of ``rest`` (taken off it):
+        their messages, their listing for the start message, the names dropped."""
+        items: list[Item] = []
+        listed: list[dict[str, Any]] = []
+        dropped: list[str] = []
+        for _ in TABLES:
+            if len(rest) < 2:
+                raise StreamV1Error("header (all) lacks a table: expected 3 (header, blob) pairs")
+            head = _json(rest.pop(0), "table header")
+            blob = _blob(rest.pop(0))
+            name = TABLES.get(head.get("htype"))  # type: ignore[arg-type]
+            if name is None:
+                raise StreamV1Error(
+                    f"table htype {head.get('htype')!r} is not one of {', '.join(TABLES)}"
+                )
+            dtype, shape = array_of(head, name, limit)
+            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            if len(blob) != nbytes:
+                raise StreamV1Error(
+                    f"{name} of shape {head['shape']} and type {head['type']} needs"
+                    f" {nbytes} bytes; got {len(blob)}"
+                )
+            if not self.tables:
+                dropped.append(name)
+                continue
+            entry = {"table": name, "channel": self.channel}
+            table_meta = {"type": "table", "message": "start", **entry, "series_id": series}
+            items.append(
+                (self.tables_stream, np.frombuffer(blob, dtype).reshape(shape), table_meta)
+            )
+            listed.append({**entry, "dtype": dtype.str, "shape": list(shape)})
+        return items, listed, dropped
 
     def _image(
         self, first: dict[str, Any], frames: list[zmq.Frame], limit: int, meta_limit: int

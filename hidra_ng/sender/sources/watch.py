@@ -332,25 +332,10 @@ class WatchSource:
                 self._waiting[rel] = time.monotonic() + self.settle - age
                 return
         if st.st_size > producer.max_message_bytes:
-            if (rel, ident) not in self._too_large:
-                self._too_large.add((rel, ident))
-                self.refusals.refuse(
-                    "too_large",
-                    f"{path} is {st.st_size} bytes; the maximum message is"
-                    f" {producer.max_message_bytes} bytes",
-                )
-            self._waiting.pop(rel, None)
+            self._refuse_too_large(producer, path, rel, ident)
             return
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            after = os.stat(path)
-        except OSError as err:
-            log.warning("source %s: cannot read %s: %s", self.name, path, err)
-            self._waiting[rel] = time.monotonic() + max(self.settle, self.poll)
-            return
-        if (after.st_size, after.st_mtime_ns) != ident or len(data) != st.st_size:
-            self._waiting[rel] = time.monotonic() + max(self.settle, 0.05)  # still being written
+        data = self._read_whole(path, rel, st.st_size, ident)
+        if data is None:
             return
         meta = {
             "filename": os.path.basename(rel),
@@ -365,17 +350,45 @@ class WatchSource:
             self.refusals.refuse(type(err).__name__, f"{path}: {err}")
             self._waiting.pop(rel, None)
             return
-        if seqs is None:
-            return
+        if seqs is not None:
+            self._sent_as(rel, ident, seqs[0])
+
+    def _refuse_too_large(self, producer: Producer, path: str, rel: str, ident: Ident) -> None:
+        if (rel, ident) not in self._too_large:
+            self._too_large.add((rel, ident))
+            self.refusals.refuse(
+                "too_large",
+                f"{path} is {ident[0]} bytes; the maximum message is"
+                f" {producer.max_message_bytes} bytes",
+            )
+        self._waiting.pop(rel, None)
+
+    def _read_whole(self, path: str, rel: str, size: int, ident: Ident) -> bytes | None:
+        """The file's bytes if it stayed the same while read, else None (checked again later)."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            after = os.stat(path)
+        except OSError as err:
+            log.warning("source %s: cannot read %s: %s", self.name, path, err)
+            self._waiting[rel] = time.monotonic() + max(self.settle, self.poll)
+            return None
+        if (after.st_size, after.st_mtime_ns) != ident or len(data) != size:
+            self._waiting[rel] = time.monotonic() + max(self.settle, 0.05)  # still being written
+            return None
+        return data
+
+    def _sent_as(self, rel: str, ident: Ident, seq: int) -> None:
+        """``rel`` in version ``ident`` is spooled as ``seq``: remembered, removed once acked."""
         self._waiting.pop(rel, None)
         self._sent[rel] = ident
         self.sent_files += 1
         self.refusals.accept()
-        log.debug("source %s: sent %s as seq %d", self.name, rel, seqs[0])
+        log.debug("source %s: sent %s as seq %d", self.name, rel, seq)
         if self._old_boundary is None:
-            self._old_boundary = seqs[0] - 1
+            self._old_boundary = seq - 1
         if self.remove == "after_ack":
-            self._pending.append((seqs[0], rel, ident))
+            self._pending.append((seq, rel, ident))
 
     def _recheck_waiting(self, producer: Producer, stop: threading.Event) -> None:
         now = time.monotonic()

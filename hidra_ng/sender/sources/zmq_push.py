@@ -44,7 +44,13 @@ import msgspec
 import numpy as np
 import zmq
 
-from hidra_ng.errors import ConfigError, HidraError, InvalidStreamName, MessageTooLarge
+from hidra_ng.errors import (
+    ConfigError,
+    HidraError,
+    InvalidStreamName,
+    MessageTooLarge,
+    PushRefused,
+)
 from hidra_ng.sender.producer import Producer
 from hidra_ng.sender.sources._common import Item, Params, Refusals, receive_batch, spool_items
 from hidra_ng.wire import protocol as proto
@@ -62,14 +68,6 @@ POLL_SECONDS = 0.2
 USAGE = "zmq:tcp://127.0.0.1:50110?stream=NAME&connect=0|1"
 
 
-class Refused(ValueError):
-    """A pushed message that breaks the header format; ``reason`` is its counter label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 @dataclass(frozen=True, slots=True)
 class Finish:
     stream: str
@@ -81,102 +79,115 @@ def parse_message(
     max_data_bytes: int = proto.MAX_DATA_BYTES,
     max_meta_bytes: int = proto.MAX_META_BYTES,
 ) -> Item | Finish:
-    """Validate one pushed message; return (stream, data, meta) or Finish, else raise Refused."""
+    """Validate one pushed message: (stream, data, meta) or Finish, else PushRefused."""
     if not 1 <= len(frames) <= 2:
-        raise Refused("parts", f"message has {len(frames)} parts; expected [header, payload]")
-    raw = frames[0]
+        raise PushRefused("parts", f"message has {len(frames)} parts; expected [header, payload]")
     payload = memoryview(frames[1]).cast("B") if len(frames) == 2 else memoryview(b"")
-    if len(raw) > MAX_HEADER_BYTES:
-        raise Refused("header", f"header is {len(raw)} bytes; at most {MAX_HEADER_BYTES}")
-    try:
-        header = msgspec.json.decode(raw)
-    except msgspec.DecodeError as err:
-        raise Refused("header", f"header is not JSON: {err}") from None
-    except RecursionError:
-        raise Refused("header", "header JSON nests too deeply") from None
-    if not isinstance(header, dict):
-        raise Refused("header", f"header is a JSON {type(header).__name__}; expected an object")
-    unknown = sorted(set(header) - HEADER_KEYS)
-    if unknown:
-        raise Refused(
-            "header", f"header key {unknown[0]!r} is unknown; expected {sorted(HEADER_KEYS)}"
-        )
-    if header.get("version", 1) != 1:
-        raise Refused("version", f"header version {header['version']!r} is unknown; expected 1")
+    header = _header(frames[0])
     stream = header.get("stream", default_stream)
     try:
         proto.check_stream_name(stream)
     except InvalidStreamName as err:
-        raise Refused("stream", str(err)) from None
+        raise PushRefused("stream", str(err)) from None
     finish = header.get("finish", False)
     if not isinstance(finish, bool):
-        raise Refused("header", f"finish {finish!r} is not true or false")
+        raise PushRefused("header", f"finish {finish!r} is not true or false")
     has_array = "dtype" in header or "shape" in header
     compression = header.get("compression", "none")
     if finish:
         if has_array or len(payload) or "meta" in header or compression != "none":
-            raise Refused("finish", "a finish message carries no payload, dtype, shape or meta")
+            raise PushRefused("finish", "a finish message carries no payload, dtype, shape or meta")
         return Finish(stream)
     meta = header.get("meta")
     if meta is not None and not isinstance(meta, dict):
-        raise Refused("meta", f"meta is a JSON {type(meta).__name__}; expected an object")
+        raise PushRefused("meta", f"meta is a JSON {type(meta).__name__}; expected an object")
     try:
         proto.encode_meta(meta, max_meta_bytes)
     except HidraError as err:
-        raise Refused("meta", str(err)) from None
+        raise PushRefused("meta", str(err)) from None
     if compression not in proto.COMPRESSIONS:
-        raise Refused(
+        raise PushRefused(
             "compression", f"compression {compression!r} is unknown; expected {proto.COMPRESSIONS}"
         )
     if len(payload) > max_data_bytes:
-        raise Refused("size", f"payload is {len(payload)} bytes; at most {max_data_bytes}")
+        raise PushRefused("size", f"payload is {len(payload)} bytes; at most {max_data_bytes}")
     if not has_array:
         if compression != "none":
-            raise Refused("compression", "compression needs an array: give dtype and shape")
+            raise PushRefused("compression", "compression needs an array: give dtype and shape")
         return stream, (bytes(payload) if len(payload) else None), meta
+    return stream, _array(header, payload, compression, max_data_bytes), meta
+
+
+def _header(raw: bytes | memoryview) -> dict[str, Any]:
+    """The header part: a JSON object of known keys, version 1, else PushRefused."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise PushRefused("header", f"header is {len(raw)} bytes; at most {MAX_HEADER_BYTES}")
+    try:
+        header = msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        raise PushRefused("header", f"header is not JSON: {err}") from None
+    except RecursionError:
+        raise PushRefused("header", "header JSON nests too deeply") from None
+    if not isinstance(header, dict):
+        raise PushRefused("header", f"header is a JSON {type(header).__name__}; expected an object")
+    unknown = sorted(set(header) - HEADER_KEYS)
+    if unknown:
+        raise PushRefused(
+            "header", f"header key {unknown[0]!r} is unknown; expected {sorted(HEADER_KEYS)}"
+        )
+    if header.get("version", 1) != 1:
+        raise PushRefused("version", f"header version {header['version']!r} is unknown; expected 1")
+    return header
+
+
+def _array(
+    header: dict[str, Any], payload: memoryview, compression: str, max_data_bytes: int
+) -> np.ndarray | Encoded:
+    """The payload as the array the header describes (or as it came, compressed)."""
     dtype, shape = _array_spec(header, max_data_bytes)
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     if compression == "none":
         if len(payload) != nbytes:
-            raise Refused(
+            raise PushRefused(
                 "size",
                 f"array of shape {list(shape)} and dtype {dtype.str} needs {nbytes} bytes;"
                 f" the payload has {len(payload)}",
             )
-        return stream, np.frombuffer(payload, dtype).reshape(shape), meta
+        return np.frombuffer(payload, dtype).reshape(shape)
     encoded = Encoded(bytes(payload), dtype.str, shape, compression)
     try:
         encoded.check()
     except HidraError as err:
-        raise Refused("compression", str(err)) from None
-    return stream, encoded, meta
+        raise PushRefused("compression", str(err)) from None
+    return encoded
 
 
 def _array_spec(header: dict[str, Any], max_data_bytes: int) -> tuple[np.dtype, tuple[int, ...]]:
     if "dtype" not in header or "shape" not in header:
-        raise Refused("shape", "an array needs both dtype and shape")
+        raise PushRefused("shape", "an array needs both dtype and shape")
     name = header["dtype"]
+    not_a_dtype = PushRefused("dtype", f"dtype {name!r} is not a numpy dtype name like 'uint16'")
+    if not isinstance(name, str):
+        raise not_a_dtype
     try:
-        if not isinstance(name, str):
-            raise TypeError
         dtype = np.dtype(name)
     except TypeError:
-        raise Refused("dtype", f"dtype {name!r} is not a numpy dtype name like 'uint16'") from None
+        raise not_a_dtype from None
     if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
-        raise Refused("dtype", f"dtype {name!r} is not numeric; expected e.g. 'uint16'")
+        raise PushRefused("dtype", f"dtype {name!r} is not numeric; expected e.g. 'uint16'")
     shape = header["shape"]
     if (
         not isinstance(shape, list)
         or len(shape) > proto.MAX_NDIM
         or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
     ):
-        raise Refused("shape", f"shape {shape!r} is not a list of at most 32 integers >= 0")
+        raise PushRefused("shape", f"shape {shape!r} is not a list of at most 32 integers >= 0")
     try:
         proto.array_nbytes(dtype.str, shape, max_data_bytes)
     except MessageTooLarge as err:
-        raise Refused("size", str(err)) from None
+        raise PushRefused("size", str(err)) from None
     except HidraError as err:
-        raise Refused("dtype", str(err)) from None
+        raise PushRefused("dtype", str(err)) from None
     return dtype, tuple(shape)
 
 
@@ -244,7 +255,7 @@ class ZmqSource:
                     producer.max_message_bytes,
                     producer.max_meta_bytes,
                 )
-            except Refused as err:
+            except PushRefused as err:
                 self.refusals.refuse(err.reason, str(err))
                 continue
             except Exception as err:
