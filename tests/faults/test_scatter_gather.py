@@ -1,8 +1,8 @@
-"""Fault: the scatter-gather example (examples/scatter_gather/) with 20,000 results and the
+"""Fault: the scatter-gather example (examples/scatter_gather/) with 10,000 results and the
 aggregator killed -9 mid-run and restarted: every image is counted exactly once.
 
 Delivery is at-least-once, so the results stream may hold more than one result for an
-image; the aggregate must not: exactly 20,000 distinct images, each with the count
+image; the aggregate must not: exactly 10,000 distinct images, each with the count
 its image has, and the running total equal to the sum of those counts.
 """
 
@@ -25,7 +25,7 @@ from hidra_ng import Consumer, StreamFinished
 from hidra_ng.testing import ReceiverProcess
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "scatter_gather"
 
@@ -40,7 +40,7 @@ def _load_example_common() -> ModuleType:
 
 sg = _load_example_common()
 
-IMAGES = 20_000
+IMAGES = 10_000  # each group change is fsynced before its reply (G8): ~100 results/s here
 WORKERS = 4
 SHAPE = (8, 8)
 LAM = 4.0
@@ -95,7 +95,7 @@ def test_aggregator_killed_counts_every_image_once(tmp_path: Path) -> None:
                   "--lam", LAM, log=f"worker-{w}.log")  # fmt: skip
         first = start("aggregator.py", *aggregator_args, log="aggregator.log")
 
-        wait_for(lambda: counted(state) >= KILL_AT * IMAGES, 90, f"{KILL_AT:.0%} counted")
+        wait_for(lambda: counted(state) >= KILL_AT * IMAGES, 240, f"{KILL_AT:.0%} counted")
         # not a wait: the kill lands at a random point after a save, while its results
         # are acked or while the next ones are counted and not yet saved
         jitter = random.uniform(0.0, 0.4)
@@ -107,7 +107,7 @@ def test_aggregator_killed_counts_every_image_once(tmp_path: Path) -> None:
 
         second = start("aggregator.py", *aggregator_args, log="aggregator.log")
         log = logs / "aggregator.log"
-        assert wait_exit(second, 90, "the restarted aggregator") == 0, log.read_text()[-3000:]
+        assert wait_exit(second, 240, "the restarted aggregator") == 0, log.read_text()[-3000:]
         assert wait_exit(producer, 30, "the producer") == 0, (logs / "producer.log").read_text()
         for w, proc in enumerate(procs[1 : WORKERS + 1]):
             assert wait_exit(proc, 30, f"worker {w}") == 0, (logs / f"worker-{w}.log").read_text()
