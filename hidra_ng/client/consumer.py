@@ -286,7 +286,7 @@ class Consumer:
         stream is read to its end. A removed index raises ``Gone``.
         """
         proto.check_stream_name(stream)
-        _check_replay_range(start, stop, window_frames, window_bytes)
+        check_replay_range(start, stop, window_frames, window_bytes)
         return _Replay(self, stream, start, stop, follow, window_frames, window_bytes, decode)
 
     def replay_merged(
@@ -410,11 +410,12 @@ def _acked_indices(ack: list[Frame], stream: str, group: str) -> list[int]:
     return indices
 
 
-def _check_replay_range(
-    start: int, stop: int | None, window_frames: int, window_bytes: int
+def check_replay_range(
+    start: int, stop: int | None, window_frames: int, window_bytes: int, what: str = "replay"
 ) -> None:
+    """A replay's range and window, or InvalidArgument naming the bad values."""
     if start < 0 or (stop is not None and stop < start):
-        raise InvalidArgument(f"replay range start={start} stop={stop} is not valid")
+        raise InvalidArgument(f"{what} range start={start} stop={stop} is not valid")
     if window_frames <= 0 or window_bytes <= 0:
         raise InvalidArgument(
             f"window_frames={window_frames} and window_bytes={window_bytes} are not valid;"

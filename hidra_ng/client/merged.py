@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from hidra_ng.errors import InvalidArgument, InvalidInput, NotYetAvailable, ProtocolError
+from hidra_ng.errors import InvalidInput, NotYetAvailable, ProtocolError
 from hidra_ng.shards import SPLIT_META_KEY, SplitLayout, part_name
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.frames import Frame
@@ -43,14 +43,10 @@ def replay_merged(
     window_bytes: int,
     decode: bool,
 ) -> Iterator[Frame]:
+    from hidra_ng.client.consumer import check_replay_range
+
     proto.check_stream_name(stream)
-    if start < 0 or (stop is not None and stop < start):
-        raise InvalidArgument(f"replay_merged range start={start} stop={stop} is not valid")
-    if window_frames <= 0 or window_bytes <= 0:
-        raise InvalidArgument(
-            f"window_frames={window_frames} and window_bytes={window_bytes} are not valid;"
-            " expected both positive"
-        )
+    check_replay_range(start, stop, window_frames, window_bytes, "replay_merged")
     return _merged(consumer, stream, start, stop, follow, window_frames, window_bytes, decode)
 
 
