@@ -46,8 +46,8 @@ def run_demo(
             replayed, mismatches, info = _read_back(rx, digests, nbytes, echo)
             live.stop()
             echo(
-                f"live subscriber saw {live.count} frames as they were committed"
-                f" (it may skip frames when slow; it never slows ingest)"
+                f"live subscriber saw {live.count} frames as the receiver took them in, before"
+                f" their fsync (it may skip frames when slow; it never slows ingest)"
             )
             echo(
                 f"stream {STREAM}: indices {info.first}..{info.last}, {info.bytes} bytes,"
