@@ -148,19 +148,26 @@ def _decode(frame: Frame) -> np.ndarray:
     return np.frombuffer(raw, np.dtype(frame.dtype)).reshape(frame.shape)
 
 
-def nexus_groups(h5: h5py.File, stream: str) -> tuple[h5py.Group, h5py.Group]:
-    """The groups of the §10 layout in a new file: ``/entry/data`` (NXdata, signal
-    ``data``) and ``/entry/metadata`` (NXcollection); also used by ``hidra-ng write``."""
+def nxdata_entry(h5: h5py.File) -> h5py.Group:
+    """``/entry`` (NXentry, the file's default) holding ``/entry/data`` (NXdata, signal
+    ``data``), empty; the §10 layout and the writer's NXmx data files start with it."""
     h5.attrs["default"] = "entry"
     h5.attrs["creator"] = "hidra_ng"
-    h5.attrs["hidra_ng_stream"] = stream
     entry = h5.create_group("entry")
     entry.attrs["NX_class"] = "NXentry"
     entry.attrs["default"] = "data"
     data = entry.create_group("data")
     data.attrs["NX_class"] = "NXdata"
     data.attrs["signal"] = "data"
-    metadata = entry.create_group("metadata")
+    return data
+
+
+def nexus_groups(h5: h5py.File, stream: str) -> tuple[h5py.Group, h5py.Group]:
+    """The groups of the §10 layout in a new file: ``/entry/data`` (NXdata, signal
+    ``data``) and ``/entry/metadata`` (NXcollection); also used by ``hidra-ng write``."""
+    h5.attrs["hidra_ng_stream"] = stream
+    data = nxdata_entry(h5)
+    metadata = h5["entry"].create_group("metadata")
     metadata.attrs["NX_class"] = "NXcollection"
     return data, metadata
 

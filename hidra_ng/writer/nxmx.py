@@ -45,6 +45,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hidra_ng.client.export import nxdata_entry
 from hidra_ng.writer.files import PartFile, chunk_bytes, filter_options
 
 log = logging.getLogger(__name__)
@@ -145,15 +146,7 @@ class DataFile:
         self.file = PartFile(path, libver=("v110", "latest"))
         self.dtype, self.shape, self.codec = dtype, shape, codec
         self.nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
-        h5 = self.file.h5
-        h5.attrs["default"] = "entry"
-        h5.attrs["creator"] = "hidra_ng"
-        entry = h5.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        entry.attrs["default"] = "data"
-        group = entry.create_group("data")
-        group.attrs["NX_class"] = "NXdata"
-        group.attrs["signal"] = "data"
+        group = nxdata_entry(self.file.h5)
         self.data = group.create_dataset(
             "data",
             shape=(capacity, *shape),
@@ -163,7 +156,7 @@ class DataFile:
             **filter_options(codec),
         )
         self.data.attrs["interpretation"] = "image"
-        self.hidra = entry.create_group("hidra_ng")
+        self.hidra = group.parent.create_group("hidra_ng")
         self.hidra.attrs["NX_class"] = "NXcollection"
         self.hidra.attrs["stream"] = stream
         self.hidra.attrs["series_unique_id"] = str(series_unique_id)
