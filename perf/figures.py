@@ -323,12 +323,13 @@ def live_latency_4mib(scale: Scale, rnd: Round) -> Run:
 
 
 GROUP_MEMBERS = 4
-GROUP_BATCH = 16  # group_1kib: messages per next_many
+GROUP_BATCH = 16  # group_1kib: messages per next request
+GROUP_PREFETCH = 2  # group_1kib: batches in flight beside the one taken (Consumer.worker)
 
 
 @probe(FIGURES, Metric("group_1kib", "msg/s", baseline="raw_lmdb_put_1kib"))
 def group_1kib(scale: Scale, rnd: Round) -> Run:
-    """4 consumer-group members (threads), next_many(16, ack=last batch) of 1 KiB messages."""
+    """4 consumer-group members (threads): Consumer.worker, batches of 16, 2 more in flight."""
     return _group_run(scale, rnd, "group_1kib", GROUP_BATCH)
 
 
@@ -339,12 +340,10 @@ def group_1kib_single(scale: Scale, rnd: Round) -> Run:
 
 
 def _take(c: Consumer, stream: str, group: str, batch: int, done: list) -> list:
-    """The next message(s); with batches, the last batch (``done``) is acked by the call."""
-    if batch == 1:
-        if done:
-            c.ack(done[0])
-        return [c.next(stream, group, timeout=30)]
-    return c.next_many(stream, group, max_count=batch, timeout=30, ack=done)
+    """The next message; the last one (``done``) is acked first."""
+    if done:
+        c.ack(done[0])
+    return [c.next(stream, group, timeout=30)]
 
 
 def _group_run(scale: Scale, rnd: Round, name: str, batch: int) -> Run:
@@ -366,6 +365,13 @@ def _group_run(scale: Scale, rnd: Round, name: str, batch: int) -> Run:
                 ready.wait()
                 frames: list = []
                 try:
+                    if batch > 1:
+                        with c.worker(
+                            stream, group, batch=batch, prefetch=GROUP_PREFETCH, timeout=30
+                        ) as work:
+                            for frames in work:
+                                got[i].extend(f.index for f in frames)
+                        return
                     while True:
                         frames = _take(c, stream, group, batch, frames)
                         got[i].extend(f.index for f in frames)

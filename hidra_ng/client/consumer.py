@@ -10,7 +10,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
@@ -29,6 +29,9 @@ from hidra_ng.security import ClientKeys
 from hidra_ng.shards import ShardMap
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.frames import Frame, frame_from_record
+
+if TYPE_CHECKING:
+    from hidra_ng.client.worker import GroupWorker
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +193,38 @@ class Consumer:
         body, payloads = self._call_all(
             "next", max_count=max_count, indices=tuple(indices), **fields
         )
-        batch = _batch_decoder.decode(body)
-        joined = payloads[0] if payloads else memoryview(b"")
-        views = proto.cut_payloads(joined, batch.sizes, len(batch.frames), "next reply")
-        return [
-            decode_frame(ref, view, decode=decode)
-            for ref, view in zip(batch.frames, views, strict=True)
-        ]
+        return decode_batch(body, payloads, decode=decode)
+
+    def worker(
+        self,
+        stream: str,
+        group: str,
+        *,
+        batch: int = 16,
+        prefetch: int = 2,
+        timeout: float = 5.0,
+        ack_timeout: float | None = None,
+        max_deliveries: int | None = None,
+        decode: bool = True,
+    ) -> GroupWorker:
+        """A member of ``group`` that keeps ``prefetch`` batches of ``batch`` coming.
+
+        Iterating it yields lists of frames; each list is acknowledged when the
+        next one is taken (see client/worker.py for what happens at the end).
+        """
+        from hidra_ng.client.worker import GroupWorker
+
+        return GroupWorker(
+            self,
+            stream,
+            group,
+            batch=batch,
+            prefetch=prefetch,
+            timeout=timeout,
+            ack_timeout=ack_timeout,
+            max_deliveries=max_deliveries,
+            decode=decode,
+        )
 
     def ack(self, frame: Frame) -> None:
         """Acknowledge a frame from :meth:`next`: its group will not hand it out again."""
@@ -378,9 +406,25 @@ def _read_reply(sock: zmq.Socket, request_id: int) -> tuple[memoryview, list[mem
     reply = proto.decode(proto.Kind.REPLY, proto.Reply, frames[0].buffer)
     if reply.id != request_id:
         return None  # the late answer to a request that timed out
+    return answer_of(reply, frames)
+
+
+def answer_of(reply: proto.Reply, frames: list) -> tuple[memoryview, list[memoryview]]:
+    """(body, payloads) of ``reply``; an error reply raises the class the receiver named."""
     if reply.error:
         raise REMOTE_ERRORS.get(reply.error, HidraError)(reply.message)
     return memoryview(reply.body), [f.buffer for f in frames[1:]]
+
+
+def decode_batch(body: memoryview, payloads: list[memoryview], *, decode: bool) -> list[Frame]:
+    """The frames of a ``next`` reply that carries a FrameBatch."""
+    batch = _batch_decoder.decode(body)
+    joined = payloads[0] if payloads else memoryview(b"")
+    views = proto.cut_payloads(joined, batch.sizes, len(batch.frames), "next reply")
+    return [
+        decode_frame(ref, view, decode=decode)
+        for ref, view in zip(batch.frames, views, strict=True)
+    ]
 
 
 def _next_fields(

@@ -122,7 +122,9 @@ class Requests:
         self.replays.credit(ident, req)
 
     def cancel(self, ident: bytes, req: proto.CancelRequest) -> None:
-        self.replays.cancel(ident, req)
+        """End the replay of this id, or answer the waiting get/last/next of this id now."""
+        if not self.waiters.cancel(ident, req.id):
+            self.replays.cancel(ident, req)
 
     # -- consumer groups
 

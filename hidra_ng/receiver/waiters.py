@@ -78,6 +78,16 @@ class Waiters:
             else:
                 self._by_stream.setdefault(stream, []).append(w)
 
+    def cancel(self, ident: bytes, request_id: int) -> bool:
+        """Answer ``ident``'s waiting request ``request_id`` now, as if its time were up."""
+        for waiters in self._by_stream.values():
+            for w in waiters:
+                if not w.done and w.ident == ident and w.request.id == request_id:
+                    w.done = True
+                    self.expired(ident, msgspec.structs.replace(w.request, timeout=0.0))
+                    return True
+        return False
+
     def expire(self) -> None:
         """Answer the requests whose deadline passed."""
         now = time.monotonic()

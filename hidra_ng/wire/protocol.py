@@ -201,7 +201,7 @@ class CreditRequest(_Request, tag="credit", frozen=True):
 
 
 class CancelRequest(_Request, tag="cancel", frozen=True):
-    """End the replay of the same id."""
+    """End the replay of the same id, or answer a waiting get/last/next of that id now."""
 
 
 class SkippedRequest(_Request, tag="skipped", frozen=True):
