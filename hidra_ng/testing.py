@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from hidra_ng.client.consumer import Consumer
@@ -72,6 +73,7 @@ class ReceiverProcess:
         *extra: str,
         log_path: Path | None = None,
         choose_ports: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """Binds ``tcp://127.0.0.1:*`` and reads the ports back from ``--ready-file``.
 
@@ -79,6 +81,7 @@ class ReceiverProcess:
         receiver listens on them), for a test whose clients need the endpoints before
         the receiver runs. Once started, a restart binds the same ports again.
         ``--metrics-port -1`` among ``extra``: :attr:`metrics_port` is the port it got.
+        ``env``: variables added to the child's environment.
         """
         self.data_dir = Path(data_dir)
         names = ("ingest", "api", "publish")
@@ -91,6 +94,7 @@ class ReceiverProcess:
         self.extra = list(extra)
         self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}-receiver.log"
         self.ready_path = self.data_dir.parent / f"{self.data_dir.name}-ready.json"
+        self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -108,7 +112,7 @@ class ReceiverProcess:
         log = self.log_path.open("ab")
         # not the parent's systemd context: the child is no service of its own
         systemd_vars = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY")
-        env = {k: v for k, v in os.environ.items() if k not in systemd_vars}
+        env = {k: v for k, v in os.environ.items() if k not in systemd_vars} | self.env
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env)
         log.close()
         deadline = time.monotonic() + timeout

@@ -17,6 +17,7 @@ from pathlib import Path
 from harness import wait_for
 from payloads import FRAME_BYTES, frames_4mib
 from peer_services import CpuMeter
+from peer_stats import WITHOUT_FSYNC as WITHOUT_FSYNC_NAME
 from peer_stats import Sample
 
 from hidra_ng import Consumer, Producer, Subscriber
@@ -31,14 +32,27 @@ DURABILITY = (
 )
 
 
-class HidraSystem:
-    name = "hidra_ng"
-    durability = DURABILITY
+WITHOUT_FSYNC = (
+    "as RabbitMQ streams on one node: acknowledged once in the page cache. The same"
+    " hidra_ng, its receiver run under eatmydata (LD_PRELOAD: fsync, fdatasync and msync"
+    " return at once), the Producer with spool_sync='batch' (send() returns before the"
+    " spool's fsync, which runs every 0.5 s in the background); not a mode hidra_ng"
+    " offers, a measurement of what the fsyncs cost"
+)
 
-    def __init__(self, work_dir: Path) -> None:
+
+class HidraSystem:
+    """hidra_ng at its default durability, or (``without_fsync``) with its fsyncs off."""
+
+    def __init__(self, work_dir: Path, *, without_fsync: str = "") -> None:
+        """``without_fsync``: the path of libeatmydata.so, to run without fsyncs."""
+        self.name = WITHOUT_FSYNC_NAME if without_fsync else "hidra_ng"
+        self.durability = WITHOUT_FSYNC if without_fsync else DURABILITY
+        self._spool_sync = "batch" if without_fsync else "always"
         self._work_dir = work_dir
         self._stack = contextlib.ExitStack()
-        self.rx = self._stack.enter_context(ReceiverProcess(work_dir / "store"))
+        env = {"LD_PRELOAD": without_fsync} if without_fsync else {}
+        self.rx = self._stack.enter_context(ReceiverProcess(work_dir / "store", env=env))
         self._producers = 0
 
     def close(self) -> None:
@@ -58,7 +72,7 @@ class HidraSystem:
         self._producers += 1
         spool = self._work_dir / f"spool-{self._producers}"
         sender = f"perf-peers-{self._producers}"
-        with Producer(self.rx.ingest, self.rx.api, spool, sender) as p:
+        with Producer(self.rx.ingest, self.rx.api, spool, sender, spool_sync=self._spool_sync) as p:
             wait_for(lambda: p.receiver_up, 30, "the producer hearing from the receiver")
             yield p
 

@@ -11,6 +11,7 @@ from harness import text_table
 
 TITLES = {
     "hidra_ng": "hidra_ng",
+    "hidra_ng_without_fsync": "hidra_ng, fsyncs off",
     "rabbitmq_streams": "RabbitMQ streams",
     "nats_jetstream": "NATS JetStream",
     "nats_jetstream_sync_always": "NATS JetStream, sync always",
@@ -85,9 +86,25 @@ def render_text(results: dict[str, Any]) -> str:
         "hidra_ng / peer: above 1 is better for hidra_ng in throughput, below 1 in latency"
         " and CPU per GB"
     )
+    out += _without_fsync_lines(results)
     for key, err in results["errors"].items():
         out.append(f"FAILED {key}: {err}")
     return "\n".join(out)
+
+
+def _without_fsync_lines(results: dict[str, Any]) -> list[str]:
+    """hidra_ng with its fsyncs off / each peer: the comparison at the peers' durability."""
+    lines = []
+    for workload, entry in results["workloads"].items():
+        for peer, ratios in entry.get("without_fsync_over_peer", {}).items():
+            cpu = ratios.get("cpu_s_per_gb")
+            lines.append(
+                f"  {workload} / {TITLES.get(peer, peer)}: {_ratio(workload, ratios)}"
+                + (f", CPU per GB {_fmt(cpu)}" if cpu is not None else "")
+            )
+    if lines:
+        lines.insert(0, "hidra_ng with its fsyncs off / peer (both confirm from the page cache):")
+    return lines
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -112,6 +129,10 @@ def render_markdown(results: dict[str, Any]) -> str:
             cells = [_cpu(systems.get(n)) for n in names]
             cells += [_fmt((ratios.get(p) or {}).get("cpu_s_per_gb")) for p in peers]
             lines.append("| CPU s/GB, client + server | " + " | ".join(cells) + " |")
+    extra = _without_fsync_lines(results)
+    if extra:
+        lines.append("")
+        lines += [extra[0]] + [f"- {line.strip()}" for line in extra[1:]]
     for key, err in results["errors"].items():
         lines.append(f"\nFAILED `{key}`: {err.splitlines()[0]}")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import os
 import re
@@ -64,6 +65,19 @@ def require_debian(packages: Sequence[str], programs: Sequence[str]) -> None:
             f"{DEBIAN_SCRIPT} {' '.join(packages)} failed with exit {done.returncode}:"
             f" {done.stderr.strip()[-1000:]}"
         )
+
+
+EATMYDATA_PACKAGE = "eatmydata"  # and its dependency libeatmydata1, the library
+
+
+def eatmydata_library() -> str:
+    """The path of libeatmydata.so.1 (Debian's libeatmydata1), for LD_PRELOAD."""
+    found = sorted(glob.glob("/usr/lib/*/libeatmydata.so.1"))
+    if not found:
+        raise SetupError(
+            "libeatmydata.so.1 is not installed; install it with: sudo apt-get install eatmydata"
+        )
+    return found[0]
 
 
 def debian_version(package: str) -> str:

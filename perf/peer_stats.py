@@ -14,6 +14,9 @@ from typing import Any, Protocol
 GB = 1e9  # CPU seconds are reported per GB (10**9 bytes) moved
 MB = 1e6
 
+#: hidra_ng measured with its fsyncs off (perf/peer_hidra.py)
+WITHOUT_FSYNC = "hidra_ng_without_fsync"
+
 
 class CpuTimes(Protocol):
     """What psutil.Process.cpu_times() returns (only these fields are read)."""

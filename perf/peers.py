@@ -6,7 +6,10 @@
 Installs Debian's rabbitmq-server and nats-server when missing (as root; otherwise
 it prints how and exits 2), starts a private RabbitMQ node (stream plugin) and a
 private nats-server (JetStream, file storage) on loopback with dirs of their own,
-and a hidra_ng receiver process; then runs four workloads on every system,
+and a hidra_ng receiver process (and a second one under eatmydata, with its fsyncs
+off: ``hidra_ng_without_fsync``, what the peers' page-cache confirms would give
+hidra_ng; Debian's eatmydata is installed like the servers); then runs four
+workloads on every system,
 interleaved over rounds (each round runs every workload on every system, the
 systems' order rotated from round to round):
 
@@ -55,15 +58,17 @@ sys.path.insert(0, str(REPO_DIR))  # scripts.rabbitmq_node
 from payloads import messages_1kib
 from peer_report import render_markdown, render_text
 from peer_services import (
+    EATMYDATA_PACKAGE,
     NATS_PACKAGE,
     NatsServer,
     SetupError,
     debian_version,
+    eatmydata_library,
     nats_version,
     require_debian,
     supports_sync_always,
 )
-from peer_stats import Sample, System, Workload, headline, ratio, summarize
+from peer_stats import WITHOUT_FSYNC, Sample, System, Workload, headline, ratio, summarize
 
 from scripts.rabbitmq_node import PACKAGE as RABBITMQ_PACKAGE
 from scripts.rabbitmq_node import SERVER as RABBITMQ_SERVER
@@ -114,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _interrupt)  # stop the servers as on Ctrl-C
     try:
-        require_debian([RABBITMQ_PACKAGE, NATS_PACKAGE], [str(RABBITMQ_SERVER), NATS_PACKAGE])
+        require_debian(
+            [RABBITMQ_PACKAGE, NATS_PACKAGE, EATMYDATA_PACKAGE],
+            [str(RABBITMQ_SERVER), NATS_PACKAGE, EATMYDATA_PACKAGE],
+        )
         with contextlib.ExitStack() as stack:
             systems, not_run, versions = _start(stack, args.nats_server)
             results = _measure(scale, systems, not_run, versions, args.rstream_read_chunk)
@@ -177,6 +185,8 @@ def _start(
         systems.append(system)
 
     add(HidraSystem(base / "hidra"))
+    # what the two fsyncs per frame cost: the peers confirm from the page cache
+    add(HidraSystem(base / "hidra-without-fsync", without_fsync=eatmydata_library()))
     node = RabbitNode(base / "rabbitmq", name="hidra-peers")
     stack.callback(node.stop)
     node.start()
@@ -316,19 +326,32 @@ def _results(
         for s in systems:
             if (s.name, w.name) in samples:
                 entry["systems"][s.name] = summarize(w, samples[(s.name, w.name)])
-        ours = entry["systems"].get("hidra_ng")
-        for name, theirs in entry["systems"].items():
-            if name == "hidra_ng" or ours is None:
-                continue
-            ratios = {w.name: _rounded(ratio(headline(w, ours), headline(w, theirs)))}
-            if w.unit == "ms":
-                ratios["p99"] = _rounded(ratio(ours["p99_ms"], theirs["p99_ms"]))
-            if w.cpu_per_gb:
-                ratios["cpu_s_per_gb"] = _rounded(
-                    ratio(ours["cpu_s_per_gb"]["total"], theirs["cpu_s_per_gb"]["total"])
-                )
-            entry["hidra_ng_over_peer"][name] = ratios
+        entry["hidra_ng_over_peer"] = _over_peers(w, entry["systems"], "hidra_ng")
+        if WITHOUT_FSYNC in entry["systems"]:  # the peers confirm from the page cache too
+            entry["without_fsync_over_peer"] = _over_peers(
+                w, {n: v for n, v in entry["systems"].items() if n != "hidra_ng"}, WITHOUT_FSYNC
+            )
         out[w.name] = entry
+    return out
+
+
+def _over_peers(
+    w: Workload, systems: dict[str, dict[str, Any]], ours_name: str
+) -> dict[str, dict[str, float | None]]:
+    """``ours_name`` / each other system, for the headline (and p99, CPU per GB)."""
+    ours = systems.get(ours_name)
+    out: dict[str, dict[str, float | None]] = {}
+    for name, theirs in systems.items():
+        if name == ours_name or ours is None:
+            continue
+        ratios = {w.name: _rounded(ratio(headline(w, ours), headline(w, theirs)))}
+        if w.unit == "ms":
+            ratios["p99"] = _rounded(ratio(ours["p99_ms"], theirs["p99_ms"]))
+        if w.cpu_per_gb:
+            ratios["cpu_s_per_gb"] = _rounded(
+                ratio(ours["cpu_s_per_gb"]["total"], theirs["cpu_s_per_gb"]["total"])
+            )
+        out[name] = ratios
     return out
 
 
