@@ -195,36 +195,11 @@ class Consumer:
         )
         return decode_batch(body, payloads, decode=decode)
 
-    def worker(
-        self,
-        stream: str,
-        group: str,
-        *,
-        batch: int = 16,
-        prefetch: int = 2,
-        timeout: float = 5.0,
-        ack_timeout: float | None = None,
-        max_deliveries: int | None = None,
-        decode: bool = True,
-    ) -> GroupWorker:
-        """A member of ``group`` that keeps ``prefetch`` batches of ``batch`` coming.
-
-        Iterating it yields lists of frames; each list is acknowledged when the
-        next one is taken (see client/worker.py for what happens at the end).
-        """
+    def worker(self, stream: str, group: str, **options: Any) -> GroupWorker:
+        """A member of ``group`` with batches in flight: see client/worker.GroupWorker."""
         from hidra_ng.client.worker import GroupWorker
 
-        return GroupWorker(
-            self,
-            stream,
-            group,
-            batch=batch,
-            prefetch=prefetch,
-            timeout=timeout,
-            ack_timeout=ack_timeout,
-            max_deliveries=max_deliveries,
-            decode=decode,
-        )
+        return GroupWorker(self, stream, group, **options)
 
     def ack(self, frame: Frame) -> None:
         """Acknowledge a frame from :meth:`next`: its group will not hand it out again."""
