@@ -127,11 +127,12 @@ def receiver(
 ) -> None:
     """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
     from hidra_ng import heap, service
-    from hidra_ng.metrics import served_port
-    from hidra_ng.receiver.daemon import Receiver
 
     heap.keep_frame_buffers()
     with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
+        from hidra_ng.metrics import served_port
+        from hidra_ng.receiver.daemon import Receiver
+
         daemon = Receiver(settings)
         if ready_file is not None:
             bound = {**daemon.endpoints, "metrics_port": served_port(daemon.metrics.registry)}
@@ -205,10 +206,11 @@ def write(
 ) -> None:
     """Write streams as files for legacy tools (NXmx, HDF5, TIFF) as frames arrive."""
     from hidra_ng import service
-    from hidra_ng.metrics import served_port
-    from hidra_ng.writer.daemon import WriterDaemon
 
     with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
+        from hidra_ng.metrics import served_port
+        from hidra_ng.writer.daemon import WriterDaemon
+
         daemon = WriterDaemon(settings)
         if ready_file is not None:
             _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
@@ -224,10 +226,11 @@ def bridge(
 ) -> None:
     """Republish every durable frame of chosen streams into RabbitMQ streams (SPEC §13)."""
     from hidra_ng import service
-    from hidra_ng.bridge import Bridge
-    from hidra_ng.metrics import served_port
 
     with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
+        from hidra_ng.bridge import Bridge
+        from hidra_ng.metrics import served_port
+
         daemon = Bridge(settings)
         if ready_file is not None:
             _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
