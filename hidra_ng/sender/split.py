@@ -25,9 +25,10 @@ a call whose messages were all recognized commits the record alone, with the
 fingerprints still to come and the caller's checkpoint.
 
 A fingerprint is 8 bytes of BLAKE2b over the message's kind, dtype, shape and
-codec, its meta as JSON, and the length and CRC-32 of its payload. Only the
-messages of the blocks before a call's last need one, so a call that stays in
-one block (the usual ``send()`` of a large frame) costs nothing.
+codec, its meta as JSON, and the length and XXH3-128 of its payload (tens of
+GB/s: a 4 MiB frame costs about 0.1 ms). Only the messages of the blocks before
+a call's last need one, so a call that stays in one block (the usual ``send()``
+of a large frame) costs nothing.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ import logging
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import xxhash
 
 from hidra_ng.sender.producer import Producer
 from hidra_ng.shards import SPLIT_META_KEY, SplitLayout, part_name
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 Item = tuple[Data, dict[str, Any] | None]
 _COUNT = struct.Struct(">Q")  # the record before fingerprints: the image count alone
-_LENGTH_CRC = struct.Struct(">QI")
+_LENGTH = struct.Struct(">Q")
 #: the seq a message gets that was recognized as spooled by an interrupted call
 RECOGNIZED_SEQ = -1
 
@@ -74,7 +75,7 @@ def fingerprint(data: Data, meta: dict[str, Any] | None, max_meta_bytes: int) ->
         head = [int(kind), dtype, list(shape), "none"]
     digest = hashlib.blake2b(msgspec.msgpack.encode(head), digest_size=8)
     digest.update(proto.encode_meta(meta, max_meta_bytes))
-    digest.update(_LENGTH_CRC.pack(len(payload), zlib.crc32(payload)))
+    digest.update(_LENGTH.pack(len(payload)) + xxhash.xxh3_128_digest(payload))
     return digest.digest()
 
 
