@@ -127,15 +127,18 @@ def receiver(
 ) -> None:
     """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
     from hidra_ng import heap, service
-    from hidra_ng.metrics import served_port
-    from hidra_ng.receiver.daemon import Receiver
 
     heap.keep_frame_buffers()
-    daemon = Receiver(settings)
-    if ready_file is not None:
-        bound = {**daemon.endpoints, "metrics_port": served_port(daemon.metrics.registry)}
-        _write_ready_file(ready_file, bound)
-    raise typer.Exit(service.run(daemon))
+    with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
+        from hidra_ng.metrics import served_port
+        from hidra_ng.receiver.daemon import Receiver
+
+        daemon = Receiver(settings)
+        if ready_file is not None:
+            bound = {**daemon.endpoints, "metrics_port": served_port(daemon.metrics.registry)}
+            _write_ready_file(ready_file, bound)
+        code = service.run(daemon, stop_event=stop)
+    raise typer.Exit(code)
 
 
 def _write_ready_file(path: Path, endpoints: dict[str, Any]) -> None:
@@ -173,20 +176,22 @@ def sender(
     parsed = [sources.parse(uri) for uri in settings.sources]
     if not parsed:
         raise ConfigError("no sources given; add --source URI or [[sender.sources]] in the config")
-    daemon = SenderDaemon(settings, parsed)
-    if ready_file is not None:
-        start = daemon.start
+    with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
+        daemon = SenderDaemon(settings, parsed)
+        if ready_file is not None:
+            start = daemon.start
 
-        def start_and_report() -> None:
-            start()
-            _write_ready_file(ready_file, daemon.bound())
+            def start_and_report() -> None:
+                start()
+                _write_ready_file(ready_file, daemon.bound())
 
-        daemon.start = start_and_report  # type: ignore[method-assign]
+            daemon.start = start_and_report  # type: ignore[method-assign]
 
-    def done() -> bool:
-        return exit_when_done and daemon.sources_done() and daemon.producer.spool_messages == 0
+        def done() -> bool:
+            return exit_when_done and daemon.sources_done() and daemon.producer.spool_messages == 0
 
-    raise typer.Exit(service.run(daemon, should_stop=done))
+        code = service.run(daemon, should_stop=done, stop_event=stop)
+    raise typer.Exit(code)
 
 
 #: --ready-file of the writer and the bridge: what they bind is their metrics port
@@ -201,13 +206,16 @@ def write(
 ) -> None:
     """Write streams as files for legacy tools (NXmx, HDF5, TIFF) as frames arrive."""
     from hidra_ng import service
-    from hidra_ng.metrics import served_port
-    from hidra_ng.writer.daemon import WriterDaemon
 
-    daemon = WriterDaemon(settings)
-    if ready_file is not None:
-        _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
-    raise typer.Exit(service.run(daemon))
+    with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
+        from hidra_ng.metrics import served_port
+        from hidra_ng.writer.daemon import WriterDaemon
+
+        daemon = WriterDaemon(settings)
+        if ready_file is not None:
+            _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
+        code = service.run(daemon, stop_event=stop)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -218,13 +226,16 @@ def bridge(
 ) -> None:
     """Republish every durable frame of chosen streams into RabbitMQ streams (SPEC §13)."""
     from hidra_ng import service
-    from hidra_ng.bridge import Bridge
-    from hidra_ng.metrics import served_port
 
-    daemon = Bridge(settings)
-    if ready_file is not None:
-        _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
-    raise typer.Exit(service.run(daemon))
+    with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
+        from hidra_ng.bridge import Bridge
+        from hidra_ng.metrics import served_port
+
+        daemon = Bridge(settings)
+        if ready_file is not None:
+            _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
+        code = service.run(daemon, stop_event=stop)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -17,17 +17,24 @@ sockets and opened its store:
   finish the commit in flight, flush acks, close the store), exit code 0. A
   stop that hangs longer than ``stop_timeout_seconds`` ends the process with
   exit code 1, as a crash would (nothing durable is lost by that).
+
+A daemon's constructor binds sockets, opens its store or spool and may take a
+lease (the bridge) before :func:`run` is called. The daemon commands make it
+inside :func:`stop_signals`: a SIGTERM that comes while the constructor runs is
+held and ends in the same clean stop (exit code 0, everything released) once
+:func:`run` took over, not in death by the signal (exit -15).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -111,6 +118,24 @@ class Heartbeats:
         return all(now - t <= max_age for t in list(self._last.values()))
 
 
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT set the event yielded, from now on: wrap a daemon's constructor
+    and :func:`run` (pass it as ``stop_event``) in it. The former handlers come back
+    at the end. Outside the main thread (no signals there) the event is only yielded.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = _handle_stop_signals(stop)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(
     daemon: Daemon,
     *,
@@ -124,8 +149,9 @@ def run(
     """Start ``daemon``, report READY, keep the watchdog fed, stop on SIGTERM/SIGINT.
 
     Must be called from the main thread (signal handlers). ``stop_event`` lets
-    a caller (or a test) request the stop without a signal. Returns the exit
-    code: 0 after a requested stop, 1 if the daemon died.
+    a caller (or a test) request the stop without a signal; already set, the
+    daemon stops right after ``start()``. Returns the exit code: 0 after a
+    requested stop, 1 if the daemon died.
     """
     notifier = notifier or Notifier()
     stop = stop_event or threading.Event()

@@ -205,13 +205,26 @@ class Producer:
         so a restarted source resumes exactly after what was spooled
         (read it back with :meth:`checkpoint`).
         """
+        prepared = self._prepare_many(stream, items)
+        if not prepared:
+            return []
+        return self._spool_commit(prepared, checkpoint=checkpoint)
+
+    def _prepare_many(
+        self, stream: str, items: Iterable[tuple[Data, dict[str, Any] | None]]
+    ) -> list[tuple[proto.Header, memoryview | bytes]]:
+        """Validate (and compress) messages for ``stream``, not spooled yet (send_many)."""
         self._check_open()
         proto.check_stream_name(stream)
         if stream in self._spool.finished:
             raise StreamFinished(f"stream {stream!r} was finished by this sender; use a new stream")
-        prepared = [self._prepare(stream, data, meta) for data, meta in items]
-        if not prepared:
-            return []
+        return [self._prepare(stream, data, meta) for data, meta in items]
+
+    def _commit_prepared(
+        self, prepared: list[tuple[proto.Header, memoryview | bytes]], checkpoint: Checkpoints
+    ) -> list[int]:
+        """Spool what :meth:`_prepare_many` made in one commit; a checkpoint alone if none."""
+        self._check_open()
         return self._spool_commit(prepared, checkpoint=checkpoint)
 
     def finish(self, stream: str) -> int:

@@ -18,9 +18,9 @@ receiver keeps what is spooled for each receiver with it.
 Splitting a series (``split_parts=K``, ``split_block_images=B``, for the streams
 matching ``split_streams``): message ``i`` of stream ``S`` goes to ``S/part-P`` by
 blocks of ``B`` (hidra_ng/shards.py has the layout), with ``hidra_split = [i, K, B]``
-added to its meta; ``finish(S)`` finishes every part. How many messages of ``S``
-were spooled is a checkpoint written in the same commit as each block, so a
-restarted sender numbers on where it stopped.
+added to its meta; ``finish(S)`` finishes every part. A call whose images span
+several blocks is one commit per block; hidra_ng/sender/split.py keeps such a
+call exactly once across a crash between its commits.
 """
 
 from __future__ import annotations
@@ -38,27 +38,16 @@ from hidra_ng.errors import ConfigError, ReceiverUnavailable
 from hidra_ng.metrics import SenderMetrics
 from hidra_ng.patterns import Patterns
 from hidra_ng.sender.producer import GiB, Producer
+from hidra_ng.sender.split import SplitSender
 from hidra_ng.sender.spool import Checkpoints
-from hidra_ng.shards import (
-    SPLIT_META_KEY,
-    ShardMap,
-    SplitLayout,
-    load_shard_map,
-    part_name,
-    split_name,
-)
+from hidra_ng.shards import ShardMap, SplitLayout, load_shard_map, part_name, split_name
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.frames import Data
 
 log = logging.getLogger(__name__)
 
 _STAMP = struct.Struct(">Q")  # orders a source's checkpoints across the receivers' spools
-_COUNT = struct.Struct(">Q")
 SPOOL_PREFIX = "shard-"
-
-
-def _split_key(stream: str) -> str:
-    return f"split:{stream}"
 
 
 class ShardedProducer(Producer):
@@ -97,9 +86,7 @@ class ShardedProducer(Producer):
         self.metrics = metrics
         self.max_spool_bytes = max(1, max_spool_bytes // len(self.map.shards))
         self._closed = False
-        self._series_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._images: dict[str, int] = {}  # messages of a split series spooled so far
         self._stamp = 0
         root = Path(spool_dir)
         #: one Producer per receiver, by shard name
@@ -111,6 +98,7 @@ class ShardedProducer(Producer):
         self.max_meta_bytes = first.max_meta_bytes
         self.compression = first.compression
         self.keys = first.keys
+        self.split = SplitSender(self.layout, self.link, self.links.values, self.max_meta_bytes)
         self._warn_orphans(root)
 
     def _open_links(
@@ -158,12 +146,18 @@ class ShardedProducer(Producer):
         *,
         checkpoint: Checkpoints = None,
     ) -> list[int]:
-        """Spool messages for ``stream`` on its receiver's spool; seqs count per receiver."""
+        """Spool messages for ``stream`` on its receiver's spool; seqs count per receiver.
+
+        A split series: after a crash (or an error) inside a call that spanned
+        several blocks, the messages that call had spooled are recognized when the
+        caller sends them again, and not spooled twice; their seq is -1
+        (hidra_ng/sender/split.py).
+        """
         self._check_open()
         proto.check_stream_name(stream)
         points = self._stamped(checkpoint)
         if self.splits(stream):
-            return self._send_split(stream, list(items), points)
+            return self.split.send(stream, list(items), points)
         return self.link(stream).send_many(stream, items, checkpoint=points)
 
     def splits(self, stream: str) -> bool:
@@ -172,54 +166,12 @@ class ShardedProducer(Producer):
             self.layout.parts > 1 and split_name(stream)[1] is None and self.split_streams(stream)
         )
 
-    def _send_split(
-        self,
-        stream: str,
-        items: list[tuple[Data, dict[str, Any] | None]],
-        points: list[tuple[str, bytes]],
-    ) -> list[int]:
-        layout = self.layout
-        with self._series_lock(stream):  # one series' messages are numbered in send order
-            done = self._spooled(stream)
-            chunks: list[tuple[int, list[tuple[Data, dict[str, Any] | None]]]] = []
-            for offset, (data, meta) in enumerate(items):
-                image = done + offset
-                part = layout.part(image)
-                tagged = dict(meta or {})
-                tagged[SPLIT_META_KEY] = [image, layout.parts, layout.block]
-                if chunks and chunks[-1][0] == part:
-                    chunks[-1][1].append((data, tagged))
-                else:
-                    chunks.append((part, [(data, tagged)]))
-            seqs: list[int] = []
-            for n, (part, chunk) in enumerate(chunks):
-                # the count goes with each block, the caller's checkpoint with the last one
-                count = [(_split_key(stream), _COUNT.pack(done + len(chunk)))]
-                last = points if n == len(chunks) - 1 else []
-                name = part_name(stream, part)
-                seqs += self.link(name).send_many(name, chunk, checkpoint=count + last)
-                done += len(chunk)
-                self._images[stream] = done
-            return seqs
-
-    def _series_lock(self, stream: str) -> threading.Lock:
-        with self._locks_lock:
-            return self._series_locks.setdefault(stream, threading.Lock())
-
-    def _spooled(self, stream: str) -> int:
-        """Messages of split ``stream`` spooled so far (after a restart: from the spools)."""
-        if stream not in self._images:
-            counts = [link.checkpoint(_split_key(stream)) for link in self.links.values()]
-            self._images[stream] = max(
-                (_COUNT.unpack(c)[0] for c in counts if c is not None), default=0
-            )
-        return self._images[stream]
-
     def finish(self, stream: str) -> int:
         """Mark ``stream`` finished (a split series: every part); returns the last seq."""
         self._check_open()
         proto.check_stream_name(stream)
         if self.splits(stream):
+            self.split.finish(stream)
             seqs = [
                 self.link(part_name(stream, p)).finish(part_name(stream, p))
                 for p in range(self.layout.parts)
