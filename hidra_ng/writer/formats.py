@@ -25,7 +25,7 @@ from hidra_ng.client.export import nexus_groups
 from hidra_ng.errors import Gone, HidraError, WriteRefused
 from hidra_ng.wire.frames import Frame
 from hidra_ng.writer import nxmx
-from hidra_ng.writer.files import PartFile, chunk_bytes, family, filter_options, publish
+from hidra_ng.writer.files import PartFile, chunk_bytes, family, filter_options, part_size
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ class Options:
 
 @dataclass
 class Published:
-    """Files a format completed, for metrics, the checkpoint and announcements."""
+    """Files a format completed, for metrics, the checkpoint and announcements.
+
+    ``files`` are final names; each is still ``NAME.part``, closed and complete: the
+    context publishes them (fsync, rename) before it commits the checkpoint.
+    """
 
     files: list[Path]
     frames: int
@@ -58,9 +62,10 @@ class Context(Protocol):
 
     def fetch(self, index: int, *, decode: bool = True) -> Frame: ...
     def fetch_table(self, series_unique_id: Any, table: str, channel: Any) -> np.ndarray | None: ...
-    def checkpoint(
-        self, next_index: int, state: dict[str, Any], done: Published | None
-    ) -> None: ...
+    def checkpoint(self, next_index: int, state: dict[str, Any], done: Published | None) -> None:
+        """After ``done``'s files (if any) are published, the first index not in a
+        complete file is ``next_index`` and the format's state is ``state`` (not
+        changed afterwards: the context may commit it later, in another thread)."""
 
 
 def segment(stream: str) -> str:
@@ -111,13 +116,14 @@ class OpenSeries:
     channel: str | None = None
     end_time: str | None = None
     tables: dict[str, int] = field(default_factory=dict)  # table name -> index in this stream
+    counts: list[int] = field(default_factory=list)  # images in each of files
 
     def state(self) -> dict[str, Any]:
         return {
             "start_index": self.start_index,
             "prefix": self.prefix,
             "images": self.images,
-            "files": self.files,
+            "files": list(self.files),  # a copy: committed later, in another thread
             "dtype": self.dtype,
             "shape": list(self.shape),
             "codec": self.codec,
@@ -125,7 +131,8 @@ class OpenSeries:
             "last_image_nr": self.last_image_nr,
             "channel": self.channel,
             "end_time": self.end_time,
-            "tables": self.tables,
+            "tables": dict(self.tables),
+            "counts": list(self.counts),
         }
 
 
@@ -156,6 +163,7 @@ class NxmxFormat(Format):
                 channel=saved["channel"],
                 end_time=saved["end_time"],
                 tables=dict(saved.get("tables") or {}),
+                counts=list(saved.get("counts") or []),  # a checkpoint of before: none
             )
 
     def _state(self) -> dict[str, Any]:
@@ -237,7 +245,7 @@ class NxmxFormat(Format):
             data_file.indices.append(frame.index)
             data_file.image_ids.append(nr - 1)
         else:
-            assert isinstance(frame.data, bytes)
+            assert isinstance(frame.data, (bytes, memoryview))
             data_file.add(frame.data, frame.index, nr - 1)
         s.images += 1
         s.last_image_nr = nr
@@ -296,10 +304,11 @@ class NxmxFormat(Format):
     def _complete_data(self, next_index: int) -> None:
         s, df = self.series, self.data
         assert s is not None and df is not None
-        path = df.complete(self.data_low, s.last_image_nr)
+        path = df.close(self.data_low, s.last_image_nr)  # published by the context
         self.data = None
         s.files.append(path.name)
-        done = Published([path], df.count, path.stat().st_size)
+        s.counts.append(df.count)
+        done = Published([path], df.count, part_size(path))
         self.ctx.checkpoint(next_index, self._state(), done)
 
     def _close_series(self, next_index: int, end: Frame | None) -> None:
@@ -324,8 +333,9 @@ class NxmxFormat(Format):
             instrument_name=self.ctx.options.instrument_name or self.ctx.stream.split("/")[0],
             source_name=self.ctx.options.source_name or "unknown",
             tables=tables,
+            counts=s.counts if len(s.counts) == len(s.files) else None,
         )
-        master = nxmx.write_master(self.ctx.directory / f"{s.prefix}_master.h5", info)
+        master = nxmx.close_master(self.ctx.directory / f"{s.prefix}_master.h5", info)
         last = end.index if end is not None else next_index - 1
         announce = {
             "format": "nxmx",
@@ -343,7 +353,7 @@ class NxmxFormat(Format):
             "complete": end is not None,
         }
         self.series = None
-        done = Published([master], 0, master.stat().st_size, announce)
+        done = Published([master], 0, part_size(master), announce)
         self.ctx.checkpoint(next_index, self._state(), done)
 
     def _tables(self, s: OpenSeries) -> dict[str, np.ndarray]:
@@ -423,9 +433,10 @@ class _Hdf5File:
                 self.data.attrs["interpretation"] = "image"
         offset = (self.count,) + (0,) * len(self.shape)
         if family(frame.compression) == family(self.codec):
-            assert isinstance(frame.data, bytes)
+            assert isinstance(frame.data, (bytes, memoryview))
             chunk = chunk_bytes(frame.data, frame.compression, self.dtype, self.nbytes)
             self.data.id.write_direct_chunk(offset, chunk)
+            self.file.wrote(len(chunk))
         else:
             self.data[self.count] = decoded()
         self.rows["index"].append(frame.index)
@@ -445,7 +456,7 @@ class _Hdf5File:
         h5 = self.file.h5
         h5.attrs["hidra_ng_first_index"] = self.first if self.first is not None else -1
         h5.attrs["hidra_ng_last_index"] = self.last
-        return self.file.complete()
+        return self.file.close()  # published by the context
 
     def abort(self) -> None:
         self.file.abort()
@@ -494,7 +505,7 @@ class Hdf5Format(Format):
             "image_count": f.count,
             "complete": True,
         }
-        self.ctx.checkpoint(next_index, {}, Published([path], f.count, path.stat().st_size,
+        self.ctx.checkpoint(next_index, {}, Published([path], f.count, part_size(path),
                                                       announce))  # fmt: skip
 
     def finish(self, next_index: int) -> None:
@@ -548,11 +559,10 @@ class TiffFormat(Format):
         )
         try:
             tifffile.imwrite(part, frame.data, description=description, metadata=None)
-            publish(part, final)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        size = final.stat().st_size
+        size = part.stat().st_size  # published (fsync, rename) by the context
         self.ctx.checkpoint(frame.index + 1, {}, Published([final], 1, size))
 
 

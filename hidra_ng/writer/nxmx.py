@@ -84,6 +84,7 @@ class SeriesInfo:
     instrument_name: str = ""
     source_name: str = ""
     tables: dict[str, np.ndarray] = field(default_factory=dict)  # pixel_mask, flatfield
+    counts: list[int] | None = None  # images in each data file; None: read from the files
 
 
 def number(meta: dict[str, Any], key: str) -> float | None:
@@ -164,16 +165,26 @@ class DataFile:
         self.image_ids: list[int] = []
         self.count = 0
 
-    def add(self, data: bytes, index: int, image_id: int) -> None:
+    def add(self, data: bytes | memoryview, index: int, image_id: int) -> None:
         offset = (self.count,) + (0,) * len(self.shape)
-        self.data.id.write_direct_chunk(
-            offset, chunk_bytes(data, self.codec, self.dtype, self.nbytes)
-        )
+        chunk = chunk_bytes(data, self.codec, self.dtype, self.nbytes)
+        self.data.id.write_direct_chunk(offset, chunk)
+        self.file.wrote(len(chunk))
         self.count += 1
         self.indices.append(index)
         self.image_ids.append(image_id)
 
     def complete(self, image_nr_low: int, image_nr_high: int) -> Path:
+        """Finish the file and publish it (fsync, rename, directory fsync)."""
+        self._finish(image_nr_low, image_nr_high)
+        return self.file.complete()
+
+    def close(self, image_nr_low: int, image_nr_high: int) -> Path:
+        """Finish the file and close its ``.part`` for a Publisher; its final name."""
+        self._finish(image_nr_low, image_nr_high)
+        return self.file.close()
+
+    def _finish(self, image_nr_low: int, image_nr_high: int) -> None:
         self.data.resize((self.count, *self.shape))
         self.data.attrs["image_nr_low"] = np.int32(image_nr_low)
         self.data.attrs["image_nr_high"] = np.int32(image_nr_high)
@@ -181,7 +192,6 @@ class DataFile:
         self.hidra.create_dataset("image_id", data=np.asarray(self.image_ids, "<i8"))
         self.hidra.attrs["first_index"] = self.indices[0]
         self.hidra.attrs["last_index"] = self.indices[-1]
-        return self.file.complete()
 
     def abort(self) -> None:
         self.file.abort()
@@ -218,14 +228,19 @@ def _vec(values: Sequence[float]) -> np.ndarray:
 
 def write_master(path: Path, info: SeriesInfo) -> Path:
     """Write ``<prefix>_master.h5`` (as ``.part``, then renamed) for a complete series."""
+    return _master(path, info, publish=True)
+
+
+def close_master(path: Path, info: SeriesInfo) -> Path:
+    """Write ``<prefix>_master.h5.part`` for a Publisher to rename; the final name."""
+    return _master(path, info, publish=False)
+
+
+def _master(path: Path, info: SeriesInfo, *, publish: bool) -> Path:
     f = PartFile(path, libver=("v110", "latest"))
     try:
         _fill_master(f.h5, info)
-    except BaseException:
-        f.abort()
-        raise
-    try:
-        return f.complete()
+        return f.complete() if publish else f.close()
     except BaseException:
         f.abort()
         raise
@@ -274,11 +289,10 @@ def _data_group(entry: h5py.Group, info: SeriesInfo, directory: Path) -> None:
     data = _nxgroup(entry, "data", "NXdata")
     for n, name in enumerate(info.files, 1):
         data[f"data_{n:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
-    counts = []
+    counts = list(info.counts or [])
     try:
-        for name in info.files:
-            with h5py.File(directory / name, "r") as h5:
-                counts.append(h5["/entry/data/data"].shape[0])
+        if len(counts) != len(info.files):
+            counts = [_image_count(directory / name) for name in info.files]
     except (OSError, KeyError) as err:
         log.warning("master of %s without its virtual dataset /entry/data/images (the links"
                     " to the data files are there): %s", info.prefix, err)  # fmt: skip
@@ -298,6 +312,14 @@ def _data_group(entry: h5py.Group, info: SeriesInfo, directory: Path) -> None:
     ds = data.create_virtual_dataset("images", layout)
     ds.attrs["interpretation"] = "image"
     data.attrs["signal"] = "images"
+
+
+def _image_count(path: Path) -> int:
+    """Images in a data file, or in its ``.part`` not yet published."""
+    if not path.exists():
+        path = path.with_name(path.name + ".part")
+    with h5py.File(path, "r") as h5:
+        return int(h5["/entry/data/data"].shape[0])
 
 
 def _instrument(entry: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
