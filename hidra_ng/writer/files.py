@@ -42,7 +42,7 @@ def is_disk_full(err: BaseException) -> bool:
     return "No space left" in text or "Disk quota exceeded" in text
 
 
-WRITEBACK_BYTES = 16 << 20  # a file being written is handed to the disk this often
+WRITEBACK_BYTES = 4 << 20  # a file being written is handed to the disk this often
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not wait
 
 

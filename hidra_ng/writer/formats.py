@@ -146,6 +146,8 @@ class NxmxFormat(Format):
         self.series: OpenSeries | None = None
         self.data: nxmx.DataFile | None = None
         self.data_low = 0
+        # the series' master, begun with its first image here (see nxmx.MasterFile)
+        self.master: nxmx.MasterFile | None = None
         saved = state.get("series")
         if saved:
             start = ctx.fetch(saved["start_index"])
@@ -232,6 +234,9 @@ class NxmxFormat(Format):
         s = self._series_of(frame, meta)
         image_id = meta.get("image_id")
         nr = image_id + 1 if isinstance(image_id, int) and image_id >= 0 else s.last_image_nr + 1
+        if self.master is None:
+            path = self.ctx.directory / f"{s.prefix}_master.h5"
+            self.master = nxmx.MasterFile(path, self._info(s, None, {}))
         data_file = self.data
         if data_file is None:
             data_file = self._open_data_file(frame.stream, s, nr)
@@ -316,26 +321,12 @@ class NxmxFormat(Format):
         assert s is not None
         if self.data is not None:
             self._complete_data(next_index)
-        tables = self._tables(s)
-        info = nxmx.SeriesInfo(
-            stream=self.ctx.stream,
-            prefix=s.prefix,
-            start=s.meta,
-            start_index=s.start_index,
-            end_index=end.index if end is not None else None,
-            images=s.images,
-            files=s.files,
-            image_shape=s.shape,
-            dtype=s.dtype or "<u2",
-            first_image_nr=s.first_image_nr or 1,
-            channel=s.channel,
-            end_time=s.end_time if end is not None else None,
-            instrument_name=self.ctx.options.instrument_name or self.ctx.stream.split("/")[0],
-            source_name=self.ctx.options.source_name or "unknown",
-            tables=tables,
-            counts=s.counts if len(s.counts) == len(s.files) else None,
-        )
-        master = nxmx.close_master(self.ctx.directory / f"{s.prefix}_master.h5", info)
+        info = self._info(s, end, self._tables(s))
+        path = self.ctx.directory / f"{s.prefix}_master.h5"
+        if self.master is not None:  # begun with the series' first image
+            master, self.master = self.master.close(info), None
+        else:  # a series without images, or restarted inside
+            master = nxmx.close_master(path, info)
         last = end.index if end is not None else next_index - 1
         announce = {
             "format": "nxmx",
@@ -355,6 +346,28 @@ class NxmxFormat(Format):
         self.series = None
         done = Published([master], 0, part_size(master), announce)
         self.ctx.checkpoint(next_index, self._state(), done)
+
+    def _info(
+        self, s: OpenSeries, end: Frame | None, tables: dict[str, np.ndarray]
+    ) -> nxmx.SeriesInfo:
+        return nxmx.SeriesInfo(
+            stream=self.ctx.stream,
+            prefix=s.prefix,
+            start=s.meta,
+            start_index=s.start_index,
+            end_index=end.index if end is not None else None,
+            images=s.images,
+            files=s.files,
+            image_shape=s.shape,
+            dtype=s.dtype or "<u2",
+            first_image_nr=s.first_image_nr or 1,
+            channel=s.channel,
+            end_time=s.end_time if end is not None else None,
+            instrument_name=self.ctx.options.instrument_name or self.ctx.stream.split("/")[0],
+            source_name=self.ctx.options.source_name or "unknown",
+            tables=tables,
+            counts=s.counts if len(s.counts) == len(s.files) else None,
+        )
 
     def _tables(self, s: OpenSeries) -> dict[str, np.ndarray]:
         tables: dict[str, np.ndarray] = {}
@@ -382,6 +395,9 @@ class NxmxFormat(Format):
         if self.data is not None:
             self.data.abort()
             self.data = None
+        if self.master is not None:
+            self.master.abort()
+            self.master = None
 
 
 # ------------------------------------------------------------------- hdf5

@@ -46,7 +46,7 @@ import h5py
 import numpy as np
 
 from hidra_ng.client.export import nxdata_entry
-from hidra_ng.writer.files import PartFile, chunk_bytes, filter_options
+from hidra_ng.writer.files import PartFile, chunk_bytes, filter_options, publish
 
 log = logging.getLogger(__name__)
 
@@ -228,54 +228,98 @@ def _vec(values: Sequence[float]) -> np.ndarray:
 
 def write_master(path: Path, info: SeriesInfo) -> Path:
     """Write ``<prefix>_master.h5`` (as ``.part``, then renamed) for a complete series."""
-    return _master(path, info, publish=True)
+    return MasterFile(path, info).complete(info)
 
 
 def close_master(path: Path, info: SeriesInfo) -> Path:
     """Write ``<prefix>_master.h5.part`` for a Publisher to rename; the final name."""
-    return _master(path, info, publish=False)
+    return MasterFile(path, info).close(info)
 
 
-def _master(path: Path, info: SeriesInfo, *, publish: bool) -> Path:
-    f = PartFile(path, libver=("v110", "latest"))
-    try:
-        _fill_master(f.h5, info)
-        return f.complete() if publish else f.close()
-    except BaseException:
-        f.abort()
-        raise
+class MasterFile:
+    """``<prefix>_master.h5`` written as ``.part`` in two steps: what the start message
+    and the series' first image give (instrument, detector, geometry, beam, source) when
+    it is opened, the rest (data links, image count, times, goniometer positions, mask
+    and flatfield) when the series ends, so a series' end costs only the second part."""
+
+    def __init__(self, path: Path, info: SeriesInfo) -> None:
+        self.file = PartFile(path, libver=("v110", "latest"))
+        try:
+            _begin_master(self.file.h5, info)
+        except BaseException:
+            self.file.abort()
+            raise
+
+    def close(self, info: SeriesInfo) -> Path:
+        """Fill in the end of the series and close the ``.part``; the final name."""
+        try:
+            _end_master(self.file.h5, info)
+            return self.file.close()
+        except BaseException:
+            self.file.abort()
+            raise
+
+    def complete(self, info: SeriesInfo) -> Path:
+        """:meth:`close`, then publish it (fsync, rename, directory fsync)."""
+        self.close(info)
+        try:
+            publish(self.file.part, self.file.final)
+        except BaseException:
+            self.file.abort()
+            raise
+        return self.file.final
+
+    def abort(self) -> None:
+        self.file.abort()
 
 
-def _fill_master(h5: h5py.File, info: SeriesInfo) -> None:
+def _frame_time(s: dict[str, Any]) -> float:
+    return number(s, "frame_time") or number(s, "count_time") or 0.0
+
+
+def _start_time(s: dict[str, Any]) -> str:
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    return iso_utc(s.get("arm_date")) or str(iso_utc(now))
+
+
+def _begin_master(h5: h5py.File, info: SeriesInfo) -> None:
     s = info.start
     h5.attrs["default"] = "entry"
     h5.attrs["creator"] = "hidra_ng"
     h5.attrs["file_name"] = Path(info.prefix + "_master.h5").name
-    h5.attrs["file_time"] = iso_utc(datetime.datetime.now(datetime.UTC).isoformat()) or ""
     h5.attrs["HDF5_Version"] = h5py.version.hdf5_version
 
     entry = _nxgroup(h5, "entry", "NXentry")
     entry.attrs["default"] = "data"
     entry.attrs["version"] = NXMX_VERSION
     _text(entry, "definition", "NXmx")
-    now = datetime.datetime.now(datetime.UTC).isoformat()
-    start_time = iso_utc(s.get("arm_date")) or str(iso_utc(now))
-    _text(entry, "start_time", start_time)
-    frame_time: float = number(s, "frame_time") or number(s, "count_time") or 0.0
+    _text(entry, "start_time", _start_time(s))
+    _text(entry, "title", f"{info.stream} series {s.get('series_id')}")
+    _instrument(entry, info, _frame_time(s))
+    source = _nxgroup(entry, "source", "NXsource")
+    _text(source, "name", info.source_name)
+
+
+def _end_master(h5: h5py.File, info: SeriesInfo) -> None:
+    s = info.start
+    h5.attrs["file_time"] = iso_utc(datetime.datetime.now(datetime.UTC).isoformat()) or ""
+    entry = h5["entry"]
+    start_time = _start_time(s)
     images = s.get("number_of_images")
     expected: int = images if isinstance(images, int) else 0
     estimated = datetime.datetime.fromisoformat(start_time.replace("Z", "+00:00"))
-    estimated += datetime.timedelta(seconds=frame_time * max(expected, info.images))
+    estimated += datetime.timedelta(seconds=_frame_time(s) * max(expected, info.images))
     _text(entry, "end_time_estimated", iso_utc(estimated.isoformat()) or start_time)
     if info.end_time:
         _text(entry, "end_time", info.end_time)
-    _text(entry, "title", f"{info.stream} series {s.get('series_id')}")
-
     _data_group(entry, info, Path(h5.filename).parent)
-    _instrument(entry, info, frame_time)
+    det = entry["instrument/detector"]
+    for name in ("pixel_mask", "flatfield"):
+        table = info.tables.get(name)
+        if table is not None:
+            det.create_dataset(name, data=table, chunks=True, compression="gzip")
+    _value(det["detectorSpecific"], "nimages", np.int64(info.images))
     _sample(entry, info)
-    source = _nxgroup(entry, "source", "NXsource")
-    _text(source, "name", info.source_name)
 
 
 def _data_group(entry: h5py.Group, info: SeriesInfo, directory: Path) -> None:
@@ -430,10 +474,6 @@ def _detector_readout(det: h5py.Group, info: SeriesInfo, frame_time: float) -> N
         _value(det, "threshold_energy", energies[channel], "eV")
     elif isinstance(energies, (int, float)) and not isinstance(energies, bool):
         _value(det, "threshold_energy", float(energies), "eV")
-    for name in ("pixel_mask", "flatfield"):
-        table = info.tables.get(name)
-        if table is not None:
-            det.create_dataset(name, data=table, chunks=True, compression="gzip")
 
 
 def _detector_transformations(det: h5py.Group, g: _Geometry) -> None:
@@ -484,8 +524,7 @@ def _detector_transformations(det: h5py.Group, g: _Geometry) -> None:
 def _detector_specific(det: h5py.Group, info: SeriesInfo, g: _Geometry) -> None:
     """``detectorSpecific``: the start message as sent and its main numbers."""
     s = info.start
-    specific = _nxgroup(det, "detectorSpecific", "NXcollection")
-    _value(specific, "nimages", np.int64(info.images))
+    specific = _nxgroup(det, "detectorSpecific", "NXcollection")  # nimages: at the end
     _value(specific, "ntrigger", np.int64(1))
     _value(specific, "x_pixels_in_detector", np.int32(g.width))
     _value(specific, "y_pixels_in_detector", np.int32(g.height))
