@@ -551,15 +551,18 @@ class _Replay:
             out.append(self._take())
         return out
 
-    def next_records(self, max_count: int) -> list[tuple[int, proto.Record, memoryview]]:
+    def next_records(
+        self, max_count: int, timeout: float | None = None
+    ) -> list[tuple[int, proto.Record, memoryview]]:
         """The next frames as received: (index, Record, payload as stored), at least one
-        (waiting like ``next()``), at most ``max_count``; StopIteration at the end.
+        (waiting like ``next()``; none if none came within ``timeout`` seconds), at most
+        ``max_count``; StopIteration at the end.
 
-        For a reader that forwards what is stored (the bridge): no Frame is made, the
-        meta stays JSON text, the payload a view of the received message.
+        For a reader that forwards what is stored (the bridge, the writer): no Frame is
+        made, the meta stays JSON text, the payload a view of the received message.
         """
-        while not self._ready:
-            self._wait(None)
+        if not self._ready and not self._wait(timeout):
+            return []
         out: list[tuple[int, proto.Record, memoryview]] = []
         while self._ready and len(out) < max_count:
             ref, payload = self._take_raw()

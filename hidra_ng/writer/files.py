@@ -10,10 +10,13 @@ writing a file again after a restart replaces it with the same content.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,55 @@ def is_disk_full(err: BaseException) -> bool:
     return "No space left" in text or "Disk quota exceeded" in text
 
 
+WRITEBACK_BYTES = 4 << 20  # a file being written is handed to the disk this often
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not wait
+
+
+def _load_sync_file_range() -> object | None:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux: the fsync at the end does it all
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages to disk.
+
+    While a file is filled, its written part goes to the disk in the background, so
+    the fsync when it is complete waits for its last pages only, not for all of it.
+    A hint: where the call is missing or fails, the fsync does all the work.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # type: ignore[operator]
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _writeback_pool() -> ThreadPoolExecutor:
+    """One thread for the process: submitting writeback can wait for the disk's queue,
+    which the thread writing the file should not."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(1, thread_name_prefix="writeback")
+        return _pool
+
+
+def _writeback_and_close(fd: int) -> None:
+    try:
+        start_writeback(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -61,6 +113,11 @@ def publish(part: Path, final: Path) -> None:
 
 def part_name(final: Path) -> Path:
     return final.with_name(final.name + PART)
+
+
+def part_size(final: Path) -> int:
+    """The size of ``final``'s ``.part`` file."""
+    return part_name(final).stat().st_size
 
 
 def write_atomic_bytes(final: Path, data: bytes) -> None:
@@ -98,10 +155,29 @@ class PartFile:
         self.final = final
         self.part = part_name(final)
         self.h5 = h5py.File(self.part, "w", **kwargs)
+        self._unflushed = 0  # bytes written since the last writeback was asked for
+        self._writeback: Future[None] | None = None
+
+    def wrote(self, nbytes: int) -> None:
+        """``nbytes`` more are written; every WRITEBACK_BYTES they start to go to disk
+        (in the writeback thread, on a duplicate of the file's descriptor)."""
+        self._unflushed += nbytes
+        if self._unflushed < WRITEBACK_BYTES or _sync_file_range is None:
+            return
+        if self._writeback is not None and not self._writeback.done():
+            return  # the last one still runs: it takes these pages too
+        self._unflushed = 0
+        fd = os.dup(self.h5.id.get_vfd_handle())
+        self._writeback = _writeback_pool().submit(_writeback_and_close, fd)
 
     def complete(self) -> Path:
         self.h5.close()
         publish(self.part, self.final)
+        return self.final
+
+    def close(self) -> Path:
+        """Close the ``.part`` (complete, not yet published); its final name."""
+        self.h5.close()
         return self.final
 
     def abort(self) -> None:
@@ -154,7 +230,9 @@ def family(codec: str) -> str:
     return "blosc2" if codec in ("lz4", "zstd") else codec
 
 
-def chunk_bytes(data: bytes, codec: str, dtype: str, nbytes: int) -> bytes:
+def chunk_bytes(
+    data: bytes | memoryview, codec: str, dtype: str, nbytes: int
+) -> bytes | memoryview:
     """A stored payload in the form its codec's HDF5 filter reads, unchanged inside.
 
     bslz4 and lz4-hdf5 payloads are the HDF5 filters' own framings and go as

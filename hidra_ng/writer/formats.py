@@ -25,7 +25,7 @@ from hidra_ng.client.export import nexus_groups
 from hidra_ng.errors import Gone, HidraError, WriteRefused
 from hidra_ng.wire.frames import Frame
 from hidra_ng.writer import nxmx
-from hidra_ng.writer.files import PartFile, chunk_bytes, family, filter_options, publish
+from hidra_ng.writer.files import PartFile, chunk_bytes, family, filter_options, part_size
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ class Options:
 
 @dataclass
 class Published:
-    """Files a format completed, for metrics, the checkpoint and announcements."""
+    """Files a format completed, for metrics, the checkpoint and announcements.
+
+    ``files`` are final names; each is still ``NAME.part``, closed and complete: the
+    context publishes them (fsync, rename) before it commits the checkpoint.
+    """
 
     files: list[Path]
     frames: int
@@ -58,9 +62,10 @@ class Context(Protocol):
 
     def fetch(self, index: int, *, decode: bool = True) -> Frame: ...
     def fetch_table(self, series_unique_id: Any, table: str, channel: Any) -> np.ndarray | None: ...
-    def checkpoint(
-        self, next_index: int, state: dict[str, Any], done: Published | None
-    ) -> None: ...
+    def checkpoint(self, next_index: int, state: dict[str, Any], done: Published | None) -> None:
+        """After ``done``'s files (if any) are published, the first index not in a
+        complete file is ``next_index`` and the format's state is ``state`` (not
+        changed afterwards: the context may commit it later, in another thread)."""
 
 
 def segment(stream: str) -> str:
@@ -111,13 +116,14 @@ class OpenSeries:
     channel: str | None = None
     end_time: str | None = None
     tables: dict[str, int] = field(default_factory=dict)  # table name -> index in this stream
+    counts: list[int] = field(default_factory=list)  # images in each of files
 
     def state(self) -> dict[str, Any]:
         return {
             "start_index": self.start_index,
             "prefix": self.prefix,
             "images": self.images,
-            "files": self.files,
+            "files": list(self.files),  # a copy: committed later, in another thread
             "dtype": self.dtype,
             "shape": list(self.shape),
             "codec": self.codec,
@@ -125,7 +131,8 @@ class OpenSeries:
             "last_image_nr": self.last_image_nr,
             "channel": self.channel,
             "end_time": self.end_time,
-            "tables": self.tables,
+            "tables": dict(self.tables),
+            "counts": list(self.counts),
         }
 
 
@@ -139,6 +146,8 @@ class NxmxFormat(Format):
         self.series: OpenSeries | None = None
         self.data: nxmx.DataFile | None = None
         self.data_low = 0
+        # the series' master, begun with its first image here (see nxmx.MasterFile)
+        self.master: nxmx.MasterFile | None = None
         saved = state.get("series")
         if saved:
             start = ctx.fetch(saved["start_index"])
@@ -156,6 +165,7 @@ class NxmxFormat(Format):
                 channel=saved["channel"],
                 end_time=saved["end_time"],
                 tables=dict(saved.get("tables") or {}),
+                counts=list(saved.get("counts") or []),  # a checkpoint of before: none
             )
 
     def _state(self) -> dict[str, Any]:
@@ -224,6 +234,9 @@ class NxmxFormat(Format):
         s = self._series_of(frame, meta)
         image_id = meta.get("image_id")
         nr = image_id + 1 if isinstance(image_id, int) and image_id >= 0 else s.last_image_nr + 1
+        if self.master is None:
+            path = self.ctx.directory / f"{s.prefix}_master.h5"
+            self.master = nxmx.MasterFile(path, self._info(s, None, {}))
         data_file = self.data
         if data_file is None:
             data_file = self._open_data_file(frame.stream, s, nr)
@@ -237,7 +250,7 @@ class NxmxFormat(Format):
             data_file.indices.append(frame.index)
             data_file.image_ids.append(nr - 1)
         else:
-            assert isinstance(frame.data, bytes)
+            assert isinstance(frame.data, (bytes, memoryview))
             data_file.add(frame.data, frame.index, nr - 1)
         s.images += 1
         s.last_image_nr = nr
@@ -296,10 +309,11 @@ class NxmxFormat(Format):
     def _complete_data(self, next_index: int) -> None:
         s, df = self.series, self.data
         assert s is not None and df is not None
-        path = df.complete(self.data_low, s.last_image_nr)
+        path = df.close(self.data_low, s.last_image_nr)  # published by the context
         self.data = None
         s.files.append(path.name)
-        done = Published([path], df.count, path.stat().st_size)
+        s.counts.append(df.count)
+        done = Published([path], df.count, part_size(path))
         self.ctx.checkpoint(next_index, self._state(), done)
 
     def _close_series(self, next_index: int, end: Frame | None) -> None:
@@ -307,25 +321,12 @@ class NxmxFormat(Format):
         assert s is not None
         if self.data is not None:
             self._complete_data(next_index)
-        tables = self._tables(s)
-        info = nxmx.SeriesInfo(
-            stream=self.ctx.stream,
-            prefix=s.prefix,
-            start=s.meta,
-            start_index=s.start_index,
-            end_index=end.index if end is not None else None,
-            images=s.images,
-            files=s.files,
-            image_shape=s.shape,
-            dtype=s.dtype or "<u2",
-            first_image_nr=s.first_image_nr or 1,
-            channel=s.channel,
-            end_time=s.end_time if end is not None else None,
-            instrument_name=self.ctx.options.instrument_name or self.ctx.stream.split("/")[0],
-            source_name=self.ctx.options.source_name or "unknown",
-            tables=tables,
-        )
-        master = nxmx.write_master(self.ctx.directory / f"{s.prefix}_master.h5", info)
+        info = self._info(s, end, self._tables(s))
+        path = self.ctx.directory / f"{s.prefix}_master.h5"
+        if self.master is not None:  # begun with the series' first image
+            master, self.master = self.master.close(info), None
+        else:  # a series without images, or restarted inside
+            master = nxmx.close_master(path, info)
         last = end.index if end is not None else next_index - 1
         announce = {
             "format": "nxmx",
@@ -343,8 +344,30 @@ class NxmxFormat(Format):
             "complete": end is not None,
         }
         self.series = None
-        done = Published([master], 0, master.stat().st_size, announce)
+        done = Published([master], 0, part_size(master), announce)
         self.ctx.checkpoint(next_index, self._state(), done)
+
+    def _info(
+        self, s: OpenSeries, end: Frame | None, tables: dict[str, np.ndarray]
+    ) -> nxmx.SeriesInfo:
+        return nxmx.SeriesInfo(
+            stream=self.ctx.stream,
+            prefix=s.prefix,
+            start=s.meta,
+            start_index=s.start_index,
+            end_index=end.index if end is not None else None,
+            images=s.images,
+            files=s.files,
+            image_shape=s.shape,
+            dtype=s.dtype or "<u2",
+            first_image_nr=s.first_image_nr or 1,
+            channel=s.channel,
+            end_time=s.end_time if end is not None else None,
+            instrument_name=self.ctx.options.instrument_name or self.ctx.stream.split("/")[0],
+            source_name=self.ctx.options.source_name or "unknown",
+            tables=tables,
+            counts=s.counts if len(s.counts) == len(s.files) else None,
+        )
 
     def _tables(self, s: OpenSeries) -> dict[str, np.ndarray]:
         tables: dict[str, np.ndarray] = {}
@@ -372,6 +395,9 @@ class NxmxFormat(Format):
         if self.data is not None:
             self.data.abort()
             self.data = None
+        if self.master is not None:
+            self.master.abort()
+            self.master = None
 
 
 # ------------------------------------------------------------------- hdf5
@@ -423,9 +449,10 @@ class _Hdf5File:
                 self.data.attrs["interpretation"] = "image"
         offset = (self.count,) + (0,) * len(self.shape)
         if family(frame.compression) == family(self.codec):
-            assert isinstance(frame.data, bytes)
+            assert isinstance(frame.data, (bytes, memoryview))
             chunk = chunk_bytes(frame.data, frame.compression, self.dtype, self.nbytes)
             self.data.id.write_direct_chunk(offset, chunk)
+            self.file.wrote(len(chunk))
         else:
             self.data[self.count] = decoded()
         self.rows["index"].append(frame.index)
@@ -445,7 +472,7 @@ class _Hdf5File:
         h5 = self.file.h5
         h5.attrs["hidra_ng_first_index"] = self.first if self.first is not None else -1
         h5.attrs["hidra_ng_last_index"] = self.last
-        return self.file.complete()
+        return self.file.close()  # published by the context
 
     def abort(self) -> None:
         self.file.abort()
@@ -494,7 +521,7 @@ class Hdf5Format(Format):
             "image_count": f.count,
             "complete": True,
         }
-        self.ctx.checkpoint(next_index, {}, Published([path], f.count, path.stat().st_size,
+        self.ctx.checkpoint(next_index, {}, Published([path], f.count, part_size(path),
                                                       announce))  # fmt: skip
 
     def finish(self, next_index: int) -> None:
@@ -548,11 +575,10 @@ class TiffFormat(Format):
         )
         try:
             tifffile.imwrite(part, frame.data, description=description, metadata=None)
-            publish(part, final)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        size = final.stat().st_size
+        size = part.stat().st_size  # published (fsync, rename) by the context
         self.ctx.checkpoint(frame.index + 1, {}, Published([final], 1, size))
 
 

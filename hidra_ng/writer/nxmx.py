@@ -46,7 +46,7 @@ import h5py
 import numpy as np
 
 from hidra_ng.client.export import nxdata_entry
-from hidra_ng.writer.files import PartFile, chunk_bytes, filter_options
+from hidra_ng.writer.files import PartFile, chunk_bytes, filter_options, publish
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class SeriesInfo:
     instrument_name: str = ""
     source_name: str = ""
     tables: dict[str, np.ndarray] = field(default_factory=dict)  # pixel_mask, flatfield
+    counts: list[int] | None = None  # images in each data file; None: read from the files
 
 
 def number(meta: dict[str, Any], key: str) -> float | None:
@@ -164,16 +165,26 @@ class DataFile:
         self.image_ids: list[int] = []
         self.count = 0
 
-    def add(self, data: bytes, index: int, image_id: int) -> None:
+    def add(self, data: bytes | memoryview, index: int, image_id: int) -> None:
         offset = (self.count,) + (0,) * len(self.shape)
-        self.data.id.write_direct_chunk(
-            offset, chunk_bytes(data, self.codec, self.dtype, self.nbytes)
-        )
+        chunk = chunk_bytes(data, self.codec, self.dtype, self.nbytes)
+        self.data.id.write_direct_chunk(offset, chunk)
+        self.file.wrote(len(chunk))
         self.count += 1
         self.indices.append(index)
         self.image_ids.append(image_id)
 
     def complete(self, image_nr_low: int, image_nr_high: int) -> Path:
+        """Finish the file and publish it (fsync, rename, directory fsync)."""
+        self._finish(image_nr_low, image_nr_high)
+        return self.file.complete()
+
+    def close(self, image_nr_low: int, image_nr_high: int) -> Path:
+        """Finish the file and close its ``.part`` for a Publisher; its final name."""
+        self._finish(image_nr_low, image_nr_high)
+        return self.file.close()
+
+    def _finish(self, image_nr_low: int, image_nr_high: int) -> None:
         self.data.resize((self.count, *self.shape))
         self.data.attrs["image_nr_low"] = np.int32(image_nr_low)
         self.data.attrs["image_nr_high"] = np.int32(image_nr_high)
@@ -181,7 +192,6 @@ class DataFile:
         self.hidra.create_dataset("image_id", data=np.asarray(self.image_ids, "<i8"))
         self.hidra.attrs["first_index"] = self.indices[0]
         self.hidra.attrs["last_index"] = self.indices[-1]
-        return self.file.complete()
 
     def abort(self) -> None:
         self.file.abort()
@@ -218,49 +228,98 @@ def _vec(values: Sequence[float]) -> np.ndarray:
 
 def write_master(path: Path, info: SeriesInfo) -> Path:
     """Write ``<prefix>_master.h5`` (as ``.part``, then renamed) for a complete series."""
-    f = PartFile(path, libver=("v110", "latest"))
-    try:
-        _fill_master(f.h5, info)
-    except BaseException:
-        f.abort()
-        raise
-    try:
-        return f.complete()
-    except BaseException:
-        f.abort()
-        raise
+    return MasterFile(path, info).complete(info)
 
 
-def _fill_master(h5: h5py.File, info: SeriesInfo) -> None:
+def close_master(path: Path, info: SeriesInfo) -> Path:
+    """Write ``<prefix>_master.h5.part`` for a Publisher to rename; the final name."""
+    return MasterFile(path, info).close(info)
+
+
+class MasterFile:
+    """``<prefix>_master.h5`` written as ``.part`` in two steps: what the start message
+    and the series' first image give (instrument, detector, geometry, beam, source) when
+    it is opened, the rest (data links, image count, times, goniometer positions, mask
+    and flatfield) when the series ends, so a series' end costs only the second part."""
+
+    def __init__(self, path: Path, info: SeriesInfo) -> None:
+        self.file = PartFile(path, libver=("v110", "latest"))
+        try:
+            _begin_master(self.file.h5, info)
+        except BaseException:
+            self.file.abort()
+            raise
+
+    def close(self, info: SeriesInfo) -> Path:
+        """Fill in the end of the series and close the ``.part``; the final name."""
+        try:
+            _end_master(self.file.h5, info)
+            return self.file.close()
+        except BaseException:
+            self.file.abort()
+            raise
+
+    def complete(self, info: SeriesInfo) -> Path:
+        """:meth:`close`, then publish it (fsync, rename, directory fsync)."""
+        self.close(info)
+        try:
+            publish(self.file.part, self.file.final)
+        except BaseException:
+            self.file.abort()
+            raise
+        return self.file.final
+
+    def abort(self) -> None:
+        self.file.abort()
+
+
+def _frame_time(s: dict[str, Any]) -> float:
+    return number(s, "frame_time") or number(s, "count_time") or 0.0
+
+
+def _start_time(s: dict[str, Any]) -> str:
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    return iso_utc(s.get("arm_date")) or str(iso_utc(now))
+
+
+def _begin_master(h5: h5py.File, info: SeriesInfo) -> None:
     s = info.start
     h5.attrs["default"] = "entry"
     h5.attrs["creator"] = "hidra_ng"
     h5.attrs["file_name"] = Path(info.prefix + "_master.h5").name
-    h5.attrs["file_time"] = iso_utc(datetime.datetime.now(datetime.UTC).isoformat()) or ""
     h5.attrs["HDF5_Version"] = h5py.version.hdf5_version
 
     entry = _nxgroup(h5, "entry", "NXentry")
     entry.attrs["default"] = "data"
     entry.attrs["version"] = NXMX_VERSION
     _text(entry, "definition", "NXmx")
-    now = datetime.datetime.now(datetime.UTC).isoformat()
-    start_time = iso_utc(s.get("arm_date")) or str(iso_utc(now))
-    _text(entry, "start_time", start_time)
-    frame_time: float = number(s, "frame_time") or number(s, "count_time") or 0.0
+    _text(entry, "start_time", _start_time(s))
+    _text(entry, "title", f"{info.stream} series {s.get('series_id')}")
+    _instrument(entry, info, _frame_time(s))
+    source = _nxgroup(entry, "source", "NXsource")
+    _text(source, "name", info.source_name)
+
+
+def _end_master(h5: h5py.File, info: SeriesInfo) -> None:
+    s = info.start
+    h5.attrs["file_time"] = iso_utc(datetime.datetime.now(datetime.UTC).isoformat()) or ""
+    entry = h5["entry"]
+    start_time = _start_time(s)
     images = s.get("number_of_images")
     expected: int = images if isinstance(images, int) else 0
     estimated = datetime.datetime.fromisoformat(start_time.replace("Z", "+00:00"))
-    estimated += datetime.timedelta(seconds=frame_time * max(expected, info.images))
+    estimated += datetime.timedelta(seconds=_frame_time(s) * max(expected, info.images))
     _text(entry, "end_time_estimated", iso_utc(estimated.isoformat()) or start_time)
     if info.end_time:
         _text(entry, "end_time", info.end_time)
-    _text(entry, "title", f"{info.stream} series {s.get('series_id')}")
-
     _data_group(entry, info, Path(h5.filename).parent)
-    _instrument(entry, info, frame_time)
+    det = entry["instrument/detector"]
+    for name in ("pixel_mask", "flatfield"):
+        table = info.tables.get(name)
+        if table is not None:
+            det.create_dataset(name, data=table, chunks=True, compression="gzip")
+    _value(det["detectorSpecific"], "nimages", np.int64(info.images))
     _sample(entry, info)
-    source = _nxgroup(entry, "source", "NXsource")
-    _text(source, "name", info.source_name)
 
 
 def _data_group(entry: h5py.Group, info: SeriesInfo, directory: Path) -> None:
@@ -274,11 +333,10 @@ def _data_group(entry: h5py.Group, info: SeriesInfo, directory: Path) -> None:
     data = _nxgroup(entry, "data", "NXdata")
     for n, name in enumerate(info.files, 1):
         data[f"data_{n:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
-    counts = []
+    counts = list(info.counts or [])
     try:
-        for name in info.files:
-            with h5py.File(directory / name, "r") as h5:
-                counts.append(h5["/entry/data/data"].shape[0])
+        if len(counts) != len(info.files):
+            counts = [_image_count(directory / name) for name in info.files]
     except (OSError, KeyError) as err:
         log.warning("master of %s without its virtual dataset /entry/data/images (the links"
                     " to the data files are there): %s", info.prefix, err)  # fmt: skip
@@ -298,6 +356,14 @@ def _data_group(entry: h5py.Group, info: SeriesInfo, directory: Path) -> None:
     ds = data.create_virtual_dataset("images", layout)
     ds.attrs["interpretation"] = "image"
     data.attrs["signal"] = "images"
+
+
+def _image_count(path: Path) -> int:
+    """Images in a data file, or in its ``.part`` not yet published."""
+    if not path.exists():
+        path = path.with_name(path.name + ".part")
+    with h5py.File(path, "r") as h5:
+        return int(h5["/entry/data/data"].shape[0])
 
 
 def _instrument(entry: h5py.Group, info: SeriesInfo, frame_time: float) -> None:
@@ -408,10 +474,6 @@ def _detector_readout(det: h5py.Group, info: SeriesInfo, frame_time: float) -> N
         _value(det, "threshold_energy", energies[channel], "eV")
     elif isinstance(energies, (int, float)) and not isinstance(energies, bool):
         _value(det, "threshold_energy", float(energies), "eV")
-    for name in ("pixel_mask", "flatfield"):
-        table = info.tables.get(name)
-        if table is not None:
-            det.create_dataset(name, data=table, chunks=True, compression="gzip")
 
 
 def _detector_transformations(det: h5py.Group, g: _Geometry) -> None:
@@ -462,8 +524,7 @@ def _detector_transformations(det: h5py.Group, g: _Geometry) -> None:
 def _detector_specific(det: h5py.Group, info: SeriesInfo, g: _Geometry) -> None:
     """``detectorSpecific``: the start message as sent and its main numbers."""
     s = info.start
-    specific = _nxgroup(det, "detectorSpecific", "NXcollection")
-    _value(specific, "nimages", np.int64(info.images))
+    specific = _nxgroup(det, "detectorSpecific", "NXcollection")  # nimages: at the end
     _value(specific, "ntrigger", np.int64(1))
     _value(specific, "x_pixels_in_detector", np.int32(g.width))
     _value(specific, "y_pixels_in_detector", np.int32(g.height))

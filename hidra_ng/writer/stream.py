@@ -4,18 +4,26 @@ Position and state live beside the files, in ``<dir>/<stream>/.hidra-ng-writer.j
 written atomically (``.part``, fsync, rename) right after the files they describe
 were published. On start the writer removes left-over ``.part`` files and goes
 on from that checkpoint; frames after it are written again into files of the
-same names (see formats.py), so each frame ends up in the files once.
+same names (see formats.py), so each frame ends up in the files once. A
+checkpoint without a new file (a metadata message) is saved at most once a
+second: the frames after a saved checkpoint are written again anyway.
+
+Publishing (fsync, rename, directory fsync) and committing the checkpoints runs
+in a thread of its own (publisher.py), in order, while the format writes the
+next file: the disk flushes one file while the next is filled.
 
 Frames are read with one ``Consumer.replay(follow=True)``: flow-controlled (the
 receiver sends ahead within a credit window, small frames batched), going on
 with frames committed later, ending once a finished stream is read to its end.
-The writer waits for each frame at most a second (``next_frame``), so a stop
-request is seen promptly and a pause lets the format complete its file.
+The writer waits for frames at most a second, so a stop request is seen promptly
+and a pause lets the format complete its file. Frames written as stored keep
+their payload as a view of the received message (no copy of a 4 MiB image).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -34,10 +42,12 @@ from hidra_ng.errors import (
     InvalidStreamName,
     ReceiverUnavailable,
 )
-from hidra_ng.wire.frames import Frame
+from hidra_ng.wire import protocol as proto
+from hidra_ng.wire.frames import Frame, frame_from_record
 from hidra_ng.writer.announce import AnnounceError, Announcer
 from hidra_ng.writer.files import is_disk_full, remove_parts, write_atomic_bytes
-from hidra_ng.writer.formats import Options, Published, WriteRefused, make_format
+from hidra_ng.writer.formats import Format, Options, Published, WriteRefused, make_format
+from hidra_ng.writer.publisher import Job, Publisher
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,7 @@ STATE_FILE = ".hidra-ng-writer.json"
 WAIT_SECONDS = 1.0  # get() wait for the next index; also the stop latency
 RETRY_SECONDS = 2.0  # after a disk full, a lost receiver or broker
 STATE_SAVE_SECONDS = 1.0  # checkpoints without a new file are saved at most this often
+READ_FRAMES = 64  # frames taken from the replay at a time
 
 
 def stream_directory(root: Path, stream: str) -> Path:
@@ -96,6 +107,8 @@ class StreamWriter:
         self.finished = False
         self._dirty = False
         self._saved_at = 0.0
+        self.publisher: Publisher | None = None  # while frames are read
+        self._lock = threading.RLock()  # next_index, state and their saving
         self.thread = threading.Thread(target=self.run, name=f"write {stream}", daemon=True)
 
     # ---------------------------------------------------------- checkpoint
@@ -105,6 +118,7 @@ class StreamWriter:
         return self.directory / STATE_FILE
 
     def load(self) -> None:
+        self._saved_at = time.monotonic()  # the next save without a new file: a second on
         self.directory.mkdir(parents=True, exist_ok=True)
         for part in remove_parts(self.directory):
             log.info("stream %s: removed the incomplete %s", self.stream, part)
@@ -123,16 +137,17 @@ class StreamWriter:
         self.state = dict(saved.get("state") or {})
 
     def save(self) -> None:
-        body = {
-            "stream": self.stream,
-            "format": self.format_name,
-            "next": self.next_index,
-            "state": self.state,
-            "saved": time.time(),
-        }
-        write_atomic_bytes(self.state_path, json.dumps(body, sort_keys=True).encode())
-        self._dirty = False
-        self._saved_at = time.monotonic()
+        with self._lock:  # the publisher's thread commits, the writer's saves when idle
+            body = {
+                "stream": self.stream,
+                "format": self.format_name,
+                "next": self.next_index,
+                "state": self.state,
+                "saved": time.time(),
+            }
+            write_atomic_bytes(self.state_path, json.dumps(body, sort_keys=True).encode())
+            self._dirty = False
+            self._saved_at = time.monotonic()
 
     # Context for the formats
 
@@ -163,16 +178,34 @@ class StreamWriter:
         return None
 
     def checkpoint(self, next_index: int, state: dict[str, Any], done: Published | None) -> None:
-        if done is not None and done.announce is not None and self.announcer is not None:
-            self._announce(done.announce)
-        self.next_index, self.state = next_index, state
-        self._dirty = True
-        if done is not None:
-            self.hooks.published(self.stream, done)
-            if self.format_name != "tiff":
-                self.save()
-        if self._dirty and time.monotonic() - self._saved_at >= STATE_SAVE_SECONDS:
+        """From the format: handed to the publisher, committed once ``done`` is published."""
+        assert self.publisher is not None  # formats run inside _loop
+        self.publisher.submit(Job(next_index, state, done), self.stop)
+
+    def _commit(self, jobs: list[Job]) -> None:
+        """In the publisher's thread: the files of ``jobs`` are published."""
+        files = False
+        for job in jobs:
+            done = job.done
+            if done is not None and done.announce is not None and self.announcer is not None:
+                self._announce(done.announce)
+            with self._lock:
+                self.next_index, self.state = job.next_index, job.state
+                self._dirty = True
+            if done is not None:
+                self.hooks.published(self.stream, done)
+                files = files or bool(done.files)
+        # TIFF (a file per frame, named by its index) saves like metadata messages
+        if files and self.format_name != "tiff":
             self.save()
+        else:
+            self.save_if_due()
+
+    def save_if_due(self) -> None:
+        """Save a checkpoint without a new file, at most once a second."""
+        with self._lock:
+            if self._dirty and time.monotonic() - self._saved_at >= STATE_SAVE_SECONDS:
+                self.save()
 
     def _announce(self, parameters: dict[str, Any]) -> None:
         assert self.announcer is not None
@@ -260,37 +293,64 @@ class StreamWriter:
         with contextlib.suppress(OSError):
             self.save()
 
-    def _loop(self, consumer: Consumer, fmt: Any) -> None:
+    def _loop(self, consumer: Consumer, fmt: Format) -> None:
         index = self.next_index
         last_frame = beaten = time.monotonic()
         replay = consumer.replay(self.stream, start=index, follow=True, decode=fmt.decode)
+        self.publisher = Publisher(self.stream, self._commit)
+        raised = True
         try:
             while not self.stop.is_set():
+                self.publisher.check()
                 try:
-                    frame = replay.next_frame(WAIT_SECONDS)
+                    records = replay.next_records(READ_FRAMES, WAIT_SECONDS)
                 except StopIteration:  # the finished stream is read to its end
                     fmt.finish(index)
+                    self._close_publisher(raised=False)
                     self.next_index = max(self.next_index, index)
                     self.save()
                     self.finished = True
+                    raised = False
                     return
                 now = time.monotonic()
-                if frame is None:
+                if not records:
                     self.hooks.beat(self.stream)
                     fmt.idle(index, now - last_frame)
-                    if self._dirty and now - self._saved_at >= STATE_SAVE_SECONDS:
-                        self.save()
+                    self.save_if_due()
                     continue
-                self._add(fmt, frame)
-                index = frame.index + 1
+                for at, record, payload in records:
+                    self._add(fmt, self._frame(at, record, payload, fmt.decode))
+                    index = at + 1
                 last_frame = now
                 if now - beaten >= WAIT_SECONDS:  # alive while frames keep coming
                     self.hooks.beat(self.stream)
                     beaten = now
+            raised = False
         finally:
             replay.close()
+            self._close_publisher(raised)
         fmt.abort()
 
-    def _add(self, fmt: Any, frame: Frame) -> None:
+    def _close_publisher(self, raised: bool) -> None:
+        """Publish what the format completed, stop the publisher; its error is raised
+        unless the writing itself already raised one."""
+        publisher, self.publisher = self.publisher, None
+        if publisher is None:
+            return
+        err = publisher.close(drain=True)
+        if err is not None:
+            if raised:
+                log.warning("stream %s: publishing failed too: %s", self.stream, err)
+            else:
+                raise err
+
+    def _frame(self, index: int, record: proto.Record, payload: memoryview, decode: bool) -> Frame:
+        if decode or record.payload not in (proto.Payload.BYTES, proto.Payload.ARRAY):
+            return frame_from_record(self.stream, index, record, payload, decode=decode)
+        frame = frame_from_record(self.stream, index, record, None)
+        # the payload as stored, a view of the received message (bytes-like), not a copy
+        return dataclasses.replace(frame, data=payload)  # type: ignore[arg-type]
+
+    def _add(self, fmt: Format, frame: Frame) -> None:
         fmt.add(frame)
         self.read_index = frame.index
