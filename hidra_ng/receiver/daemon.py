@@ -259,15 +259,37 @@ class Receiver:
         except (ProtocolError, InvalidInput) as err:
             self._reject(err)
             return []
-        count = len(payloads) if packed else len(frames) // 2
+        error: HidraError | None
+        if packed:  # one check per distinct stream, meta and payload description
+            valid, error = proto.check_headers(
+                packed.headers,
+                packed.sizes,
+                max_data_bytes=c.max_message_bytes,
+                max_meta_bytes=c.max_meta_bytes,
+            )
+            headers = packed.headers[:valid]
+            items = [
+                Incoming(envelope, h, p) for h, p in zip(headers, payloads[:valid], strict=True)
+            ]
+        else:
+            items, error = self._check_data(envelope, frames)
+        if error is not None:
+            # The sender's messages after this one would wait for it forever; it is
+            # refused and the rest of this message too (the sender validates locally,
+            # so only a broken or hostile peer gets here).
+            self._reject(error, envelope.sender)
+        return items
+
+    def _check_data(
+        self, envelope: proto.Envelope, frames: list[zmq.Frame]
+    ) -> tuple[list[Incoming], HidraError | None]:
+        """The messages of a DATA message up to the first invalid one, and its error."""
+        c = self.config
         items: list[Incoming] = []
-        for i in range(count):
+        for i in range(len(frames) // 2):
             try:
-                if packed:
-                    header, payload = packed.headers[i], payloads[i]
-                else:
-                    payload = frames[2 * i + 2].buffer
-                    header = proto.decode_body(proto.Header, frames[2 * i + 1].bytes)
+                payload = frames[2 * i + 2].buffer
+                header = proto.decode_body(proto.Header, frames[2 * i + 1].bytes)
                 proto.check_header(
                     header,
                     len(payload),
@@ -275,13 +297,9 @@ class Receiver:
                     max_meta_bytes=c.max_meta_bytes,
                 )
             except (ProtocolError, InvalidInput) as err:
-                # The sender's messages after this one would wait for it forever; it is
-                # refused and the rest of this message too (the sender validates locally,
-                # so only a broken or hostile peer gets here).
-                self._reject(err, envelope.sender)
-                break
+                return items, err
             items.append(Incoming(envelope, header, payload))
-        return items
+        return items, None
 
     def _reject(self, err: HidraError, sender: str = "?") -> None:
         self.metrics.rejected.labels(reason(err)).inc()
