@@ -53,6 +53,14 @@ STREAM = "live/split"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument(
+        "--window-mib",
+        type=int,
+        default=0,
+        help="the Producer's window_bytes in MiB (default: its default, 64 MiB): with frames"
+        " sent back to back faster than the disk commits them, the window bounds how far"
+        " the live feed runs ahead of the acks",
+    )
     args = parser.parse_args()
 
     stamps: dict[int, dict[str, float]] = {}  # index -> stage -> time.time()
@@ -69,7 +77,8 @@ def main() -> None:
         rx = Receiver(config)
         rx.start()
         try:
-            split = _measure(rx, d, args.frames, stamps)
+            window = {"window_bytes": args.window_mib << 20} if args.window_mib else {}
+            split = _measure(rx, d, args.frames, stamps, window)
         finally:
             rx.stop()
             restore()
@@ -160,7 +169,7 @@ def _instrument_committer(stamps: dict[int, dict[str, float]]):
     return restore
 
 
-def _measure(rx: Receiver, d: Path, count: int, stamps: dict[int, dict[str, float]]):
+def _measure(rx: Receiver, d: Path, count: int, stamps: dict[int, dict[str, float]], options: dict):
     frames = frames_4mib()
     split: dict[str, list[float]] = {
         "send -> store": [],
@@ -174,7 +183,7 @@ def _measure(rx: Receiver, d: Path, count: int, stamps: dict[int, dict[str, floa
     samples: list[tuple[int, float, float]] = []  # (index, sent, arrived)
     ep = rx.endpoints
     with (
-        Producer(ep["ingest"], ep["api"], d / "spool", "split", spool_sync="batch") as p,
+        Producer(ep["ingest"], ep["api"], d / "spool", "split", spool_sync="batch", **options) as p,
         Subscriber(publish=ep["publish"], streams=[STREAM]) as sub,
     ):
         while sub.receive(timeout=0.05) is None:  # PUB/SUB joins asynchronously
