@@ -1,7 +1,7 @@
 """The receiver's ROUTER api: sender acks, consumer requests, waits and replays.
 
 Runs in one thread that owns the ROUTER socket and the receiving end of the
-ingest thread's commit notices (docs/adr/0003-threads.md). Nothing here blocks.
+committer thread's commit notices (docs/adr/0003-threads.md). Nothing here blocks.
 The jobs live in their own modules; this one runs the loop and routes:
 
 * :mod:`~hidra_ng.receiver.acks`: HELLOs and commit notices -> ACK / GAP to senders
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class Notice(msgspec.Struct, array_like=True):
-    """Ingest -> api: what a commit made durable."""
+    """Committer -> api: what a commit made durable."""
 
     acks: list[tuple[str, int, int]]  # sender, incarnation, last seq
     gaps: list[tuple[str, int, int, int]]  # sender, incarnation, expected, epoch

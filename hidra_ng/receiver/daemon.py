@@ -1,12 +1,15 @@
 """The receiver daemon: ingest -> store -> ack, publish, serve requests.
 
-Two threads, each owning its sockets:
+Three threads (docs/adr/0003-threads.md):
 
-* ingest: PULL -> validate -> group commit (one LMDB transaction and one fsync
-  for everything that arrived while the previous commit ran; each frame goes
-  out on the XPUB once it has its index in that transaction, before the fsync:
-  receiver/live.py) -> a notice to the api thread. Between commits it answers
-  new subscriptions with their streams' newest frames.
+* ingest: PULL -> validate -> plan (admission, indices, Records against the
+  pending state: receiver/planning.py) -> each frame out on the XPUB at once,
+  before any write (receiver/live.py, G6) -> the batch handed to the committer.
+  While the committer writes, what arrives next is planned, published and
+  collected into the next batch (the group commit). It also answers new
+  subscriptions with their streams' newest frames.
+* committer (receiver/committer.py): one LMDB transaction and one fsync per
+  batch, retried until it works; then a notice to the api thread; retention.
 * api (hidra_ng/receiver/api.py): ROUTER. Senders say HELLO and get cumulative ACKs
   and GAP (resend) requests once their messages are durable; consumers get
   frames, wait for future ones and replay with flow control.
@@ -16,25 +19,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 
 import zmq
 
 from hidra_ng.config import ReceiverConfig
-from hidra_ng.errors import (
-    HidraError,
-    InvalidInput,
-    ProtocolError,
-    StorageError,
-    reason,
-)
+from hidra_ng.errors import HidraError, InvalidInput, ProtocolError, reason
 from hidra_ng.metrics import ReceiverMetrics, serve
-from hidra_ng.receiver.api import ApiServer, Notice
+from hidra_ng.receiver.api import ApiServer
+from hidra_ng.receiver.committer import Committer
 from hidra_ng.receiver.groups import Groups
 from hidra_ng.receiver.live import LivePublisher
+from hidra_ng.receiver.planning import Incoming, Planned
 from hidra_ng.receiver.sockets import ReceiverSockets
-from hidra_ng.receiver.store import RETENTION_BATCH, AppendResult, Committed, Incoming, Store
+from hidra_ng.receiver.store import Store
 from hidra_ng.service import Heartbeats
 from hidra_ng.wire import protocol as proto
 from hidra_ng.zmqio import recv_parts
@@ -60,7 +58,6 @@ class Receiver:
         self.heartbeats = Heartbeats()
         self._threads: list[threading.Thread] = []
         self.metrics_server = None
-        self.commits = 0  # group commits done, for status lines
         s = None
         try:
             s = ReceiverSockets(
@@ -77,11 +74,19 @@ class Receiver:
             if info.last is not None:
                 self.metrics.last_index.labels(info.name).set(info.last)
         self.metrics.store_bytes.set_function(self.store.env.disk_bytes)
-        self._next_retention = 0.0
         self.sockets, self.endpoints = s, s.endpoints
         self.pull, self.router, self.pub = s.pull, s.router, s.pub
-        self._notice_rx, self._notice_tx = s.notice_rx, s.notice_tx
+        self._notice_rx = s.notice_rx
         self.live = LivePublisher(self.pub, self.store, self.metrics, config.publish_cache_bytes)
+        self.committer = Committer(
+            self.store, config, self.metrics, s.notice_tx, self._stop_ingest,
+            beat=lambda: self.heartbeats.beat("commit"),
+        )  # fmt: skip
+
+    @property
+    def commits(self) -> int:
+        """Group commits done, for status lines."""
+        return self.committer.commits
 
     # ------------------------------------------------------------- lifecycle
 
@@ -97,6 +102,7 @@ class Receiver:
         self.api_server = api  # read-only from other threads: waiters.waiting(stream)
         for target, name in (
             (self._ingest_loop, "ingest"),
+            (self.committer.run, "commit"),
             (lambda: api.run(self._stop_api), "api"),
         ):
             thread = threading.Thread(target=target, name=f"hidra-ng-{name}", daemon=True)
@@ -104,7 +110,7 @@ class Receiver:
             self._threads.append(thread)
 
     def alive(self) -> bool:
-        """True while both threads run and went round their loops lately (the watchdog asks)."""
+        """True while the threads run and went round their loops lately (the watchdog asks)."""
         running = bool(self._threads) and all(t.is_alive() for t in self._threads)
         return running and self.heartbeats.fresh(HUNG_SECONDS)
 
@@ -116,12 +122,14 @@ class Receiver:
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop input, finish the commit in flight, send its acks, close everything."""
+        """Stop input, finish the commits in flight, send their acks, close everything."""
         self._stop_ingest.set()
         if self._threads:
-            self._threads[0].join(timeout)
+            self._threads[0].join(timeout)  # hands its last batch to the committer
+            self.committer.stop()
+            self._threads[1].join(timeout)
         self._stop_api.set()
-        for thread in self._threads[1:]:
+        for thread in self._threads[2:]:
             thread.join(timeout)
         stuck = [t.name for t in self._threads if t.is_alive()]
         if stuck:
@@ -130,6 +138,7 @@ class Receiver:
                       timeout)  # fmt: skip
             return
         self.sockets.close(graceful=True)
+        self.committer.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
@@ -147,51 +156,67 @@ class Receiver:
 
     def _ingest_loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.pull, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)  # subscriptions: new ones get the newest frame
+        poller.register(self.committer.fileno(), zmq.POLLIN)  # a commit is done
+        batch: Planned | None = None  # planned and published, not handed over yet
         try:
             while not self._stop_ingest.is_set():
                 self.heartbeats.beat("ingest")
+                room = self._room(batch)
+                # a full batch leaves the rest queued at the PULL (bounded, G9)
+                poller.register(self.pull, zmq.POLLIN if room else 0)
                 ready = dict(poller.poll(100))
                 if self.pub in ready:
                     self.live.take_subscriptions()
-                if self.pull in ready:
-                    batch = self._receive_batch()
-                    if batch:
-                        self._commit(batch)
-                self._retention()
+                if self.committer.fileno() in ready:
+                    self.committer.clear_wakeups()
+                if room and self.pull in ready:
+                    batch = self._take(batch, *room)
+                batch = self._hand_over(batch)
+                while self.committer.emptied:
+                    self.live.forget(self.committer.emptied.popleft())
+            # stopping: the last batch's frames are out live; commit them too
+            if batch is not None and self.committer.wait_idle():
+                self.committer.hand_over(batch)
         except Exception:
             log.exception("ingest thread failed")
             raise
 
-    def _retention(self) -> None:
-        """Apply max_store_bytes / max_age_seconds: after commits that overflow, and each second."""
+    def _room(self, batch: Planned | None) -> tuple[int, int] | None:
+        """(messages, bytes) the batch being collected may still take; None when full."""
         c = self.config
-        if not (c.max_store_bytes or c.max_age_seconds):
-            return
-        now = time.monotonic()
-        over = c.max_store_bytes and self.store.stored_bytes() > c.max_store_bytes
-        if not over and now < self._next_retention:
-            return
-        self._next_retention = now + 1.0
-        try:
-            while (
-                self.store.enforce_retention(c.max_store_bytes, c.max_age_seconds)
-                >= RETENTION_BATCH
-                and not self._stop_ingest.is_set()
-            ):
-                pass
-        except StorageError as err:
-            log.error("retention failed: %s", err)
-        for stream in self.store.drain_emptied():
-            self.metrics.forget_stream(stream)
-            self.live.forget(stream)
+        if batch is None:
+            return c.commit_max_messages, c.commit_max_bytes
+        n, nbytes = c.commit_max_messages - len(batch.items), c.commit_max_bytes - batch.nbytes
+        return (n, nbytes) if n > 0 and nbytes > 0 else None
 
-    def _receive_batch(self) -> list[Incoming]:
-        """Everything that arrived, up to the commit limits, without waiting."""
+    def _take(self, batch: Planned | None, max_n: int, max_bytes: int) -> Planned | None:
+        """Receive what arrived, plan it on top of everything planned, publish it live."""
+        items = self._receive_batch(max_n, max_bytes)
+        if not items:
+            return batch
+        planned = self.store.plan(items)
+        # live frames go out now, before their commit is written and fsynced (G6)
+        self.live.publish(planned.result.committed)
+        if batch is None:
+            return planned
+        batch.extend(planned)
+        return batch
+
+    def _hand_over(self, batch: Planned | None) -> Planned | None:
+        """Give the batch to the committer once it is idle (depth one); None once given."""
+        if not self.committer.idle:
+            return batch
+        if batch is None:
+            self.store.settle()  # everything planned is committed: no pending state left
+            return None
+        self.committer.hand_over(batch)
+        return None
+
+    def _receive_batch(self, limit_n: int, limit_bytes: int) -> list[Incoming]:
+        """Everything that arrived, up to the limits, without waiting."""
         batch: list[Incoming] = []
         nbytes = 0
-        limit_n, limit_bytes = self.config.commit_max_messages, self.config.commit_max_bytes
         while len(batch) < limit_n and nbytes < limit_bytes:
             try:
                 frames = recv_parts(self.pull)
@@ -234,15 +259,37 @@ class Receiver:
         except (ProtocolError, InvalidInput) as err:
             self._reject(err)
             return []
-        count = len(payloads) if packed else len(frames) // 2
+        error: HidraError | None
+        if packed:  # one check per distinct stream, meta and payload description
+            valid, error = proto.check_headers(
+                packed.headers,
+                packed.sizes,
+                max_data_bytes=c.max_message_bytes,
+                max_meta_bytes=c.max_meta_bytes,
+            )
+            headers = packed.headers[:valid]
+            items = [
+                Incoming(envelope, h, p) for h, p in zip(headers, payloads[:valid], strict=True)
+            ]
+        else:
+            items, error = self._check_data(envelope, frames)
+        if error is not None:
+            # The sender's messages after this one would wait for it forever; it is
+            # refused and the rest of this message too (the sender validates locally,
+            # so only a broken or hostile peer gets here).
+            self._reject(error, envelope.sender)
+        return items
+
+    def _check_data(
+        self, envelope: proto.Envelope, frames: list[zmq.Frame]
+    ) -> tuple[list[Incoming], HidraError | None]:
+        """The messages of a DATA message up to the first invalid one, and its error."""
+        c = self.config
         items: list[Incoming] = []
-        for i in range(count):
+        for i in range(len(frames) // 2):
             try:
-                if packed:
-                    header, payload = packed.headers[i], payloads[i]
-                else:
-                    payload = frames[2 * i + 2].buffer
-                    header = proto.decode_body(proto.Header, frames[2 * i + 1].bytes)
+                payload = frames[2 * i + 2].buffer
+                header = proto.decode_body(proto.Header, frames[2 * i + 1].bytes)
                 proto.check_header(
                     header,
                     len(payload),
@@ -250,79 +297,10 @@ class Receiver:
                     max_meta_bytes=c.max_meta_bytes,
                 )
             except (ProtocolError, InvalidInput) as err:
-                # The sender's messages after this one would wait for it forever; it is
-                # refused and the rest of this message too (the sender validates locally,
-                # so only a broken or hostile peer gets here).
-                self._reject(err, envelope.sender)
-                break
+                return items, err
             items.append(Incoming(envelope, header, payload))
-        return items
+        return items, None
 
     def _reject(self, err: HidraError, sender: str = "?") -> None:
         self.metrics.rejected.labels(reason(err)).inc()
         log.warning("refused ingest message from sender %s: %s", sender, err)
-
-    def _commit(self, batch: list[Incoming]) -> None:
-        """Group commit with retries: until a message is durable it is not acked.
-
-        When a commit fails (a full disk, typically) the batch is kept and
-        committed in ever smaller chunks, in order, down to one message, retrying
-        each second: whatever space comes free is used and nothing is reordered.
-        Senders keep everything spooled meanwhile; reads go on.
-        """
-        pending = batch
-        chunk = len(batch)
-        failed_since = None
-        published: dict[str, int] = {}  # a frame goes out live once, whatever is retried
-
-        def publish(committed: list[Committed]) -> None:
-            self.live.publish(committed, published)
-
-        while pending:
-            part = pending[:chunk]
-            started = time.perf_counter()
-            try:
-                # live frames go out from inside the transaction, before its fsync (G6)
-                result = self.store.append(part, before_commit=publish)
-            except StorageError as err:
-                self.metrics.commit_failures.inc()
-                if failed_since is None:
-                    failed_since = time.monotonic()
-                    log.error("commit failed, not acknowledging until it works: %s", err)
-                if chunk > 1:
-                    chunk //= 2
-                    continue
-                self.heartbeats.beat("ingest")  # waiting for space is not hanging
-                if self._stop_ingest.wait(1.0):
-                    log.error("stopping with an uncommitted batch; senders keep it spooled")
-                    return
-                continue
-            if failed_since is not None:
-                log.warning("commits work again after %.1f s", time.monotonic() - failed_since)
-                failed_since = None
-            self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            self.commits += 1
-            self._after_commit(result)
-            pending = pending[len(part) :]
-
-    def _after_commit(self, result: AppendResult) -> None:
-        m = self.metrics
-        counts: dict[str, list[int]] = {}  # stream -> [messages, bytes, last index]
-        for item in result.committed:
-            count = counts.setdefault(item.stream, [0, 0, 0])
-            count[0] += 1
-            count[1] += len(item.payload)
-            count[2] = item.index
-        # metrics once per stream and commit, not per message
-        for stream, (messages, nbytes, last) in counts.items():
-            m.stream_committed(stream, messages, nbytes, last)
-        if result.duplicates:
-            m.duplicates.inc(result.duplicates)
-        if result.gaps:
-            m.gaps.inc(len(result.gaps))
-        notice = Notice(
-            acks=[(s, i, seq) for (s, i), seq in result.acks.items()],
-            gaps=[(s, i, exp, ep) for (s, i), (exp, ep) in result.gaps.items()],
-            streams=sorted(result.touched),
-        )
-        self._notice_tx.send(proto.encode_body(notice))

@@ -1,9 +1,10 @@
 """Live frames on the receiver's XPUB socket: before the fsync, newest first, a last value.
 
 Owned by the ingest thread (docs/adr/0003-threads.md), which calls
-:meth:`LivePublisher.publish` from inside each group commit, once the frames
-have their indices in the open LMDB write transaction and before LMDB's page
-write and fsync (SPEC G6): a viewer never waits for the disk. Such an index is
+:meth:`LivePublisher.publish` once a batch is planned (its frames have their
+indices and Records, receiver/planning.py), before the committer thread writes
+and fsyncs it (SPEC G6, docs/adr/0010-committer-thread.md): a viewer never
+waits for the disk, nor for the commit before. Such an index is
 provisional: if the receiver dies before the fsync, the resent messages take
 those indices again, and with several senders on a stream another frame may
 get one. Acks, ``get``, ``replay``, ``next``, the bridge and the writer read
@@ -123,15 +124,14 @@ class LivePublisher:
 
     # ---------------------------------------------------------------- frames
 
-    def publish(self, committed: Sequence[Committed], done: dict[str, int]) -> None:
+    def publish(self, committed: Sequence[Committed], done: dict[str, int] | None = None) -> None:
         """Send each frame to its subscribers (never blocking) and keep each stream's newest.
 
-        ``done`` (stream -> highest index published) is kept by the caller across the
-        retries of one batch (a commit that failed, a map that grew), so that a frame
-        goes out once. Never raises: live frames must not fail a commit.
+        ``done`` (stream -> highest index published), when given, skips frames already
+        published and is updated. Never raises: live frames must not fail a commit.
         """
         try:
-            self._publish(committed, done)
+            self._publish(committed, {} if done is None else done)
         except Exception:
             log.exception("live frames of a commit were not published")
 

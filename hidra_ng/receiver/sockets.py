@@ -1,7 +1,7 @@
 """The receiver's sockets: bound with their options and security, closed in one place.
 
 ``PULL`` (ingest), ``ROUTER`` (api), ``XPUB`` (publish) and the inproc ``PAIR``
-that carries each commit's notice from the ingest thread to the api thread, all in
+that carries each commit's notice from the committer thread to the api thread, all in
 one zmq context; with keys or an allow list, a ZAP authenticator answers the
 handshakes (SPEC §9). Which thread uses which socket: docs/adr/0003-threads.md.
 """

@@ -9,11 +9,15 @@ Layout (named LMDB databases in one environment)::
 
 Which messages of a batch to store (duplicate, gap, accept: go-back-N per
 sender incarnation) is decided by :func:`hidra_ng.receiver.admission.admit`,
-which does no I/O; the store writes what it accepted, with the new last seq of
-each incarnation, in one transaction. Indices are assigned at commit, so they
-are consecutive and never reused.
+which does no I/O; :mod:`hidra_ng.receiver.planning` gives the accepted ones
+their indices against the pending state (committed plus planned), and
+:meth:`Store.write` writes a planned batch, with the new last seq of each
+incarnation, in one transaction. Indices are consecutive and never reused.
 
-One writer thread calls :meth:`Store.append`; any thread may read.
+One thread plans (:meth:`Store.plan`: the receiver's ingest thread), one thread
+writes (:meth:`Store.write`, retention: its committer thread), in the order
+planned; :meth:`Store.append` does both in the caller's thread. Any thread may
+read; readers see a batch once its commit is durable.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -33,70 +36,25 @@ import msgspec
 from hidra_ng.errors import Gone, NotYetAvailable, StreamFinished
 from hidra_ng.lmdbenv import Env
 from hidra_ng.receiver import layout
-from hidra_ng.receiver.admission import admit
-from hidra_ng.receiver.layout import frame_key
+from hidra_ng.receiver.planning import (
+    AppendResult,
+    Committed,
+    Incoming,
+    Pending,
+    Planned,
+    StreamMeta,
+    plan,
+    sender_key,
+)
 from hidra_ng.receiver.retention import plan_retention
 from hidra_ng.wire.block import PACK_BELOW_BYTES as BIG
-from hidra_ng.wire.protocol import (
-    Envelope,
-    Header,
-    Payload,
-    Record,
-    StreamInfo,
-    encode_body,
-)
+from hidra_ng.wire.protocol import StreamInfo, encode_body
 
 log = logging.getLogger(__name__)
 
 #: messages removed per retention transaction
 RETENTION_BATCH = 20_000
 _SEQ = struct.Struct(">Q")
-
-
-class StreamMeta(msgspec.Struct, array_like=True):
-    id: int
-    first: int
-    next: int
-    finished: bool
-    bytes: int
-
-
-def sender_key(sender: str, incarnation: int) -> bytes:
-    return sender.encode() + b"\0" + _SEQ.pack(incarnation)
-
-
-@dataclass(slots=True)
-class Incoming:
-    """One received message, not yet stored."""
-
-    envelope: Envelope
-    header: Header
-    payload: memoryview | bytes  # the received buffer; stored without a Python copy
-
-
-#: (stream, index, key, Record fields before ``stored``, payload)
-_Write = tuple[str, int, bytes, tuple, memoryview | bytes]
-
-
-@dataclass(slots=True)
-class Committed:
-    stream: str
-    index: int
-    record: bytes  # encoded Record
-    payload: memoryview | bytes
-
-
-@dataclass
-class AppendResult:
-    """What one group commit did."""
-
-    committed: list[Committed] = field(default_factory=list)
-    acks: dict[tuple[str, int], int] = field(default_factory=dict)  # (sender, inc) -> last seq
-    gaps: dict[tuple[str, int], tuple[int, int]] = field(
-        default_factory=dict
-    )  # -> (expected, epoch)
-    duplicates: int = 0
-    touched: set[str] = field(default_factory=set)
 
 
 class Store:
@@ -112,6 +70,7 @@ class Store:
         self._senders: dict[bytes, int] = {}
         self._emptied: set[str] = set()  # streams retention emptied, for drain_emptied
         self._load()
+        self.pending = Pending(self._meta, self._committed_seq, lambda: self._next_id)
 
     # ------------------------------------------------------------------ state
 
@@ -135,7 +94,57 @@ class Store:
         with self._lock:
             return self._senders.get(sender_key(sender, incarnation), -1)
 
+    def _committed_seq(self, key: bytes) -> int | None:
+        with self._lock:
+            return self._senders.get(key)
+
     # ----------------------------------------------------------------- writes
+
+    def plan(self, batch: Sequence[Incoming], now: float | None = None) -> Planned:
+        """Give ``batch`` its indices and Records after everything planned before (the
+        planning thread); nothing is written. ``Record.stored`` is ``now`` (default: the
+        clock, once per plan)."""
+        return self.pending.plan(batch, now)
+
+    def replan(self, items: Sequence[Incoming], now: float | None = None) -> Planned:
+        """Plan ``items`` against the committed state alone (the writing thread, to commit
+        part of a planned batch whose commit failed: each message gets the same index)."""
+        return plan(items, self._meta, self._committed_seq, self._next_id, now)
+
+    def settle(self) -> None:
+        """Nothing planned is in flight: plan against the committed state again."""
+        self.pending.settle()
+
+    def write(self, planned: Planned) -> AppendResult:
+        """Write a planned batch in one transaction with one fsync; return what it did.
+
+        Batches are written in the order planned. Readers see the batch once this
+        returns. Raises :class:`~hidra_ng.errors.StorageError` (nothing written, the
+        committed state unchanged) when the commit fails.
+        """
+        if not planned.senders:
+            return planned.result  # only duplicates and gaps: nothing to write
+        with self._lock:  # retention may have moved a stream's first index and bytes
+            metas = {
+                name: _extent(self._streams.get(name), meta, planned.added[name])
+                for name, meta in planned.streams.items()
+            }
+
+        def fill(txn) -> None:
+            puts = planned.puts
+            layout.put_payloads(txn, self._db, [(p[0], p[3]) for p in puts if len(p[3]) >= BIG])
+            for name, meta in metas.items():
+                txn.put(name.encode(), encode_body(meta), db=self._db["streams"])
+            for key, seq in planned.senders.items():
+                txn.put(key, _SEQ.pack(seq), db=self._db["senders"])
+            layout.put_records(txn, self._db, puts)
+
+        self.env.write(fill)
+        with self._lock:
+            self._streams.update(metas)
+            self._senders.update(planned.senders)
+        self._next_id = max(self._next_id, planned.next_id)
+        return planned.result
 
     def append(
         self,
@@ -143,77 +152,19 @@ class Store:
         now: float | None = None,
         before_commit: Callable[[list[Committed]], None] | None = None,
     ) -> AppendResult:
-        """Store a batch in one transaction with one fsync; return what happened.
+        """Plan and write a batch in the caller's thread, with nothing else in flight.
 
-        ``Record.stored`` is the clock when every write of the transaction is done,
-        just before its commit (``now`` in tests). ``before_commit(committed)`` runs
-        then, inside the transaction, before LMDB writes the pages and fsyncs (the
-        receiver publishes live frames there); again if the transaction is retried.
+        ``before_commit(committed)`` runs in between: the frames have their indices
+        and Records, nothing is written yet (where the receiver publishes them live).
         """
-        # Only this (writer) thread mutates the mirrors, so it reads them without the
-        # lock; changes are planned on copies and applied after the commit succeeded.
-        result = AppendResult()
-        plan = admit(
-            ((item.envelope, item.header.seq) for item in batch),
-            lambda who: self._senders.get(sender_key(*who)),
-        )
-        for sender, first, last in plan.behind:
-            log.warning(
-                "store is behind sender %s: seqs %d..%d were acknowledged before but"
-                " are not here (store restored from an older copy?)",
-                sender,
-                first,
-                last,
-            )
-        result.acks, result.gaps, result.duplicates = plan.acks, plan.gaps, plan.duplicates
-        if not plan.accepted:
-            return result  # only duplicates and gaps: nothing to write
-        senders = {sender_key(*who): seq for who, seq in plan.last_seqs.items()}
-        accepted = [batch[i] for i in plan.accepted]
-        streams, writes, next_id = _place(accepted, self._streams, self._next_id, result.touched)
-
-        def fill(txn) -> None:
-            encoded = self._write(txn, streams, senders, writes, result.touched, now)
-            result.committed = [
-                Committed(stream, index, record, payload)
-                for (stream, index, _, _, payload), record in zip(writes, encoded, strict=True)
-            ]
-            if before_commit is not None:
-                before_commit(result.committed)
-
-        self.env.write(fill)
-        with self._lock:
-            self._streams.update(streams)
-            self._senders.update(senders)
-        self._next_id = next_id
-        return result
-
-    def _write(
-        self,
-        txn,
-        streams: dict[str, StreamMeta],
-        senders: dict[bytes, int],
-        writes: list[_Write],
-        touched: set[str],
-        now: float | None,
-    ) -> list[bytes]:
-        """The writes of one group commit; returns the encoded records."""
-        layout.put_payloads(txn, self._db, [(w[2], w[4]) for w in writes if len(w[4]) >= BIG])
-        for name in touched:
-            txn.put(name.encode(), encode_body(streams[name]), db=self._db["streams"])
-        for key, seq in senders.items():
-            txn.put(key, _SEQ.pack(seq), db=self._db["senders"])
-        stored = time.time() if now is None else now  # the payloads are in: commit time
-        encoded = [
-            encode_body(Record(*fields, stored, len(payload)))  # type: ignore[call-arg]
-            for _, _, _, fields, payload in writes
-        ]
-        layout.put_records(
-            txn,
-            self._db,
-            [(w[2], w[1], record, w[4]) for w, record in zip(writes, encoded, strict=True)],
-        )
-        return encoded
+        planned = self.plan(batch, now)
+        if before_commit is not None:
+            before_commit(planned.result.committed)
+        try:
+            return self.write(planned)
+        except BaseException:
+            self.settle()  # this batch was all that was in flight
+            raise
 
     # ------------------------------------------------------------------ reads
 
@@ -393,42 +344,14 @@ class Store:
         self.env.close()
 
 
-def _place(
-    accepted: list[Incoming], known_streams: dict[str, StreamMeta], next_id: int, touched: set[str]
-) -> tuple[dict[str, StreamMeta], list[_Write], int]:
-    """Give each accepted message its stream's next index (on copies of ``known_streams``)."""
-    streams: dict[str, StreamMeta] = {}
-    writes: list[_Write] = []
-    for item in accepted:
-        hdr = item.header
-        meta = streams.get(hdr.stream)
-        if meta is None:
-            known = known_streams.get(hdr.stream)
-            if known is not None:
-                meta = msgspec.structs.replace(known)
-            else:
-                meta = StreamMeta(next_id, 0, 0, False, 0)
-                next_id += 1
-            streams[hdr.stream] = meta
-        touched.add(hdr.stream)
-        if hdr.payload == Payload.FINISH:
-            meta.finished = True  # in touched: the api wakes its waiters
-            continue
-        fields = (
-            item.envelope.sender,
-            hdr.seq,
-            hdr.payload,
-            hdr.dtype,
-            hdr.shape,
-            hdr.compression,
-            hdr.meta,
-            hdr.created,
-        )
-        index = meta.next
-        meta.next += 1
-        meta.bytes += len(item.payload)
-        writes.append((hdr.stream, index, frame_key(meta.id, index), fields, item.payload))
-    return streams, writes, next_id
+def _extent(committed: StreamMeta | None, planned: StreamMeta, added: int) -> StreamMeta:
+    """A stream's meta after a commit: planned next index and finish, committed first index
+    (retention moves it meanwhile) and bytes, plus the bytes added."""
+    if committed is None:
+        return StreamMeta(planned.id, 0, planned.next, planned.finished, added)
+    return StreamMeta(
+        committed.id, committed.first, planned.next, planned.finished, committed.bytes + added
+    )
 
 
 def _info(name: str, meta: StreamMeta) -> StreamInfo:

@@ -605,6 +605,62 @@ def check_header(
             )
 
 
+#: a payload description that allows any payload size up to the maximum
+_ANY_SIZE = -1
+
+
+def check_headers(
+    headers: Sequence[Header],
+    sizes: Sequence[int],
+    *,
+    max_data_bytes: int = MAX_DATA_BYTES,
+    max_meta_bytes: int = MAX_META_BYTES,
+) -> tuple[int, InvalidInput | ProtocolError | None]:
+    """:func:`check_header` of each header of a batch with its payload size, in order.
+
+    The same checks with the same errors, but those of a stream name, a meta and a
+    payload description (kind, dtype, shape, compression) run once per distinct
+    one: a batch of small messages repeats them. Returns how many headers pass
+    before the first that does not, and that one's error (None when all pass).
+    """
+    streams: set[str] = set()
+    metas: set[bytes] = set()
+    needs: dict[tuple[Payload, str, tuple[int, ...], str], int] = {}  # description -> size
+    for i, (header, size) in enumerate(zip(headers, sizes, strict=True)):
+        description = (header.payload, header.dtype, header.shape, header.compression)
+        need = needs.get(description)
+        try:
+            if (
+                need is None
+                or header.stream not in streams
+                or size > max_data_bytes
+                or (need != _ANY_SIZE and size != need)
+                or not 0 <= header.seq < SEQ_LIMIT
+                or not math.isfinite(header.created)
+            ):
+                # something new or wrong: every check, in check_header's order
+                check_header(
+                    header, size, max_data_bytes=max_data_bytes, max_meta_bytes=max_meta_bytes
+                )
+                streams.add(header.stream)
+                needs[description] = _size_needed(header, max_data_bytes)
+            elif header.meta not in metas:
+                check_meta(header.meta, max_meta_bytes)  # the only check left
+        except (InvalidInput, ProtocolError) as err:
+            return i, err
+        metas.add(header.meta)
+    return len(headers), None
+
+
+def _size_needed(header: Header, max_data_bytes: int) -> int:
+    """The payload size a valid header's description needs, or ``_ANY_SIZE``."""
+    if header.payload in (Payload.NONE, Payload.FINISH):
+        return 0
+    if header.payload == Payload.BYTES or header.compression != "none":
+        return _ANY_SIZE
+    return array_nbytes(header.dtype, header.shape, max_data_bytes)
+
+
 MAX_WAIT_SECONDS = 3600.0
 
 

@@ -25,7 +25,7 @@ from hidra_ng import Producer
 from hidra_ng.config import ReceiverConfig
 from hidra_ng.lmdbenv import DiskFull
 from hidra_ng.receiver.daemon import Receiver
-from hidra_ng.receiver.store import AppendResult, Incoming
+from hidra_ng.receiver.planning import AppendResult, Planned
 from tests.faults.workload import (
     MiB,
     assert_sender_order,
@@ -49,19 +49,17 @@ STALLS = 4
 
 
 class StuckStore:
-    """Makes ``receiver.store.append`` fail like a full disk while ``stuck`` is set."""
+    """Makes ``receiver.store.write`` fail like a full disk while ``stuck`` is set."""
 
     def __init__(self, receiver: Receiver) -> None:
         self.stuck = threading.Event()
-        self._append = receiver.store.append
-        receiver.store.append = self.append  # the ingest thread looks it up per commit
+        self._write = receiver.store.write
+        receiver.store.write = self.write  # the committer thread looks it up per commit
 
-    def append(
-        self, batch: list[Incoming], now: float | None = None, before_commit=None
-    ) -> AppendResult:
+    def write(self, planned: Planned) -> AppendResult:
         if self.stuck.is_set():
             raise DiskFull("simulated: no space left on device")
-        return self._append(batch, now, before_commit=before_commit)
+        return self._write(planned)
 
 
 def payload(k: int) -> bytes:

@@ -66,6 +66,44 @@ def test_a_live_frame_arrives_while_its_commit_waits_and_get_sees_it_only_after(
     assert np.array_equal(stored.data, image) and stored.stored == frame.stored
 
 
+def test_the_next_frame_goes_out_live_while_the_commit_before_it_is_held(
+    make_producer, receiver: Receiver
+) -> None:
+    """The committer thread (ADR 0010): frame k+1 is received, given its index and
+    published while frame k's commit waits; both are acked and readable only after it."""
+    p = make_producer()
+    ep = receiver.endpoints
+    held = HeldCommits(receiver.store.env)
+    events = []
+    with Subscriber(ep["publish"], ["pipelined"], api=ep["api"]) as sub, Consumer(ep["api"]) as c:
+        subscribed(p, sub, "pipelined")
+        acked = p.stats["acked"]
+        held.armed.set()
+        p.send("pipelined", b"frame k", {"k": 0})
+        frame_k = marked(sub, "k")
+        wait_for(held.holding.is_set, what="the commit of frame k to be held")
+        events.append("commit of k held")
+        p.send("pipelined", b"frame k+1", {"k": 1})
+        frame_next = marked(sub, "k")  # before the release: it must not wait for that commit
+        events.append("k+1 live")
+        assert (frame_k.meta, frame_next.meta) == ({"k": 0}, {"k": 1})
+        assert frame_next.index == frame_k.index + 1
+        with pytest.raises(NotYetAvailable):
+            c.get("pipelined", frame_k.index, timeout=0)
+        assert p.stats["acked"] == acked, "acknowledged before its commit"
+        events.append("commit released")
+        held.release.set()
+        stored = [c.get("pipelined", f.index, timeout=10) for f in (frame_k, frame_next)]
+        events.append("both durable")
+        p.flush(10)
+        assert p.stats["acked"] == acked + 2
+    assert events == ["commit of k held", "k+1 live", "commit released", "both durable"]
+    assert [(f.data, f.seq, f.stored) for f in stored] == [
+        (b"frame k", frame_k.seq, frame_k.stored),
+        (b"frame k+1", frame_next.seq, frame_next.stored),
+    ]
+
+
 def test_a_late_joiner_gets_the_newest_frame_from_the_publish_socket_alone(
     make_producer, receiver: Receiver
 ) -> None:
