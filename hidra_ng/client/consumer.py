@@ -541,11 +541,13 @@ class _Replay:
         """
         while not self._ready:
             self._wait(None)
-        out: list[tuple[int, proto.Record, memoryview]] = []
-        while self._ready and len(out) < max_count:
-            ref, payload = self._take_raw()
-            out.append((ref.index, _record_decoder.decode(ref.record), payload))
-        return out
+        ready = self._ready
+        taken = [ready.popleft() for _ in range(min(len(ready), max_count))]
+        self.next = taken[-1][0].index + 1
+        self._resumed = False
+        self._credit(len(taken), sum(len(payload) for _, payload in taken))
+        decode = _record_decoder.decode
+        return [(ref.index, decode(ref.record), payload) for ref, payload in taken]
 
     def _receive(self) -> bool:
         """Read one reply; True if it brought frames. StopIteration at the end."""
@@ -585,12 +587,12 @@ class _Replay:
         ref, payload = self._ready.popleft()
         self.next = ref.index + 1
         self._resumed = False
-        self._credit(len(payload))
+        self._credit(1, len(payload))
         return ref, payload
 
-    def _credit(self, nbytes: int) -> None:
+    def _credit(self, frames: int, nbytes: int) -> None:
         """Give back what was read, in chunks of half a window (fewer messages)."""
-        self._owed[0] += 1
+        self._owed[0] += frames
         self._owed[1] += nbytes
         if self._owed[0] >= self.window[0] // 2 or self._owed[1] >= self.window[1] // 2:
             req = proto.CreditRequest(
