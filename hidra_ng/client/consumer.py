@@ -39,6 +39,24 @@ _replay_batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch | proto.ReplayE
 _batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch)
 
 
+class _RecordRef(msgspec.Struct, array_like=True, frozen=True):
+    """A FrameRef decoded with its record (a replay read with ``next_records``)."""
+
+    stream: str
+    index: int
+    record: proto.Record
+    group: str = ""
+    deliveries: int = 0
+
+
+class _RecordBatch(msgspec.Struct, array_like=True, frozen=True):
+    frames: list[_RecordRef]
+    sizes: list[int]
+
+
+_replay_records_decoder = msgspec.msgpack.Decoder(_RecordBatch | proto.ReplayEvent)
+
+
 def decode_frame(
     ref_body: bytes | memoryview | proto.FrameRef,
     payload: bytes | memoryview,
@@ -451,7 +469,8 @@ class _Replay:
         consumer._replays.add(self)
         self._id = 0
         self._owed = [0, 0]  # frames and bytes read since the last credit
-        self._ready: deque[tuple[proto.FrameRef, memoryview]] = deque()
+        self._ready: deque[tuple[proto.FrameRef | _RecordRef, memoryview]] = deque()
+        self._records = False  # next_records reads: records decoded with their batch
         self._heard = 0.0  # when the receiver last said something (or was asked)
         self._resumed = False
         self._done = False
@@ -539,6 +558,7 @@ class _Replay:
         For a reader that forwards what is stored (the bridge): no Frame is made, the
         meta stays JSON text, the payload a view of the received message.
         """
+        self._records = True
         while not self._ready:
             self._wait(None)
         ready = self._ready
@@ -546,8 +566,7 @@ class _Replay:
         self.next = taken[-1][0].index + 1
         self._resumed = False
         self._credit(len(taken), sum(len(payload) for _, payload in taken))
-        decode = _record_decoder.decode
-        return [(ref.index, decode(ref.record), payload) for ref, payload in taken]
+        return [(ref.index, _record_of(ref), payload) for ref, payload in taken]
 
     def _receive(self) -> bool:
         """Read one reply; True if it brought frames. StopIteration at the end."""
@@ -560,8 +579,9 @@ class _Replay:
             return False
         reply_body, payloads = answer
         joined = payloads[0] if payloads else memoryview(b"")
+        decoder = _replay_records_decoder if self._records else _replay_batch_decoder
         try:
-            body = _replay_batch_decoder.decode(reply_body)
+            body = decoder.decode(reply_body)
         except msgspec.DecodeError:
             try:  # a receiver that sends one FrameRef per reply
                 body = _replay_decoder.decode(reply_body)
@@ -581,9 +601,19 @@ class _Replay:
 
     def _take(self) -> Frame:
         ref, payload = self._take_raw()
-        return decode_frame(ref, payload, decode=self.decode)
+        if isinstance(ref, proto.FrameRef):
+            return decode_frame(ref, payload, decode=self.decode)
+        return frame_from_record(
+            ref.stream,
+            ref.index,
+            ref.record,
+            payload,
+            decode=self.decode,
+            group=ref.group,
+            deliveries=ref.deliveries,
+        )
 
-    def _take_raw(self) -> tuple[proto.FrameRef, memoryview]:
+    def _take_raw(self) -> tuple[proto.FrameRef | _RecordRef, memoryview]:
         ref, payload = self._ready.popleft()
         self.next = ref.index + 1
         self._resumed = False
@@ -614,6 +644,12 @@ class _Replay:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _record_of(ref: proto.FrameRef | _RecordRef) -> proto.Record:
+    if isinstance(ref, _RecordRef):
+        return ref.record
+    return _record_decoder.decode(ref.record)
 
 
 def api_idle_seconds() -> float:
