@@ -16,10 +16,10 @@ process, then per frame size (4 MiB, 1 KiB):
   message;
 * ratio = bridge / raw (goal >= 0.7).
 
-``--rounds N`` runs raw and bridge N times back to back, the order alternating
-(this machine is shared: single runs swing by 2-3x), and prints medians with their
-range, and the CPU time per message of the client, the receiver and the broker
-while timed (psutil).
+Raw and bridge run ``--rounds`` times (default 3) back to back, the order
+alternating (this machine is shared: single runs swing by 2-3x); the table gives
+medians with their range, and the CPU time per message of the client, the
+receiver and the broker while timed (psutil).
 
 Then the lag: a producer (its own process, paced_send.py) sends 4 MiB frames at
 100 Hz while the bridge runs,
@@ -366,14 +366,14 @@ def main() -> int:
     ap.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=3,
         help="raw and bridge this many times back to back (order alternating); medians",
     )
-    ap.add_argument("--frames", type=int, help="1 KiB frames per run (default 10,000 / 50,000)")
+    ap.add_argument("--frames", type=int, help="1 KiB frames per run (default 20,000 / 50,000)")
     args = ap.parse_args()
     only = set(args.only or ["4mib", "1kib", "lag"])
     sizes = (
-        [(4 * MiB, 48), (1 * KiB, 10_000)] if args.quick else [(4 * MiB, 256), (1 * KiB, 50_000)]
+        [(4 * MiB, 48), (1 * KiB, 20_000)] if args.quick else [(4 * MiB, 256), (1 * KiB, 50_000)]
     )
     if args.frames:
         sizes = [(s, args.frames if s == KiB else n) for s, n in sizes]
