@@ -61,6 +61,20 @@ class Link:
         """Messages read and not yet confirmed."""
         return sum(c.count for c in self.unconfirmed) + sum(c.count for c in self.inbox)
 
+    def settle(self, ids: Sequence[int]) -> list[Chunk]:
+        """Confirmed publishing ``ids``: the chunks now wholly confirmed, in order (a
+        chunk confirmed before an earlier one waits for it)."""
+        low, high = min(ids), max(ids)
+        for chunk in self.unconfirmed:  # in order: publishing ids first + 1 .. stop
+            if chunk.first >= high:
+                break
+            if chunk.stop >= low:
+                chunk.pending.difference_update(ids)
+        done: list[Chunk] = []
+        while self.unconfirmed and not self.unconfirmed[0].pending:
+            done.append(self.unconfirmed.popleft())
+        return done
+
     def first_pending(self) -> int | None:
         """Index of the first message held here (unconfirmed first), else the reader's next."""
         if self.unconfirmed:
@@ -307,18 +321,7 @@ class Publisher:
             self._lease.on_confirm(ids)
             return
         link = self.by_pid.get(pid)
-        if link is None or not ids:
-            return
-        low, high = min(ids), max(ids)
-        for chunk in link.unconfirmed:  # in order: publishing ids first + 1 .. stop
-            if chunk.first >= high:
-                break
-            if chunk.stop >= low:
-                chunk.pending.difference_update(ids)
-        done: list[Chunk] = []
-        while link.unconfirmed and not link.unconfirmed[0].pending:
-            done.append(link.unconfirmed.popleft())
-        if not done:
+        if link is None or not ids or not (done := link.settle(ids)):
             return
         self._drop(link, done)  # gives back their room
         link.confirmed_next = max(link.confirmed_next, done[-1].stop)
