@@ -61,19 +61,22 @@ class Link:
         """Messages read and not yet confirmed."""
         return sum(c.count for c in self.unconfirmed) + sum(c.count for c in self.inbox)
 
-    def settle(self, ids: Sequence[int]) -> list[Chunk]:
-        """Confirmed publishing ``ids``: the chunks now wholly confirmed, in order (a
-        chunk confirmed before an earlier one waits for it)."""
+    def settle(self, ids: Sequence[int]) -> tuple[int, list[Chunk]]:
+        """Confirmed publishing ``ids``: how many of them were pending, and the chunks
+        now wholly confirmed, in order (a chunk confirmed before an earlier one waits)."""
         low, high = min(ids), max(ids)
+        confirmed = 0
         for chunk in self.unconfirmed:  # in order: publishing ids first + 1 .. stop
             if chunk.first >= high:
                 break
             if chunk.stop >= low:
+                before = len(chunk.pending)
                 chunk.pending.difference_update(ids)
+                confirmed += before - len(chunk.pending)
         done: list[Chunk] = []
         while self.unconfirmed and not self.unconfirmed[0].pending:
             done.append(self.unconfirmed.popleft())
-        return done
+        return confirmed, done
 
     def first_pending(self) -> int | None:
         """Index of the first message held here (unconfirmed first), else the reader's next."""
@@ -321,11 +324,14 @@ class Publisher:
             self._lease.on_confirm(ids)
             return
         link = self.by_pid.get(pid)
-        if link is None or not ids or not (done := link.settle(ids)):
+        if link is None or not ids:
+            return
+        confirmed, done = link.settle(ids)
+        self.metrics.published.labels(link.name).inc(confirmed)  # as they come, not per chunk
+        if not done:
             return
         self._drop(link, done)  # gives back their room
         link.confirmed_next = max(link.confirmed_next, done[-1].stop)
-        self.metrics.published.labels(link.name).inc(sum(c.count for c in done))
         self.metrics.published_bytes.labels(link.name).inc(sum(c.body_bytes for c in done))
         if done[-1].end:
             link.done = True
