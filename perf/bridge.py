@@ -11,9 +11,15 @@ process, then per frame size (4 MiB, 1 KiB):
   (the bridge's default bound), timed until the last confirm: the best a Python
   client of the broker does here;
 * ``bridge``: a stored, finished hidra_ng stream of the same frames, bridged
-  (in this process, ``hidra_ng.bridge.Bridge``) from the first confirm to the
-  confirm of the end message;
+  (in this process, ``hidra_ng.bridge.Bridge``), timed from the start of its
+  reading (connected, lease held, publisher declared) to the confirm of the end
+  message;
 * ratio = bridge / raw (goal >= 0.7).
+
+Raw and bridge run ``--rounds`` times (default 3) back to back, the order
+alternating (this machine is shared: single runs swing by 2-3x); the table gives
+medians with their range, and the CPU time per message of the client, the
+receiver and the broker while timed (psutil).
 
 Then the lag: a producer (its own process, paced_send.py) sends 4 MiB frames at
 100 Hz while the bridge runs,
@@ -30,17 +36,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import threadprof  # noqa: E402
 from lag import LagSamples, fast_dir  # noqa: E402
 from rstream import Producer  # noqa: E402
@@ -56,11 +66,22 @@ KiB, MiB = 1 << 10, 1 << 20
 INFLIGHT = 256 * MiB
 
 
-def raw_rstream(node: RabbitNode, stream: str, size: int, count: int) -> float:
-    """Seconds to publish ``count`` payloads of ``size`` bytes with confirms."""
+def no_cpu() -> tuple[float, ...]:
+    return ()
+
+
+def delta(before: tuple[float, ...], after: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(b - a for a, b in zip(before, after, strict=True))
+
+
+def raw_rstream(
+    node: RabbitNode, stream: str, size: int, count: int, cpu: Callable = no_cpu
+) -> tuple[float, tuple[float, ...]]:
+    """Seconds to publish ``count`` payloads of ``size`` bytes with confirms, and the
+    CPU seconds ``cpu()`` counts meanwhile."""
     payload = np.random.default_rng(1).bytes(size)
 
-    async def main() -> float:
+    async def main() -> tuple[float, tuple[float, ...]]:
         async with Producer(
             "127.0.0.1", node.stream_port, username="guest", password="guest", frame_max=64 << 20
         ) as producer:
@@ -77,7 +98,7 @@ def raw_rstream(node: RabbitNode, stream: str, size: int, count: int) -> float:
                     done.set()
 
             per_batch = max(1, min(1000, (60 << 20) // (size + 64)))
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), cpu()
             sent = 0
             while sent < count:
                 n = min(per_batch, count - sent)
@@ -88,7 +109,7 @@ def raw_rstream(node: RabbitNode, stream: str, size: int, count: int) -> float:
                 )
                 sent += n
             await done.wait()
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, delta(cpu0, cpu())
 
     return asyncio.run(main())
 
@@ -106,9 +127,18 @@ def fill(rx: ReceiverProcess, spool: Path, stream: str, size: int, count: int) -
 
 
 def bridge_seconds(
-    node: RabbitNode, rx: ReceiverProcess, state: Path, stream: str, count: int
-) -> float:
-    """Seconds from the first confirm to the end message's confirm."""
+    node: RabbitNode,
+    rx: ReceiverProcess,
+    state: Path,
+    stream: str,
+    count: int,
+    prefix: str = "hidra",
+    cpu: Callable = no_cpu,
+) -> tuple[float, tuple[float, ...]]:
+    """Seconds from the start of reading (the bridge is connected, holds its lease
+    and has declared its publisher: as the raw run's clock starts before its first
+    send) to the end message's confirm, and the CPU seconds ``cpu()`` counts meanwhile.
+    """
     config = BridgeConfig(
         api=rx.api,
         rabbitmq=node.stream_uri,
@@ -116,19 +146,37 @@ def bridge_seconds(
         state_dir=str(state),
         metrics_port=0,
         poll_seconds=0.05,
+        prefix=prefix,
     )
     bridge = Bridge(config)
     counter = bridge.metrics.published.labels(stream)
+    # the marks are taken in the bridge's threads, where the events happen; this
+    # thread waits on an event (polling every ms would take the GIL from the bridge a
+    # thousand times a second)
+    marks: list[tuple[float, tuple[float, ...]]] = []
+    done = threading.Event()
+    start_reader, on_confirm = bridge.publisher._start_reader, bridge.publisher._on_confirm
+
+    def reading(link, start: int) -> None:
+        if not marks:
+            marks.append((time.perf_counter(), cpu()))
+        start_reader(link, start)
+
+    def confirmed(pid, ids) -> None:
+        on_confirm(pid, ids)
+        if counter._value.get() >= count + 1 and not done.is_set():
+            marks.append((time.perf_counter(), cpu()))
+            done.set()
+
+    bridge.publisher._start_reader = reading
+    bridge.publisher._on_confirm = confirmed
     bridge.start()
     try:
-        while counter._value.get() < 1:
-            time.sleep(0.001)
-        t0 = time.perf_counter()
         # every frame and the end message confirmed (the stream is retired up to 0.5 s
         # later, at the broker loop's next tick: not part of the throughput)
-        while counter._value.get() < count + 1:
-            time.sleep(0.001)
-        return time.perf_counter() - t0
+        if not done.wait(600):
+            raise TimeoutError(f"the bridge did not publish {count} frames in 600 s")
+        return marks[1][0] - marks[0][0], delta(marks[0][1], marks[1][1])
     finally:
         bridge.stop()
 
@@ -237,6 +285,69 @@ def lag_line(lag: dict) -> str:
     )
 
 
+class CpuMeter:
+    """CPU seconds of this process, the receiver and the broker (with its children)."""
+
+    def __init__(self, rx: ReceiverProcess, node: RabbitNode) -> None:
+        assert rx.proc is not None and node.server is not None
+        self._rx = psutil.Process(rx.proc.pid)
+        self._broker = psutil.Process(node.server.pid)
+
+    def read(self) -> tuple[float, float, float]:
+        def tree(proc: psutil.Process) -> float:
+            total = 0.0
+            for p in [proc, *proc.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                except psutil.NoSuchProcess:
+                    continue
+                total += t.user + t.system
+            return total
+
+        rx = self._rx.cpu_times()
+        return time.process_time(), rx.user + rx.system, tree(self._broker)
+
+
+def measure(args, node: RabbitNode, rx: ReceiverProcess, work: Path, size: int, count: int):
+    """``args.rounds`` rounds of raw and bridge, back to back, the order alternating.
+
+    Per round and part: (seconds, CPU seconds of (this process, receiver, broker)
+    while timed)."""
+    stream = f"perf/{size}"
+    meter = CpuMeter(rx, node)
+    out = []
+    for r in range(args.rounds):
+        got: dict[str, tuple[float, tuple[float, ...]]] = {}
+        for part in ("raw", "bridge") if r % 2 == 0 else ("bridge", "raw"):
+            if part == "raw":
+                got[part] = raw_rstream(node, f"raw-{size}-{r}", size, count, meter.read)
+                continue
+            if args.profile:
+                threadprof.install()
+            prefix = "hidra" if r == 0 else f"hidra.r{r}"
+            got[part] = bridge_seconds(
+                node, rx, work / f"state-{size}-{r}", stream, count, prefix, meter.read
+            )
+            if args.profile:
+                threadprof.dump(args.profile, f"bridge-{size}-{r}")
+        out.append((got["raw"], got["bridge"]))
+        raw_rate, bridge_rate = count / got["raw"][0], count / got["bridge"][0]
+        print(
+            f"  round {r + 1}: raw {raw_rate:.0f}/s, bridge {bridge_rate:.0f}/s, ratio"
+            f" {bridge_rate / raw_rate:.2f}, load {os.getloadavg()[0]:.1f}",
+            file=sys.stderr,
+        )
+    return out
+
+
+def spread(values: list[float], fmt: str = ".2f") -> str:
+    """Median, and the range when there is more than one value."""
+    med = statistics.median(values)
+    if len(values) == 1:
+        return format(med, fmt)
+    return f"{med:{fmt}} ({min(values):{fmt}}..{max(values):{fmt}})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer frames, about a minute")
@@ -252,11 +363,20 @@ def main() -> int:
         metavar="DIR",
         help="cProfile every thread of the bridge runs (threadprof.py) into DIR",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="raw and bridge this many times back to back (order alternating); medians",
+    )
+    ap.add_argument("--frames", type=int, help="1 KiB frames per run (default 20,000 / 50,000)")
     args = ap.parse_args()
     only = set(args.only or ["4mib", "1kib", "lag"])
     sizes = (
-        [(4 * MiB, 48), (1 * KiB, 10_000)] if args.quick else [(4 * MiB, 256), (1 * KiB, 50_000)]
+        [(4 * MiB, 48), (1 * KiB, 20_000)] if args.quick else [(4 * MiB, 256), (1 * KiB, 50_000)]
     )
+    if args.frames:
+        sizes = [(s, args.frames if s == KiB else n) for s, n in sizes]
     sizes = [(s, n) for s, n in sizes if ("4mib" if s == 4 * MiB else "1kib") in only]
     lag_seconds = 1.0 if args.quick else 5.0
     lags: list[dict] = []
@@ -273,19 +393,8 @@ def main() -> int:
                 stream = f"perf/{size}"
                 print(f"{label}: filling the receiver with {count} frames", file=sys.stderr)
                 fill(rx, work / f"spool-{size}", stream, size, count)
-                print(f"{label}: raw rstream", file=sys.stderr)
-                raw_s = raw_rstream(node, f"raw-{size}", size, count)
-                print(f"{label}: bridge", file=sys.stderr)
-                if args.profile:
-                    threadprof.install()
-                bridge_s = bridge_seconds(node, rx, work / f"state-{size}", stream, count)
-                if args.profile:
-                    threadprof.dump(args.profile, f"bridge-{size}")
-                raw_mb = size * count / raw_s / 1e6
-                bridge_mb = size * (count - 1) / bridge_s / 1e6
-                rows.append(
-                    (label, count, raw_mb, count / raw_s, bridge_mb, (count - 1) / bridge_s)
-                )
+                print(f"{label}: raw rstream and bridge, {args.rounds} round(s)", file=sys.stderr)
+                rows.append((label, count, size, measure(args, node, rx, work, size, count)))
                 print(f"  -> {broker_name(stream)}", file=sys.stderr)
             if "lag" in only:
                 print("lag behind a 100 Hz ingest", file=sys.stderr)
@@ -293,15 +402,39 @@ def main() -> int:
         finally:
             rx.terminate()
             node.stop()
-    print(f"\nfacility bridge vs raw rstream ({'quick' if args.quick else 'full'} mode)")
+    mode = "quick" if args.quick else "full"
+    load = os.getloadavg()
+    print(
+        f"\nfacility bridge vs raw rstream ({mode} mode, {args.rounds} round(s): medians"
+        f" (min..max); load average now {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})"
+    )
     print(
         f"{'frames':>8} {'count':>7} {'raw MB/s':>9} {'raw msg/s':>10} {'bridge MB/s':>12}"
         f" {'bridge msg/s':>13} {'ratio':>6}"
     )
-    for label, count, raw_mb, raw_rate, bridge_mb, bridge_rate in rows:
+    for label, count, size, runs in rows:
+        raw_rate = [count / raw[0] for raw, _ in runs]
+        bridge_rate = [count / bridge[0] for _, bridge in runs]
+        ratios = [b / r for b, r in zip(bridge_rate, raw_rate, strict=True)]
         print(
-            f"{label:>8} {count:>7} {raw_mb:>9.1f} {raw_rate:>10.0f} {bridge_mb:>12.1f}"
-            f" {bridge_rate:>13.0f} {bridge_rate / raw_rate:>6.2f}"
+            f"{label:>8} {count:>7} {statistics.median(raw_rate) * size / 1e6:>9.1f}"
+            f" {statistics.median(raw_rate):>10.0f}"
+            f" {statistics.median(bridge_rate) * size / 1e6:>12.1f}"
+            f" {statistics.median(bridge_rate):>13.0f} {statistics.median(ratios):>6.2f}"
+        )
+        if len(runs) > 1:
+            print(f"{'':>8} ratio {spread(ratios)}; msg/s raw {spread(raw_rate, '.0f')},"
+                  f" bridge {spread(bridge_rate, '.0f')}")  # fmt: skip
+
+        # CPU microseconds per message while timed: raw (its process, the broker);
+        # bridge (its process, the receiver, the broker)
+        us = [
+            [spread([run[part][1][proc] * 1e6 / count for run in runs], ".1f") for proc in range(3)]
+            for part in range(2)
+        ]
+        print(
+            f"{'':>8} CPU us/msg while timed: raw client {us[0][0]}, broker {us[0][2]};"
+            f" bridge {us[1][0]}, receiver {us[1][1]}, broker {us[1][2]}"
         )
     print()
     for lag in lags:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from hidra_ng.bridge.lock import StateLock
 from hidra_ng.bridge.publisher import STOP_CONFIRMS_SECONDS, STOP_RELEASE_SECONDS, Link, Publisher
-from hidra_ng.bridge.reader import Budget, Item, Reader
+from hidra_ng.bridge.reader import Budget, Chunk, Reader
 from hidra_ng.bridge.uri import parse
 from hidra_ng.client.consumer import Consumer
 from hidra_ng.config import BridgeConfig
@@ -123,7 +123,7 @@ class Bridge:
         return all(t.is_alive() for t in self._threads) and self.beats.fresh(ALIVE_SECONDS)
 
     def status(self) -> str:
-        pending = sum(len(link.unconfirmed) + len(link.inbox) for link in self._links.values())
+        pending = sum(link.held() for link in self._links.values())
         return (
             f"broker {'up' if self.publisher.broker_up else 'DOWN'}, receiver"
             f" {'up' if self._receiver_up else 'DOWN'}; {len(self._links)} streams,"
@@ -154,14 +154,14 @@ class Bridge:
         """A new reader of ``link`` from index ``start``; an old one becomes stale."""
         if link.reader is not None:
             link.reader.stale.set()
-        self._drop(link, list(link.unconfirmed.values()) + list(link.inbox))
+        self._drop(link, list(link.unconfirmed) + list(link.inbox))
         link.unconfirmed.clear()
         link.inbox.clear()
         slots = self._frame_slots.setdefault(link.name, Budget(self.config.max_inflight_frames))
         loop = self.publisher.loop
         assert loop is not None
         # items reach the loop in batches: one wake-up per batch, not per frame
-        pending: list[Item] = []
+        pending: list[Chunk] = []
         guard = threading.Lock()
 
         def flush() -> None:
@@ -174,7 +174,7 @@ class Bridge:
             # a wake-up of the loop costs a GIL hand-over: let frames gather 1 ms first
             loop.call_later(GATHER_SECONDS, flush)
 
-        def deliver(items: list[Item]) -> None:
+        def deliver(items: list[Chunk]) -> None:
             with guard:
                 first = not pending
                 pending.extend(items)
@@ -208,20 +208,20 @@ class Bridge:
             if up:
                 log.info("bridge: receiver at %s answers", self.config.api)
 
-    def _arrived(self, link: Link, reader: Reader, items: list[Item]) -> None:
+    def _arrived(self, link: Link, reader: Reader, items: list[Chunk]) -> None:
         if reader is not link.reader or reader.stale.is_set():
             self._drop(link, items)
             return
         link.inbox.extend(items)
         link.wake.set()
 
-    def _drop(self, link: Link, items: Sequence[Item]) -> None:
-        if not items:
+    def _drop(self, link: Link, chunks: Sequence[Chunk]) -> None:
+        if not chunks:
             return
-        self.budget.give(sum(item.cost for item in items))
+        self.budget.give(sum(chunk.cost for chunk in chunks))
         slots = self._frame_slots.get(link.name)
         if slots is not None:
-            slots.give(len(items))
+            slots.give(sum(chunk.count for chunk in chunks))
 
     # ------------------------------------------------------------- discovery
 

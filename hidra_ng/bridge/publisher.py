@@ -17,13 +17,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from hidra_ng.bridge.broker import BrokerError, BrokerLink
 from hidra_ng.bridge.lease import Lease, LeaseHeld
 from hidra_ng.bridge.names import broker_name
-from hidra_ng.bridge.reader import Item, Reader
+from hidra_ng.bridge.reader import Chunk, Reader
 from hidra_ng.bridge.uri import BrokerAddress
 from hidra_ng.config import BridgeConfig
 from hidra_ng.errors import ConfigError
@@ -50,19 +50,40 @@ class Link:
         self.broker = broker_name(info.name, prefix)
         self.info = info
         self.pid: int | None = None
-        self.inbox: deque[Item] = deque()
-        self.unconfirmed: OrderedDict[int, Item] = OrderedDict()  # publishing id -> item
+        self.inbox: deque[Chunk] = deque()  # read, not yet published
+        self.unconfirmed: deque[Chunk] = deque()  # published, in index order
         self.confirmed_next = 0  # every index below is in the broker
         self.reader: Reader | None = None
         self.wake = asyncio.Event()
         self.done = False
 
+    def held(self) -> int:
+        """Messages read and not yet confirmed."""
+        return sum(c.count for c in self.unconfirmed) + sum(c.count for c in self.inbox)
+
+    def settle(self, ids: Sequence[int]) -> tuple[int, list[Chunk]]:
+        """Confirmed publishing ``ids``: how many of them were pending, and the chunks
+        now wholly confirmed, in order (a chunk confirmed before an earlier one waits)."""
+        low, high = min(ids), max(ids)
+        confirmed = 0
+        for chunk in self.unconfirmed:  # in order: publishing ids first + 1 .. stop
+            if chunk.first >= high:
+                break
+            if chunk.stop >= low:
+                before = len(chunk.pending)
+                chunk.pending.difference_update(ids)
+                confirmed += before - len(chunk.pending)
+        done: list[Chunk] = []
+        while self.unconfirmed and not self.unconfirmed[0].pending:
+            done.append(self.unconfirmed.popleft())
+        return confirmed, done
+
     def first_pending(self) -> int | None:
         """Index of the first message held here (unconfirmed first), else the reader's next."""
         if self.unconfirmed:
-            return next(iter(self.unconfirmed.values())).index
+            return self.unconfirmed[0].first
         if self.inbox:
-            return self.inbox[0].index
+            return self.inbox[0].first
         return self.reader.next_index if self.reader else None
 
 
@@ -78,7 +99,7 @@ class Publisher:
         stop: threading.Event,
         *,
         start_reader: Callable[[Link, int], None],
-        drop: Callable[[Link, Sequence[Item]], None],
+        drop: Callable[[Link, Sequence[Chunk]], None],
         forget: Callable[[str], None],
     ) -> None:
         self.config = config
@@ -259,14 +280,13 @@ class Publisher:
         link.pid = await broker.declare_publisher(link.broker)
         self.by_pid[link.pid] = link
         link.confirmed_next = max(link.confirmed_next, last_id)
-        # messages the broker has are dropped; the rest is published again, in order
-        keep = [i for i in list(link.unconfirmed.values()) + list(link.inbox) if i.index >= last_id]
-        self._drop(
-            link,
-            [i for i in list(link.unconfirmed.values()) + list(link.inbox) if i.index < last_id],
-        )
+        # chunks the broker has (some of) are dropped; the rest is published again, in
+        # order (dropping part of a chunk leaves a gap: the reader reads from last_id)
+        held = list(link.unconfirmed) + list(link.inbox)
+        self._drop(link, [c for c in held if c.first < last_id])
         link.unconfirmed.clear()
-        link.inbox = deque(keep)
+        link.inbox = deque(c for c in held if c.first >= last_id)
+        keep = bool(link.inbox)
         first = link.first_pending()
         gap = first is None or first > last_id  # the broker lacks what comes before
         ended = link.reader is not None and not link.reader.is_alive() and not keep
@@ -276,7 +296,7 @@ class Publisher:
         link.wake.set()
 
     async def _pump(self, broker: BrokerLink, link: Link) -> None:
-        """Publish ``link``'s inbox in index order, one Publish frame per batch."""
+        """Publish ``link``'s inbox in index order, many chunks per Publish frame."""
         limit = broker.frame_max - 4096
         assert link.pid is not None
         while not self.stop.is_set():
@@ -284,38 +304,38 @@ class Publisher:
                 link.wake.clear()
                 await link.wake.wait()
                 continue
-            if len(link.inbox) < BATCH_FRAMES and link.unconfirmed:
+            if link.unconfirmed and sum(c.count for c in link.inbox) < BATCH_FRAMES:
                 # publishes are out already: let a few more frames arrive and send them
                 # in one Publish frame (fewer frames and confirms; at most 2 ms later)
                 await asyncio.sleep(BATCH_WAIT_SECONDS)
-            batch: list[Item] = []
-            size = 0
+            batch: list[Chunk] = []
+            size = count = 0
             while link.inbox and (not batch or size + link.inbox[0].cost < limit):
-                item = link.inbox.popleft()
-                batch.append(item)
-                size += item.cost
-                link.unconfirmed[item.index + 1] = item
-            await broker.publish(link.pid, [(i.index + 1, i.data) for i in batch])
+                chunk = link.inbox.popleft()
+                batch.append(chunk)
+                size += chunk.cost
+                count += chunk.count
+                chunk.pending = set(range(chunk.first + 1, chunk.stop + 1))
+                link.unconfirmed.append(chunk)
+            await broker.publish_entries(link.pid, count, [c.data for c in batch])
 
     def _on_confirm(self, pid: int, ids: Sequence[int]) -> None:
         if pid == self._lease.pid:
             self._lease.on_confirm(ids)
             return
         link = self.by_pid.get(pid)
-        if link is None:
+        if link is None or not ids:
             return
-        done = [item for item in map(link.unconfirmed.pop, ids, [None] * len(ids)) if item]
+        confirmed, done = link.settle(ids)
+        self.metrics.published.labels(link.name).inc(confirmed)  # as they come, not per chunk
         if not done:
             return
         self._drop(link, done)  # gives back their room
-        link.confirmed_next = max(link.confirmed_next, max(item.index for item in done) + 1)
-        self.metrics.published.labels(link.name).inc(len(done))
-        body_bytes = sum(len(item.data) for item in done if not item.end)
-        self.metrics.published_bytes.labels(link.name).inc(body_bytes)
-        end = next((item for item in done if item.end), None)
-        if end is not None:
+        link.confirmed_next = max(link.confirmed_next, done[-1].stop)
+        self.metrics.published_bytes.labels(link.name).inc(sum(c.body_bytes for c in done))
+        if done[-1].end:
             link.done = True
-            log.info("bridge: %r finished; all %d frames in the broker", link.name, end.index)
+            log.info("bridge: %r finished; all %d frames in the broker", link.name, done[-1].first)
 
     def _on_error(self, pid: int, publishing_id: int, code: int) -> None:
         link = self.by_pid.get(pid)
@@ -346,7 +366,7 @@ class Publisher:
         deadline = time.monotonic() + STOP_CONFIRMS_SECONDS
         while any(link.unconfirmed for link in self.links.values()):
             if time.monotonic() > deadline or not broker.alive:
-                waiting = sum(len(link.unconfirmed) for link in self.links.values())
+                waiting = sum(c.count for link in self.links.values() for c in link.unconfirmed)
                 log.warning(
                     "bridge: stopping with %d messages unconfirmed; the next start publishes"
                     " them again (the broker drops those it has)",

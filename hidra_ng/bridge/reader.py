@@ -2,7 +2,8 @@
 
 Each stream gets a thread with a Consumer of its own (Consumers are not
 thread-safe). It hands encoded messages to the broker side through
-``deliver``, a batch at a time (the frames one replay reply brought), after
+``deliver``, a :class:`Chunk` at a time (the frames one replay reply brought, as
+the publish entries of a Publish frame: the broker side only writes them), after
 taking room for them from the in-flight :class:`Budget` of bytes and of frames, so
 that memory stays bounded however far the broker falls behind. Frames removed
 by retention before they were read are counted and logged; a receiver that is
@@ -14,31 +15,44 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from hidra_ng.bridge.messages import RecordEncoder, encode_end
+from hidra_ng.bridge.messages import ENTRY_HEADER, RecordEncoder, encode_end
 from hidra_ng.client.consumer import Consumer
 from hidra_ng.errors import Gone, HidraError, ReceiverUnavailable
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
-#: frames handed over at once (one lock, one wake-up of the broker side per batch)
-HAND_OVER_FRAMES = 256
-_OVERHEAD = 512  # bytes counted per message besides its body (properties)
+#: frames read and encoded at once, handed over as one Chunk (one lock, one wake-up of
+#: the broker side); a batched replay reply brings up to 2,048 small frames
+HAND_OVER_FRAMES = 2048
+#: payload bytes of one Chunk at most (a larger frame is a Chunk of its own); chunks go
+#: whole into Publish frames, which must stay below the broker's frame_max
+CHUNK_BYTES = 8 << 20
 
 
 @dataclass(slots=True)
-class Item:
-    """One message for the broker: publishing id = index + 1."""
+class Chunk:
+    """Messages of consecutive indices for the broker, as publish entries (publishing
+    id = index + 1), ready to go into a Publish frame as they are."""
 
-    index: int
-    data: bytes
-    end: bool = False
+    first: int  # index of the first message
+    count: int
+    data: bytes  # the publish entries, joined (messages.RecordEncoder.entries)
+    body_bytes: int  # payload bytes among them (metrics)
+    end: bool = False  # the end message of a finished stream (a chunk of its own)
+    #: publishing ids not yet confirmed; set when the chunk is published
+    pending: set[int] = field(default_factory=set)
+
+    @property
+    def stop(self) -> int:
+        """The index after the last."""
+        return self.first + self.count
 
     @property
     def cost(self) -> int:
-        return len(self.data) + _OVERHEAD
+        return len(self.data)
 
 
 class Budget:
@@ -68,7 +82,7 @@ class Budget:
 
 
 class Reader(threading.Thread):
-    """Replays ``stream`` from ``start`` and delivers each frame as an Item."""
+    """Replays ``stream`` from ``start`` and delivers its frames as Chunks."""
 
     def __init__(
         self,
@@ -76,7 +90,7 @@ class Reader(threading.Thread):
         start: int,
         *,
         consumer: Callable[[], Consumer],
-        deliver: Callable[[list[Item]], None],
+        deliver: Callable[[list[Chunk]], None],
         budget: Budget,
         frames: Budget,
         full: bool,
@@ -139,33 +153,50 @@ class Reader(threading.Thread):
                 except StopIteration:
                     break
                 self._on_receiver(True)
-                items = [
-                    Item(index, encoder.encode(index, record, payload, self._full))
-                    for index, record, payload in records
-                ]
-                if not self._hand_over(items):
+                if not self._hand_over(self._chunks(encoder, records)):
                     return True
                 self.next_index = records[-1][0] + 1
         finally:
             replay.close()
         self._on_receiver(True)
         # a finished stream read to its end: one end message
-        end = Item(self.next_index, encode_end(self.stream, self.next_index), end=True)
-        self._hand_over([end])
+        message = encode_end(self.stream, self.next_index)
+        entry = ENTRY_HEADER.pack(self.next_index + 1, len(message)) + message
+        self._hand_over([Chunk(self.next_index, 1, entry, 0, end=True)])
         return True
 
-    def _hand_over(self, items: list[Item]) -> bool:
-        cost = sum(item.cost for item in items)
-        if not self._frames.take(len(items), self._halt, self.stale.is_set):
+    def _chunks(self, encoder: RecordEncoder, records: list) -> list[Chunk]:
+        """``records`` encoded, in chunks of consecutive indices and at most CHUNK_BYTES."""
+        runs = [records]
+        consecutive = records[-1][0] - records[0][0] == len(records) - 1
+        if not consecutive or sum(len(payload) for _, _, payload in records) > CHUNK_BYTES:
+            runs, size = [[]], 0
+            for record in records:
+                run = runs[-1]
+                if run and (size + len(record[2]) > CHUNK_BYTES or record[0] != run[-1][0] + 1):
+                    runs.append(run := [])
+                    size = 0
+                run.append(record)
+                size += len(record[2])
+        chunks = []
+        for run in runs:
+            data, body_bytes = encoder.entries(run, self._full)
+            chunks.append(Chunk(run[0][0], len(run), data, body_bytes))
+        return chunks
+
+    def _hand_over(self, chunks: list[Chunk]) -> bool:
+        cost = sum(chunk.cost for chunk in chunks)
+        frames = sum(chunk.count for chunk in chunks)
+        if not self._frames.take(frames, self._halt, self.stale.is_set):
             return False
         if not self._budget.take(cost, self._halt, self.stale.is_set):
-            self._frames.give(len(items))
+            self._frames.give(frames)
             return False
         if self._done():
             self._budget.give(cost)
-            self._frames.give(len(items))
+            self._frames.give(frames)
             return False
-        self._deliver(items)
+        self._deliver(chunks)
         return True
 
     def _skip_removed(self, consumer: Consumer) -> None:

@@ -42,6 +42,24 @@ _replay_batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch | proto.ReplayE
 _batch_decoder = msgspec.msgpack.Decoder(proto.FrameBatch)
 
 
+class _RecordRef(msgspec.Struct, array_like=True, frozen=True):
+    """A FrameRef decoded with its record (a replay read with ``next_records``)."""
+
+    stream: str
+    index: int
+    record: proto.Record
+    group: str = ""
+    deliveries: int = 0
+
+
+class _RecordBatch(msgspec.Struct, array_like=True, frozen=True):
+    frames: list[_RecordRef]
+    sizes: list[int]
+
+
+_replay_records_decoder = msgspec.msgpack.Decoder(_RecordBatch | proto.ReplayEvent)
+
+
 def decode_frame(
     ref_body: bytes | memoryview | proto.FrameRef,
     payload: bytes | memoryview,
@@ -470,7 +488,8 @@ class _Replay:
         consumer._replays.add(self)
         self._id = 0
         self._owed = [0, 0]  # frames and bytes read since the last credit
-        self._ready: deque[tuple[proto.FrameRef, memoryview]] = deque()
+        self._ready: deque[tuple[proto.FrameRef | _RecordRef, memoryview]] = deque()
+        self._records = False  # next_records reads: records decoded with their batch
         self._heard = 0.0  # when the receiver last said something (or was asked)
         self._resumed = False
         self._done = False
@@ -561,13 +580,15 @@ class _Replay:
         For a reader that forwards what is stored (the bridge, the writer): no Frame is
         made, the meta stays JSON text, the payload a view of the received message.
         """
+        self._records = True
         if not self._ready and not self._wait(timeout):
             return []
-        out: list[tuple[int, proto.Record, memoryview]] = []
-        while self._ready and len(out) < max_count:
-            ref, payload = self._take_raw()
-            out.append((ref.index, _record_decoder.decode(ref.record), payload))
-        return out
+        ready = self._ready
+        taken = [ready.popleft() for _ in range(min(len(ready), max_count))]
+        self.next = taken[-1][0].index + 1
+        self._resumed = False
+        self._credit(len(taken), sum(len(payload) for _, payload in taken))
+        return [(ref.index, _record_of(ref), payload) for ref, payload in taken]
 
     def _receive(self) -> bool:
         """Read one reply; True if it brought frames. StopIteration at the end."""
@@ -580,8 +601,9 @@ class _Replay:
             return False
         reply_body, payloads = answer
         joined = payloads[0] if payloads else memoryview(b"")
+        decoder = _replay_records_decoder if self._records else _replay_batch_decoder
         try:
-            body = _replay_batch_decoder.decode(reply_body)
+            body = decoder.decode(reply_body)
         except msgspec.DecodeError:
             try:  # a receiver that sends one FrameRef per reply
                 body = _replay_decoder.decode(reply_body)
@@ -601,18 +623,28 @@ class _Replay:
 
     def _take(self) -> Frame:
         ref, payload = self._take_raw()
-        return decode_frame(ref, payload, decode=self.decode)
+        if isinstance(ref, proto.FrameRef):
+            return decode_frame(ref, payload, decode=self.decode)
+        return frame_from_record(
+            ref.stream,
+            ref.index,
+            ref.record,
+            payload,
+            decode=self.decode,
+            group=ref.group,
+            deliveries=ref.deliveries,
+        )
 
-    def _take_raw(self) -> tuple[proto.FrameRef, memoryview]:
+    def _take_raw(self) -> tuple[proto.FrameRef | _RecordRef, memoryview]:
         ref, payload = self._ready.popleft()
         self.next = ref.index + 1
         self._resumed = False
-        self._credit(len(payload))
+        self._credit(1, len(payload))
         return ref, payload
 
-    def _credit(self, nbytes: int) -> None:
+    def _credit(self, frames: int, nbytes: int) -> None:
         """Give back what was read, in chunks of half a window (fewer messages)."""
-        self._owed[0] += 1
+        self._owed[0] += frames
         self._owed[1] += nbytes
         if self._owed[0] >= self.window[0] // 2 or self._owed[1] >= self.window[1] // 2:
             req = proto.CreditRequest(
@@ -634,6 +666,12 @@ class _Replay:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _record_of(ref: proto.FrameRef | _RecordRef) -> proto.Record:
+    if isinstance(ref, _RecordRef):
+        return ref.record
+    return _record_decoder.decode(ref.record)
 
 
 def api_idle_seconds() -> float:

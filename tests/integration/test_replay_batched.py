@@ -76,6 +76,29 @@ def test_small_and_large_frames_replay_in_order_with_their_bytes(make_producer, 
         assert [bytes(f.data or b"") for f in frames] == [d for d, _ in items]
 
 
+def test_records_and_frames_from_one_replay_agree(make_producer, receiver):
+    """next_records (the bridge's read: records decoded with their batch) and frames
+    taken afterwards from the same replay give what get() gives."""
+    items = [(bytes([i]) * (100 + i), {"i": i}) for i in range(40)]
+    p = make_producer()
+    p.send_many("rec", items)
+    p.flush(10)
+    with Consumer(receiver.endpoints["api"]) as c:
+        replay = c.replay("rec", window_frames=8, decode=False)
+        records = replay.next_records(5)
+        while len(records) < 20:
+            records += replay.next_records(20 - len(records))
+        rest = list(replay)
+        want = [c.get("rec", i) for i in range(40)]
+    assert [index for index, _, _ in records] == list(range(20))
+    for (index, record, payload), frame in zip(records, want, strict=False):
+        assert (record.seq, record.sender, bytes(payload)) == (frame.seq, frame.sender, frame.data)
+        assert msgspec.json.decode(record.meta) == frame.meta == {"i": index}
+    assert [(f.index, f.data, f.meta, f.seq) for f in rest] == [
+        (f.index, f.data, f.meta, f.seq) for f in want[20:]
+    ]
+
+
 def stored(c: Consumer) -> int:
     try:
         return c.info("churn").count
