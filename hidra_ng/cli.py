@@ -126,16 +126,34 @@ def receiver(
     ] = None,
 ) -> None:
     """Run the receiver: store frames in LMDB, acknowledge, publish, serve."""
-    from hidra_ng import heap, service
+    from hidra_ng import heap
 
     heap.keep_frame_buffers()
-    with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
-        from hidra_ng.metrics import served_port
+
+    def build() -> Any:
         from hidra_ng.receiver.daemon import Receiver
 
-        daemon = Receiver(settings)
+        return Receiver(settings)
+
+    _serve(build, ready_file)
+
+
+def _serve(build: Callable[[], Any], ready_file: Path | None) -> None:
+    """Build a daemon and run it until stopped; exits with its code.
+
+    A SIGTERM from the start of ``build`` on (importing the daemon's module
+    included) is a clean stop. The ready file gets the daemon's metrics port and
+    its bound ``endpoints``, if it has any.
+    """
+    from hidra_ng import service
+
+    with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
+        from hidra_ng.metrics import served_port
+
+        daemon = build()
         if ready_file is not None:
-            bound = {**daemon.endpoints, "metrics_port": served_port(daemon.metrics.registry)}
+            bound = {**getattr(daemon, "endpoints", {})}
+            bound["metrics_port"] = served_port(daemon.metrics.registry)
             _write_ready_file(ready_file, bound)
         code = service.run(daemon, stop_event=stop)
     raise typer.Exit(code)
@@ -205,17 +223,13 @@ def write(
     ready_file: Annotated[Path | None, typer.Option(help=METRICS_READY_HELP)] = None,
 ) -> None:
     """Write streams as files for legacy tools (NXmx, HDF5, TIFF) as frames arrive."""
-    from hidra_ng import service
 
-    with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
-        from hidra_ng.metrics import served_port
+    def build() -> Any:
         from hidra_ng.writer.daemon import WriterDaemon
 
-        daemon = WriterDaemon(settings)
-        if ready_file is not None:
-            _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
-        code = service.run(daemon, stop_event=stop)
-    raise typer.Exit(code)
+        return WriterDaemon(settings)
+
+    _serve(build, ready_file)
 
 
 @app.command()
@@ -225,17 +239,13 @@ def bridge(
     ready_file: Annotated[Path | None, typer.Option(help=METRICS_READY_HELP)] = None,
 ) -> None:
     """Republish every durable frame of chosen streams into RabbitMQ streams (SPEC §13)."""
-    from hidra_ng import service
 
-    with service.stop_signals() as stop:  # a SIGTERM from here on: a clean stop
+    def build() -> Any:
         from hidra_ng.bridge import Bridge
-        from hidra_ng.metrics import served_port
 
-        daemon = Bridge(settings)
-        if ready_file is not None:
-            _write_ready_file(ready_file, {"metrics_port": served_port(daemon.metrics.registry)})
-        code = service.run(daemon, stop_event=stop)
-    raise typer.Exit(code)
+        return Bridge(settings)
+
+    _serve(build, ready_file)
 
 
 @app.command()
