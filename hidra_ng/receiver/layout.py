@@ -25,9 +25,11 @@ from __future__ import annotations
 import heapq
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import msgspec
 
+from hidra_ng.errors import Gone
 from hidra_ng.wire.block import Block, pack, packable, runs
 from hidra_ng.wire.protocol import Record, decode_meta
 
@@ -120,6 +122,10 @@ def _cuts(items: list[tuple[bytes, int, bytes, memoryview | bytes]], sizes: list
             start = i
 
 
+#: consecutive messages of one block: (Records, payload sizes, payloads joined), views
+Run = tuple[list[memoryview], list[int], memoryview]
+
+
 class Finder:
     """Reads single messages in one read transaction, keeping the last block it decoded."""
 
@@ -153,6 +159,38 @@ class Finder:
             return None
         payload = self.txn.get(key, db=self.dbs["payloads"])
         return record, EMPTY if payload is None else payload
+
+    def run(self, stream_id: int, index: int, limit: int) -> Run | None:
+        """Up to ``limit`` messages from ``index`` on in the block that holds it, as views.
+
+        None when ``index`` is kept alone (or is not there): read it with :meth:`find`.
+        """
+        if self.find(stream_id, index) is None:
+            return None
+        block, j = self._block, index - self._first
+        if block is None or stream_id != self._stream_id or not 0 <= j < block.count:
+            return None
+        return block.run(j, min(block.count, j + limit))
+
+
+class StreamReader:
+    """Messages of one stream in one read transaction (``Store.reader``)."""
+
+    def __init__(self, finder: Finder, stream: str, check: Callable[[str, int], Any]) -> None:
+        self.finder, self.stream = finder, stream
+        #: the stream's meta for a reader of an index, or the error it should get
+        self.check = check
+
+    def __call__(self, index: int) -> tuple[bytes, memoryview]:
+        """(Record copy, payload view) of ``index``; Gone once retention removed it."""
+        found = self.finder.find(self.check(self.stream, index).id, index)
+        if found is None:
+            raise Gone(f"index {index} of stream {self.stream!r} was removed by retention")
+        return bytes(found[0]), found[1]
+
+    def run(self, index: int, limit: int) -> Run | None:
+        """Up to ``limit`` messages from ``index`` on if it is in a block, else None."""
+        return self.finder.run(self.check(self.stream, index).id, index, limit)
 
 
 def scan(txn, dbs: dict, stream_id: int, start: int, *, payloads: bool = True) -> Iterator[Entry]:

@@ -25,6 +25,7 @@ import msgspec
 
 from hidra_ng.errors import Gone, HidraError, InvalidInput
 from hidra_ng.receiver.held import HeldReads
+from hidra_ng.receiver.layout import Run, StreamReader
 from hidra_ng.receiver.replies import Replies
 from hidra_ng.receiver.store import Store
 from hidra_ng.wire import protocol as proto
@@ -183,60 +184,66 @@ class Replays:
 
     def _serve_batched(self, r: Session, end: int) -> bool:
         """One turn of a batched replay; True to go on, False to wait."""
-        max_frames = min(r.credit_frames, TURN_FRAMES_BATCHED)
-        max_bytes = min(r.credit_bytes, TURN_BYTES)
         txn = contextlib.ExitStack()
         trackers: list = []
         try:
             read = txn.enter_context(self.store.reader(r.stream))
-            views = not self.store.env.resize_waiting and self.held.room
-            refs: list[proto.FrameRef] = []
-            payloads: list[memoryview] = []
-            total = frames = 0
-            for index in range(r.next, end):
-                if frames + len(refs) >= max_frames:
-                    break
-                try:
-                    record, payload = read(index)
-                except Gone:
-                    if index == r.next:
-                        raise
-                    break  # removed while we read: the next turn reports it
-                size = len(payload)
-                if total and total + size > max_bytes:
-                    break
-                total += size
-                ref = proto.FrameRef(r.stream, index, msgspec.Raw(record))
-                if views and size >= ZERO_COPY_BYTES:
-                    if refs and not self._send_batch(r, refs, payloads):
-                        return False
-                    frames += len(refs)
-                    refs, payloads = [], []
-                    tracker = self.replies.reply_tracked(
-                        r.ident, r.id, proto.FrameBatch([ref], [size]), payload
-                    )
-                    if tracker is None:
-                        return False
-                    trackers.append(tracker)
-                    self._sent(r, 1, size)
-                    frames += 1
-                else:
-                    refs.append(ref)
-                    payloads.append(payload)
-            return not refs or self._send_batch(r, refs, payloads)
+            return self._fill_turn(r, end, read, trackers)
         finally:
             if trackers:
                 self.held.keep(txn, trackers)
             else:
                 txn.close()
 
-    def _send_batch(self, r: Session, refs: list[proto.FrameRef], payloads: list) -> bool:
+    def _fill_turn(self, r: Session, end: int, read: StreamReader, trackers: list) -> bool:
+        """Send what fits this turn: runs of packed messages at once, large ones as views."""
+        max_frames = min(r.credit_frames, TURN_FRAMES_BATCHED)
+        max_bytes = min(r.credit_bytes, TURN_BYTES)
+        views = not self.store.env.resize_waiting and self.held.room
+        batch = _Batch(r.stream)
+        sent = 0  # frames of this turn already sent
+        index = r.next
+        while index < end and sent + batch.frames < max_frames:
+            run = read.run(index, min(max_frames - sent - batch.frames, end - index))
+            if run is not None:
+                taken = batch.add_run(index, run, max_bytes)
+                if not taken:
+                    break
+                index += taken
+                continue
+            try:
+                record, payload = read(index)
+            except Gone:
+                if index == r.next:
+                    raise
+                break  # removed while we read: the next turn reports it
+            size = len(payload)
+            if batch.nbytes and batch.nbytes + size > max_bytes:
+                break
+            ref = proto.FrameRef(r.stream, index, msgspec.Raw(record))
+            if views and size >= ZERO_COPY_BYTES:
+                if batch.frames and not self._send_batch(r, batch):
+                    return False
+                sent += batch.frames + 1
+                batch = _Batch(r.stream, nbytes=batch.nbytes + size)
+                tracker = self.replies.reply_tracked(
+                    r.ident, r.id, proto.FrameBatch([ref], [size]), payload
+                )
+                if tracker is None:
+                    return False
+                trackers.append(tracker)
+                self._sent(r, 1, size)
+            else:
+                batch.add(ref, payload)
+            index += 1
+        return not batch.frames or self._send_batch(r, batch)
+
+    def _send_batch(self, r: Session, batch: _Batch) -> bool:
         """Small frames in one reply, their payloads joined (a copy, inside the read)."""
-        sizes = [len(p) for p in payloads]
-        batch = proto.FrameBatch(refs, sizes)
-        if not self.replies.reply(r.ident, r.id, batch, [b"".join(payloads)]):
+        body = proto.FrameBatch(batch.refs, batch.sizes)
+        if not self.replies.reply(r.ident, r.id, body, [b"".join(batch.pieces)]):
             return False  # full or gone: a later credit or the sweep decides
-        self._sent(r, len(refs), sum(sizes))
+        self._sent(r, batch.frames, sum(batch.sizes))
         return True
 
     def _sent(self, r: Session, frames: int, nbytes: int) -> None:
@@ -255,3 +262,43 @@ class Replays:
                 # waiting for new frames, not for credit: say we are alive
                 r.sent = now
                 self.replies.reply(r.ident, r.id, proto.ReplayEvent.IDLE)
+
+
+class _Batch:
+    """Small frames gathered for one reply: their refs, sizes and payload pieces."""
+
+    def __init__(self, stream: str, nbytes: int = 0) -> None:
+        self.stream = stream
+        self.refs: list[proto.FrameRef] = []
+        self.sizes: list[int] = []
+        self.pieces: list[memoryview] = []
+        self.nbytes = nbytes  # bytes of this turn so far, earlier replies included
+
+    @property
+    def frames(self) -> int:
+        return len(self.refs)
+
+    def add(self, ref: proto.FrameRef, payload: memoryview) -> None:
+        self.refs.append(ref)
+        self.sizes.append(len(payload))
+        self.pieces.append(payload)
+        self.nbytes += len(payload)
+
+    def add_run(self, index: int, run: Run, max_bytes: int) -> int:
+        """As many of a block's run as fit in ``max_bytes``; how many were taken."""
+        heads, sizes, joined = run
+        take, nbytes = 0, self.nbytes
+        for size in sizes:
+            if nbytes and nbytes + size > max_bytes:
+                break
+            nbytes += size
+            take += 1
+        stream = self.stream
+        self.refs += [
+            proto.FrameRef(stream, index + k, msgspec.Raw(head))
+            for k, head in enumerate(heads[:take])
+        ]
+        self.sizes += sizes[:take]
+        self.pieces.append(joined[: nbytes - self.nbytes])
+        self.nbytes = nbytes
+        return take

@@ -220,22 +220,15 @@ class Store:
             return record, bytes(payload)
 
     @contextlib.contextmanager
-    def reader(self, stream: str) -> Iterator[Callable[[int], tuple[bytes, memoryview]]]:
-        """``read(index)`` -> (Record copy, payload) of several indices in one read transaction.
+    def reader(self, stream: str) -> Iterator[layout.StreamReader]:
+        """``read(index)`` -> (Record copy, payload) of several indices in one read transaction
+        (and ``read.run(index, limit)``: consecutive ones of a block at once).
 
         The payload is a view of the map, valid only inside the block: copy it
         (or send it with zmq's copy) before the block ends.
         """
         with self.env.read() as txn:
-            finder = layout.Finder(txn, self._db)
-
-            def read(index: int) -> tuple[bytes, memoryview]:
-                found = finder.find(self.check_index(stream, index).id, index)
-                if found is None:
-                    raise Gone(f"index {index} of stream {stream!r} was removed by retention")
-                return bytes(found[0]), found[1]
-
-            yield read
+            yield layout.StreamReader(layout.Finder(txn, self._db), stream, self.check_index)
 
     def select(
         self, stream: str, predicate: Callable[[tuple], object], start: int, stop: int, limit: int

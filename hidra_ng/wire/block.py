@@ -132,6 +132,19 @@ class Block:
             yield view[heads + h0 : heads + h1], view[payloads + p0 : payloads + p1]
             h0, p0 = h1, p1
 
+    def run(self, start: int, stop: int) -> tuple[list[memoryview], list[int], memoryview]:
+        """(heads, payload sizes, payloads joined) of entries ``start`` .. ``stop - 1``."""
+        n, view, ends, at = self.count, self._view, self._ends, self._heads
+        h0 = ends[start - 1] if start else 0
+        p0 = ends[n + start - 1] if start else 0
+        heads, sizes = [], []
+        for j in range(start, stop):
+            h1, p1 = ends[j], ends[n + j]
+            heads.append(view[at + h0 : at + h1])
+            sizes.append(p1 - p0)
+            h0, p0 = h1, p1
+        return heads, sizes, self.payloads(start, stop)
+
     def payloads(self, start: int, stop: int) -> memoryview:
         """The payloads of entries ``start`` .. ``stop - 1`` joined: one slice."""
         ends, n = self._ends, self.count

@@ -73,6 +73,10 @@ def test_replay_from_any_start_crosses_blocks(sent, receiver):
             assert all(same(f.data, sent[f.index][0]) for f in frames)
         frames = list(consumer.replay(STREAM, 100, 130))
         assert [f.meta["k"] for f in frames] == list(range(100, 130))
+        # a byte window smaller than a block: turns end inside runs of packed messages
+        frames = list(consumer.replay(STREAM, 3, window_frames=1000, window_bytes=5 * KiB))
+        assert [f.index for f in frames] == list(range(3, len(sent)))
+        assert all(same(f.data, sent[f.index][0]) for f in frames)
 
 
 def test_group_members_get_each_packed_message_once(sent, receiver):

@@ -38,6 +38,17 @@ def test_entries_from_any_start_and_payload_runs_are_slices(items, data):
     assert bytes(block.payloads(start, stop)) == b"".join(p for _, p in items[start:stop])
 
 
+@given(entries, st.data())
+def test_a_run_is_the_heads_sizes_and_joined_payloads_of_its_entries(items, data):
+    block = Block(pack([h for h, _ in items], [p for _, p in items]))
+    start = data.draw(st.integers(0, len(items)))
+    stop = data.draw(st.integers(start, len(items)))
+    heads, sizes, joined = block.run(start, stop)
+    assert [bytes(h) for h in heads] == [h for h, _ in items[start:stop]]
+    assert sizes == [len(p) for _, p in items[start:stop]]
+    assert bytes(joined) == b"".join(p for _, p in items[start:stop])
+
+
 def test_an_entry_outside_the_block_is_an_index_error():
     block = Block(pack([b"h"], [b"p"]))
     with pytest.raises(IndexError, match="entry 1 of a block of 1"):
