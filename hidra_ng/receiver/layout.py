@@ -161,16 +161,17 @@ class Finder:
         return record, EMPTY if payload is None else payload
 
     def run(self, stream_id: int, index: int, limit: int) -> Run | None:
-        """Up to ``limit`` messages from ``index`` on in the block that holds it, as views.
-
-        None when ``index`` is kept alone (or is not there): read it with :meth:`find`.
+        """Up to ``limit`` messages from ``index`` on in the block that holds it, as views;
+        a message kept alone is a run of one. None when ``index`` is not there.
         """
-        if self.find(stream_id, index) is None:
+        found = self.find(stream_id, index)
+        if found is None:
             return None
         block, j = self._block, index - self._first
-        if block is None or stream_id != self._stream_id or not 0 <= j < block.count:
-            return None
-        return block.run(j, min(block.count, j + limit))
+        if block is not None and stream_id == self._stream_id and 0 <= j < block.count:
+            return block.run(j, min(block.count, j + limit))
+        record, payload = found
+        return [record], [len(payload)], payload
 
 
 class StreamReader:
@@ -188,9 +189,12 @@ class StreamReader:
             raise Gone(f"index {index} of stream {self.stream!r} was removed by retention")
         return bytes(found[0]), found[1]
 
-    def run(self, index: int, limit: int) -> Run | None:
-        """Up to ``limit`` messages from ``index`` on if it is in a block, else None."""
-        return self.finder.run(self.check(self.stream, index).id, index, limit)
+    def run(self, index: int, limit: int) -> Run:
+        """Up to ``limit`` messages from ``index`` on (a run of one unless in a block)."""
+        run = self.finder.run(self.check(self.stream, index).id, index, limit)
+        if run is None:
+            raise Gone(f"index {index} of stream {self.stream!r} was removed by retention")
+        return run
 
 
 def scan(txn, dbs: dict, stream_id: int, start: int, *, payloads: bool = True) -> Iterator[Entry]:

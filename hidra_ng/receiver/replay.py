@@ -204,37 +204,35 @@ class Replays:
         sent = 0  # frames of this turn already sent
         index = r.next
         while index < end and sent + batch.frames < max_frames:
-            run = read.run(index, min(max_frames - sent - batch.frames, end - index))
-            if run is not None:
+            try:
+                run = read.run(index, min(max_frames - sent - batch.frames, end - index))
+            except Gone:
+                if index == r.next:
+                    raise
+                break  # removed while we read: the next turn reports it
+            heads, sizes, joined = run
+            size = sizes[0]
+            if not (views and size >= ZERO_COPY_BYTES):
                 taken = batch.add_run(index, run, max_bytes)
                 if not taken:
                     break
                 index += taken
                 continue
-            try:
-                record, payload = read(index)
-            except Gone:
-                if index == r.next:
-                    raise
-                break  # removed while we read: the next turn reports it
-            size = len(payload)
+            # a large message (kept alone: blocks hold smaller ones) goes out as a view
             if batch.nbytes and batch.nbytes + size > max_bytes:
                 break
-            ref = proto.FrameRef(r.stream, index, msgspec.Raw(record))
-            if views and size >= ZERO_COPY_BYTES:
-                if batch.frames and not self._send_batch(r, batch):
-                    return False
-                sent += batch.frames + 1
-                batch = _Batch(r.stream, nbytes=batch.nbytes + size)
-                tracker = self.replies.reply_tracked(
-                    r.ident, r.id, proto.FrameBatch([ref], [size]), payload
-                )
-                if tracker is None:
-                    return False
-                trackers.append(tracker)
-                self._sent(r, 1, size)
-            else:
-                batch.add(ref, payload)
+            if batch.frames and not self._send_batch(r, batch):
+                return False
+            sent += batch.frames + 1
+            batch = _Batch(r.stream, nbytes=batch.nbytes + size)
+            ref = proto.FrameRef(r.stream, index, msgspec.Raw(heads[0]))
+            tracker = self.replies.reply_tracked(
+                r.ident, r.id, proto.FrameBatch([ref], [size]), joined[:size]
+            )
+            if tracker is None:
+                return False
+            trackers.append(tracker)
+            self._sent(r, 1, size)
             index += 1
         return not batch.frames or self._send_batch(r, batch)
 
@@ -277,12 +275,6 @@ class _Batch:
     @property
     def frames(self) -> int:
         return len(self.refs)
-
-    def add(self, ref: proto.FrameRef, payload: memoryview) -> None:
-        self.refs.append(ref)
-        self.sizes.append(len(payload))
-        self.pieces.append(payload)
-        self.nbytes += len(payload)
 
     def add_run(self, index: int, run: Run, max_bytes: int) -> int:
         """As many of a block's run as fit in ``max_bytes``; how many were taken."""
