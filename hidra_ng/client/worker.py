@@ -136,24 +136,23 @@ class GroupWorker:
     # -------------------------------------------------------------- the wire
 
     def _send(self, op: str, indices: list[int]) -> None:
-        if op == "ack" and not indices:
-            return
-        request_id = next(self._ids)
+        """A ``next`` (carrying ``indices`` as acks) or an ``ack`` of ``indices``."""
         if op == "next":
-            req = proto.make_request(
-                request_id, "next", max_count=self.batch, indices=tuple(indices), **self._fields
-            )
-            waits = self._fields["timeout"]
-        else:
-            req = proto.make_request(
-                request_id, "ack", stream=self.stream, group=self.group, indices=tuple(indices)
-            )
-            waits = 0.0
+            self._request("next", self._fields["timeout"], max_count=self.batch,
+                          indices=tuple(indices), **self._fields)  # fmt: skip
+        elif indices:
+            self._request("ack", stream=self.stream, group=self.group, indices=tuple(indices))
+
+    def _request(self, op: str, waits: float = 0.0, *, request_id: int = 0, **fields) -> None:
+        """Send request ``op``; it is in flight until answered (a cancel is not answered)."""
+        request_id = request_id or next(self._ids)
+        req = proto.make_request(request_id, op, **fields)
         try:
             self._sock.send(proto.encode(proto.Kind.REQUEST, req))
         except zmq.ZMQError as err:
             raise ReceiverUnavailable(f"cannot send {op!r} to the receiver: {err}") from err
-        self._in_flight[request_id] = (op, time.monotonic() + waits + self.request_timeout)
+        if op != "cancel":
+            self._in_flight[request_id] = (op, time.monotonic() + waits + self.request_timeout)
 
     def _receive_one(self) -> bool:
         """Wait for the next reply; False if it was a ``next`` that ran out of time.
@@ -201,30 +200,18 @@ class GroupWorker:
                 current = []
             for request_id, (op, _) in list(self._in_flight.items()):
                 if op == "next":  # answered now instead of after its timeout
-                    self._send_cancel(request_id)
+                    self._request("cancel", request_id=request_id)
             while self._in_flight:
                 self._receive_one()
             give_back = current + [f.index for b in self._ready for f in b]
             self._ready.clear()
             for index in give_back:
-                self._send_nack(index)
+                self._request("nack", stream=self.stream, group=self.group, index=index, delay=0.0)
             while self._in_flight:
                 self._receive_one()
         finally:
             self._closed = True
             self._sock.close(linger=0)
-
-    def _send_cancel(self, request_id: int) -> None:
-        req = proto.make_request(request_id, "cancel")
-        self._sock.send(proto.encode(proto.Kind.REQUEST, req))
-
-    def _send_nack(self, index: int) -> None:
-        request_id = next(self._ids)
-        req = proto.make_request(
-            request_id, "nack", stream=self.stream, group=self.group, index=index, delay=0.0
-        )
-        self._sock.send(proto.encode(proto.Kind.REQUEST, req))
-        self._in_flight[request_id] = ("nack", time.monotonic() + self.request_timeout)
 
     def __enter__(self) -> GroupWorker:
         return self
