@@ -22,6 +22,9 @@ raw_zmq_relay_4mib_p50 / _p99
     SUB's receive returning with the whole message (one clock). The next message
     is sent only once the previous one arrived. The baseline of
     live_latency_4mib (SPEC §12).
+raw_zmq_relay_4mib_paced_p50 / _p99
+    The same, one message every 1 / ``LIVE_PACED_HZ`` s (25 Hz): the baseline of
+    live_latency_4mib_paced.
 raw_lmdb_append_4mib
     MB/s of a durable LMDB append of 4 MiB values: each value put (``append=True``,
     8-byte big-endian key) in its own write transaction committed with
@@ -77,7 +80,7 @@ from harness import (
     probe,
     scratch_dir,
 )
-from payloads import FRAME_BYTES, buffers_of, frame_buffers, messages_1kib
+from payloads import FRAME_BYTES, LIVE_PACED_HZ, buffers_of, frame_buffers, messages_1kib
 
 PEER = PERF_DIR / "zmq_peer.py"
 PEER_TIMEOUT_MS = 120_000
@@ -175,6 +178,21 @@ def zmq_latency_4mib(scale: Scale, _round: Round) -> Run:
 )
 def zmq_relay_4mib(scale: Scale, _round: Round) -> Run:
     """4 MiB messages PUSH -> relay process (PULL, PUB) -> SUB here, one at a time."""
+    return _zmq_relay(scale, "raw_zmq_relay_4mib", period=0.0)
+
+
+@probe(
+    BASELINES,
+    Metric("raw_zmq_relay_4mib_paced_p50", "ms", percentile=50),
+    Metric("raw_zmq_relay_4mib_paced_p99", "ms", percentile=99),
+)
+def zmq_relay_4mib_paced(scale: Scale, _round: Round) -> Run:
+    """The same, one message every 1 / LIVE_PACED_HZ seconds."""
+    return _zmq_relay(scale, "raw_zmq_relay_4mib_paced", period=1 / LIVE_PACED_HZ)
+
+
+def _zmq_relay(scale: Scale, name: str, period: float) -> Run:
+    """Samples of the relay's two hops; ``period`` > 0: one send every ``period`` s at most."""
     frames = frame_buffers()
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -189,7 +207,11 @@ def zmq_relay_4mib(scale: Scale, _round: Round) -> Run:
                 pass
             while sub.poll(100):
                 sub.recv()
+            due = time.monotonic()
             for i in range(scale.latency_warmup + scale.latency_samples):
+                if period:
+                    due += period
+                    time.sleep(max(0.0, due - time.monotonic()))
                 push.send(frames[i % len(frames)], copy=False)
                 sent = time.perf_counter()
                 if not sub.poll(PEER_TIMEOUT_MS):
@@ -205,7 +227,7 @@ def zmq_relay_4mib(scale: Scale, _round: Round) -> Run:
     finally:
         sub.close(linger=0)
         ctx.term()
-    return Run({"raw_zmq_relay_4mib_p50": ms, "raw_zmq_relay_4mib_p99": ms}, {"max_ms": max(ms)})
+    return Run({f"{name}_p50": ms, f"{name}_p99": ms}, {"max_ms": max(ms)})
 
 
 def _relayed(push: zmq.Socket, sub: zmq.Socket, probe: bytes, timeout_ms: int) -> bool:

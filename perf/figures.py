@@ -38,7 +38,15 @@ live_latency_4mib_p50 / _p99
     not after it. Percentiles over all samples after a warm-up; ratio = ours /
     raw_zmq_relay_4mib (the same two hops in raw pyzmq; lower is better). Detail:
     the same from ``Frame.stored`` (the receiver's clock once the frame is in the
-    transaction) to the Subscriber.
+    transaction) to the Subscriber, and the frames not yet acknowledged when
+    each frame arrived (``samples_with_full_window``: samples that found the
+    Producer's 64 MiB window full, so its link waited for the receiver's next
+    group commit; sent back to back, the frames outrun this VM's disk).
+live_latency_4mib_paced_p50 / _p99
+    The same with one frame sent every 1 / ``LIVE_PACED_HZ`` s (25 Hz, 105 MB/s:
+    written twice on one disk, spool and store, below what it takes durably), as
+    a detector sends; baseline raw_zmq_relay_4mib_paced, the relay at the same
+    pace. No goal of its own: it shows the live path without the disk's backlog.
 group_1kib
     Messages/s through one consumer group of 4 members (4 threads of this
     process, each with its own ``Consumer``), each taking messages with
@@ -67,8 +75,20 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from harness import MB, Metric, Probe, Round, Run, Scale, percentile, probe, scratch_dir, wait_for
-from payloads import FRAME_BYTES, SMALL_BYTES, frames_4mib, messages_1kib
+from harness import (
+    MB,
+    Metric,
+    MiB,
+    Probe,
+    Round,
+    Run,
+    Scale,
+    percentile,
+    probe,
+    scratch_dir,
+    wait_for,
+)
+from payloads import FRAME_BYTES, LIVE_PACED_HZ, SMALL_BYTES, frames_4mib, messages_1kib
 
 from hidra_ng import Consumer, Producer, StreamFinished, Subscriber
 from hidra_ng.testing import ReceiverProcess
@@ -79,6 +99,8 @@ except ImportError:  # pragma: no cover
     psutil = None
 
 FLUSH_TIMEOUT = 600.0
+#: the live figures' Producer window: Producer's default, named for the detail
+LIVE_WINDOW_BYTES = 64 * MiB
 STORED_4MIB = "stored 4 MiB stream"  # Round key: (stream, frames) of uncompressed 4 MiB frames
 FIGURES: list[Probe] = []
 
@@ -286,13 +308,46 @@ def _stored_4mib(rnd: Round, scale: Scale) -> Iterator[tuple[str, int]]:
 )
 def live_latency_4mib(scale: Scale, rnd: Round) -> Run:
     """Producer.send() returning -> Subscriber of 4 MiB frames sent one at a time."""
+    return _live_latency(scale, rnd, "live_latency_4mib", period=0.0)
+
+
+@probe(
+    FIGURES,
+    Metric(
+        "live_latency_4mib_paced_p50",
+        "ms",
+        percentile=50,
+        baseline="raw_zmq_relay_4mib_paced_p50",
+    ),
+    Metric(
+        "live_latency_4mib_paced_p99",
+        "ms",
+        percentile=99,
+        baseline="raw_zmq_relay_4mib_paced_p99",
+    ),
+)
+def live_latency_4mib_paced(scale: Scale, rnd: Round) -> Run:
+    """The same at LIVE_PACED_HZ frames a second, a rate the disk keeps up with."""
+    return _live_latency(scale, rnd, "live_latency_4mib_paced", period=1 / LIVE_PACED_HZ)
+
+
+def _live_latency(scale: Scale, rnd: Round, name: str, period: float) -> Run:
+    """Samples of send() returning -> Subscriber yielding, one frame in flight at a time.
+
+    ``period`` 0: each frame is sent as soon as the one before arrived live;
+    otherwise one every ``period`` seconds (the next send waits for both). The
+    detail counts the frames not yet acknowledged when each frame arrived live:
+    once they fill the Producer's window (``window_bytes``), its link waits for
+    an ack, i.e. for the receiver's next group commit and fsync, before it can
+    push the next frame.
+    """
     frames = frames_4mib()
-    stream = "perf/live_latency_4mib"
-    end_to_end, after_stored = [], []
+    stream = f"perf/{name}"
+    end_to_end, after_stored, unacked = [], [], []
     # the spool's fsync per send() is not on the measured path (after send() returns),
     # and without it each sample takes half the time
     with (
-        _pipeline(rnd, "live_latency_4mib", spool_sync="batch") as (rx, p),
+        _pipeline(rnd, name, spool_sync="batch", window_bytes=LIVE_WINDOW_BYTES) as (rx, p),
         Subscriber(rx.publish, [stream]) as sub,
     ):
         # PUB/SUB joins asynchronously: send until the subscriber sees a frame
@@ -304,8 +359,12 @@ def live_latency_4mib(scale: Scale, rnd: Round) -> Run:
         p.flush(timeout=FLUSH_TIMEOUT)
         while sub.receive(timeout=0.05) is not None:
             pass  # the warm-up frames still on their way
+        due = time.monotonic()
         for i in range(scale.latency_warmup + scale.latency_samples):
-            p.send(stream, frames[i % len(frames)])
+            if period:
+                due += period
+                time.sleep(max(0.0, due - time.monotonic()))
+            seq = p.send(stream, frames[i % len(frames)])
             sent = time.time()
             frame = sub.receive(timeout=30)
             arrived = time.time()
@@ -314,12 +373,16 @@ def live_latency_4mib(scale: Scale, rnd: Round) -> Run:
             if i >= scale.latency_warmup:
                 end_to_end.append(1000 * (arrived - sent))
                 after_stored.append(1000 * (arrived - frame.stored))
+                unacked.append(seq - p.acked_seq)
+        p.flush(timeout=FLUSH_TIMEOUT)
     detail = {
         "stored_to_subscriber_p50_ms": percentile(after_stored, 50),
         "stored_to_subscriber_p99_ms": percentile(after_stored, 99),
+        "unacknowledged_max_frames": max(unacked),
+        "samples_with_full_window": sum(1 for n in unacked if n * FRAME_BYTES >= LIVE_WINDOW_BYTES),
         "skipped": sub.skipped,
     }
-    return Run({"live_latency_4mib_p50": end_to_end, "live_latency_4mib_p99": end_to_end}, detail)
+    return Run({f"{name}_p50": end_to_end, f"{name}_p99": end_to_end}, detail)
 
 
 GROUP_MEMBERS = 4

@@ -22,6 +22,10 @@ FRAME_SHAPE = (1024, 2048)  # uint16 -> 4 MiB
 FRAME_BYTES = 4 * MiB
 SMALL_BYTES = 1 * KiB
 POOL = 8  # distinct frames (32 MiB)
+#: live_latency_4mib_paced and its relay baseline: 4 MiB frames a second. 25 x 4 MiB =
+#: 105 MB/s, written twice (spool and store on one disk): ~210 MB/s, below what this
+#: VM's disk takes durably (raw_lmdb_append_4mib, ~330 MB/s), as a detector's rate is.
+LIVE_PACED_HZ = 25.0
 POOL_BYTES = 64 * MiB  # at most this much of a pool of frames of another size
 
 
