@@ -359,7 +359,8 @@ def _live_latency(scale: Scale, rnd: Round, name: str, period: float) -> Run:
         p.flush(timeout=FLUSH_TIMEOUT)
         while sub.receive(timeout=0.05) is not None:
             pass  # the warm-up frames still on their way
-        due = time.monotonic()
+        cpu, began = _CpuClock(rx), time.monotonic()
+        due = began
         for i in range(scale.latency_warmup + scale.latency_samples):
             if period:
                 due += period
@@ -374,8 +375,12 @@ def _live_latency(scale: Scale, rnd: Round, name: str, period: float) -> Run:
                 end_to_end.append(1000 * (arrived - sent))
                 after_stored.append(1000 * (arrived - frame.stored))
                 unacked.append(seq - p.acked_seq)
+        busy = sum(cpu.read().values()) / (time.monotonic() - began)
         p.flush(timeout=FLUSH_TIMEOUT)
     detail = {
+        # CPU of this process (Producer, Subscriber) and the receiver per second: on
+        # 2 cores, near 2 means the live path queues for a core behind the commits
+        "cores_busy": busy,
         "stored_to_subscriber_p50_ms": percentile(after_stored, 50),
         "stored_to_subscriber_p99_ms": percentile(after_stored, 99),
         "unacknowledged_max_frames": max(unacked),
