@@ -179,14 +179,11 @@ class Spool:
         """
         with self._lock:
             first = self.next_seq
-            encoded = [
-                (_SEQ.pack(seq), encode_body(replace(h, seq=seq)), p)
-                for seq, (h, p) in enumerate(items, first)
-            ]
-            new_next = first + len(encoded)
+            heads = [encode_body(replace(h, seq=seq)) for seq, (h, _) in enumerate(items, first)]
+            new_next = first + len(heads)
             finish = list(finish)
 
-            values = _values(encoded)
+            values = _values(first, heads, [p for _, p in items])
 
             def fill(txn) -> None:
                 for name, key, value in values:
@@ -200,7 +197,7 @@ class Spool:
 
             self.env.write(fill)
             self.next_seq = new_next
-            self.count += len(encoded)
+            self.count += len(heads)
             self.bytes += sum(len(value) for _, _, value in values)
             self.finished.update(finish)
             return list(range(first, new_next))
@@ -339,18 +336,18 @@ def _prefixed(cursor, prefix: bytes):
 
 
 def _values(
-    encoded: list[tuple[bytes, bytes, memoryview | bytes]],
+    first: int, heads: list[bytes], payloads: list[memoryview | bytes]
 ) -> list[tuple[str, bytes, bytes]]:
-    """(table, key, value) of appended ``(seq key, header, payload)``: small ones in batches."""
+    """(table, key, value) of appended messages from seq ``first``: small ones in batches."""
     out: list[tuple[str, bytes, bytes]] = []
-    for start, stop in runs([len(p) for _, _, p in encoded]):
-        key, header, payload = encoded[stop - 1]
-        if stop - start == 1 and not packable(len(payload)):
-            out.append(("headers", key, header))
-            out.append(("payloads", key, payload))  # type: ignore[arg-type]  # LMDB takes views
+    sizes = [len(p) for p in payloads]
+    for start, stop in runs(sizes):
+        key = _SEQ.pack(first + stop - 1)
+        if stop - start == 1 and not packable(sizes[start]):
+            out.append(("headers", key, heads[start]))
+            out.append(("payloads", key, payloads[start]))  # type: ignore[arg-type]  # LMDB takes views
         else:
-            part = encoded[start:stop]
-            out.append(("batches", key, pack([h for _, h, _ in part], [p for _, _, p in part])))
+            out.append(("batches", key, pack(heads[start:stop], payloads[start:stop])))
     return out
 
 
