@@ -70,7 +70,7 @@ def producer_steps() -> None:
             t0 = time.perf_counter()
             for _ in range(LOOPS // BATCH):
                 producer._prepare_many("perf/ingest_1kib", calls)
-            label = "Producer._prepare_many (all of the above)"
+            label = "Producer._prepare_many (describe .. checks)"
             print(f"  {label:42s} {(time.perf_counter() - t0) / LOOPS * 1e6:6.2f} us")
             items = [(header, DATA)] * BATCH
             rounds = LOOPS // BATCH
