@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from hidra_ng.receiver.admission import admit
-from hidra_ng.wire.protocol import Envelope, Header, Payload, Record
+from hidra_ng.wire.protocol import Envelope, Header, Payload
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -145,7 +145,7 @@ def plan(
     nothing is changed but the returned plan (metas are copied before a change).
     """
     verdict = admit(
-        ((item.envelope, item.header.seq) for item in batch),
+        [(item.envelope, item.header.seq) for item in batch],
         lambda who: seq_of(sender_key(*who)),
     )
     for sender, first, last in verdict.behind:
@@ -157,7 +157,7 @@ def plan(
             last,
         )
     planned = Planned(list(batch), next_id=next_id)
-    planned.nbytes = sum(len(item.payload) for item in batch)
+    planned.nbytes = sum([len(item.payload) for item in batch])
     result = planned.result
     result.acks, result.gaps, result.duplicates = verdict.acks, verdict.gaps, verdict.duplicates
     if verdict.accepted:
@@ -175,38 +175,29 @@ def _place(
 ) -> None:
     """Give each accepted message its stream's next index and its Record, in ``planned``.
 
-    The loop is the receiver's per-message Python: one Record made and encoded,
+    The loop is the receiver's per-message Python: one Record encoded,
     one Committed, nothing else (keys are made per block when it is written).
     """
     streams, added = planned.streams, planned.added
     result = planned.result
-    committed, touched = result.committed, result.touched
-    append, encode = committed.append, _encoder.encode
+    append, encode = result.committed.append, _encoder.encode
     first_index: dict[str, int] = {}  # stream -> its first index in this plan
     name, meta = "", None
     for item in accepted:
         hdr = item.header
         if hdr.stream != name or meta is None:
             name = hdr.stream
-            meta = streams.get(name)
-            if meta is None:
-                known = stream_of(name)
-                if known is not None:
-                    meta = msgspec.structs.replace(known)
-                else:
-                    meta = StreamMeta(planned.next_id, 0, 0, False, 0)
-                    planned.next_id += 1
-                streams[name] = meta
-                added[name] = 0
-                touched.add(name)
+            meta = streams.get(name) or _first_of(name, stream_of, planned)
             first_index.setdefault(name, meta.next)
         if hdr.payload == Payload.FINISH:
             meta.finished = True  # in touched: the api wakes its waiters
             continue
         payload = item.payload
         size = len(payload)
+        # a Record's fields in order: Record is array_like, so a tuple encodes to the same
+        # bytes, without making the struct first (tests/unit/test_test_ingest_batches.py compares)
         record = encode(
-            Record(
+            (
                 item.envelope.sender,
                 hdr.seq,
                 hdr.payload,
@@ -227,6 +218,22 @@ def _place(
         messages = streams[name].next - first
         if messages:
             result.stored[name] = [messages, added[name], first + messages - 1]
+
+
+def _first_of(
+    name: str, stream_of: Callable[[str], StreamMeta | None], planned: Planned
+) -> StreamMeta:
+    """A stream's meta as ``planned`` starts it: a copy of the known one, or a new stream."""
+    known = stream_of(name)
+    if known is not None:
+        meta = msgspec.structs.replace(known)
+    else:
+        meta = StreamMeta(planned.next_id, 0, 0, False, 0)
+        planned.next_id += 1
+    planned.streams[name] = meta
+    planned.added[name] = 0
+    planned.result.touched.add(name)
+    return meta
 
 
 class Pending:

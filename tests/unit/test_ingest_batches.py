@@ -259,6 +259,16 @@ def test_planned_stored_counts_what_committed_holds_per_stream():
     assert planned.result.stored == counts == {"a": [3, 5, 2], "b": [1, 1, 0]}
 
 
+def test_a_planned_record_is_the_encoded_record_struct():
+    pending = Pending(lambda name: None, lambda key: None, lambda: 0)
+    envelope = proto.Envelope("det", 3, 0, 0)
+    header = proto.Header("img", 0, proto.Payload.ARRAY, "<u2", (2, 3), "none", b'{"a":1}', 9.5)
+    planned = pending.plan([Incoming(envelope, header, b"x" * 12)], now=10.25)
+    expected = proto.Record("det", 0, proto.Payload.ARRAY, "<u2", (2, 3), "none", b'{"a":1}',
+                            9.5, 10.25, 12)  # fmt: skip
+    assert planned.result.committed[0].record == proto.encode_body(expected)
+
+
 # ------------------------------------------------------------ producer checks
 
 BAD_ITEMS = [
