@@ -95,7 +95,13 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True):
     epoch: int  # resend epoch: a GAP from an older epoch is stale
 
 
-class Header(msgspec.Struct, array_like=True, frozen=True):
+class Header(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One message's description on the ingest path (in a spool, on the wire).
+
+    ``gc=False``: a batch holds thousands, and its fields (strings, numbers, a tuple
+    of ints) cannot refer back to it, so the garbage collector need not track them.
+    """
+
     stream: str
     seq: int
     payload: Payload
