@@ -67,13 +67,6 @@ class Appender:
             self.txn.put(key, value, db=self.db)
 
 
-def put_payloads(txn, dbs: dict, writes: Sequence[tuple[bytes, memoryview | bytes]]) -> None:
-    """Put the payloads of messages kept alone (``(key, payload)`` of 64 KiB and more)."""
-    at_end = Appender(txn, dbs["payloads"])
-    for key, payload in writes:
-        at_end.put(key, payload)
-
-
 def put_committed(txn, dbs: dict, committed: Sequence[Committed], ids: dict[str, int]) -> None:
     """Put the messages of one commit (in index order per stream; ``ids``: stream -> id).
 
@@ -111,7 +104,7 @@ def put_committed(txn, dbs: dict, committed: Sequence[Committed], ids: dict[str,
     if alone:
         at_end = Appender(txn, dbs["payloads"])
         for key, _, payload in alone:
-            at_end.put(key, payload)
+            at_end.put(key, payload)  # never empty: only messages of 64 KiB and more
         at_end = Appender(txn, dbs["records"])
         for key, record, _ in alone:
             at_end.put(key, record)
