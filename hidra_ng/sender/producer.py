@@ -226,7 +226,7 @@ class Producer:
         # checks once per distinct meta and payload description, each message's errors the same
         limits = {"max_data_bytes": self.max_message_bytes, "max_meta_bytes": self.max_meta_bytes}
         check = proto.HeaderChecker(**limits).check
-        return [self._prepare(stream, data, meta, check) for data, meta in items]
+        return _prepare_all(self, stream, items, check)
 
     def _commit_prepared(
         self, prepared: list[tuple[proto.Header, memoryview | bytes]], checkpoint: Checkpoints
@@ -387,6 +387,32 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _prepare_all(
+    producer: Producer, stream: str, items: Iterable[tuple[Data, Meta]], check: _Check
+) -> list[Prepared]:
+    """``producer._prepare`` of each item; bytes without meta nor compression at once.
+
+    Such a message differs from the first of its kind in the batch only by its
+    size (checked here against the maximum) and its ``created`` time (the clock,
+    finite), so the checks of the first one stand for it (``check_header`` would
+    find nothing new); anything else goes through ``_prepare`` with its checks.
+    """
+    prepared: list[Prepared] = []
+    plain = producer.compression == "none"
+    largest, checked = producer.max_message_bytes, False
+    bytes_kind, header_of = proto.Payload.BYTES, proto.Header
+    for data, meta in items:
+        if plain and meta is None and type(data) is bytes and len(data) <= largest:
+            header = header_of(stream, 0, bytes_kind, "", (), "none", b"{}", time.time())
+            if not checked:
+                check(header, len(data))
+                checked = True
+            prepared.append((header, data))
+        else:
+            prepared.append(producer._prepare(stream, data, meta, check))
+    return prepared
 
 
 def producer_settings() -> list[str]:

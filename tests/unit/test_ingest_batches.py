@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -320,3 +321,27 @@ def test_good_batches_spool_headers_check_header_accepts(producer, items):
     for h, payload in prepared:
         proto.check_header(h, len(payload), max_data_bytes=100, max_meta_bytes=64)
     assert [len(p) for _, p in prepared] == [0 if d is None else len(d) for d, _ in items]
+
+
+def test_plain_bytes_are_prepared_as_prepare_makes_them(producer):
+    items = [(b"ab", None), (b"", None), (b"cd", {"k": 1}), (bytearray(b"ef"), None), (b"gh", None)]
+    check = proto.HeaderChecker(max_data_bytes=100, max_meta_bytes=64).check
+    batch = producer._prepare_many("s", items)
+    one_by_one = [producer._prepare("s", data, meta, check) for data, meta in items]
+    for (h, payload), (expected, expected_payload) in zip(batch, one_by_one, strict=True):
+        assert msgspec.structs.replace(h, created=0.0) == msgspec.structs.replace(
+            expected, created=0.0
+        )
+        assert bytes(payload) == bytes(expected_payload)
+
+
+def test_a_meta_limit_below_an_empty_object_refuses_plain_bytes_as_alone(tmp_path):
+    with Producer(
+        "inproc://nobody-ingest", "inproc://nobody-api", tmp_path / "spool", "unit",
+        max_meta_bytes=1, spool_sync="batch",
+    ) as p:  # fmt: skip
+        with pytest.raises(MessageTooLarge) as alone:
+            p.send("s", b"x")
+        with pytest.raises(MessageTooLarge) as in_batch:
+            p.send_many("s", [(b"x", None), (b"y", None)])
+        assert str(in_batch.value) == str(alone.value) and p.spool_messages == 0
