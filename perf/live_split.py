@@ -155,8 +155,8 @@ def _instrument_committer(stamps: dict[int, dict[str, float]]):
         began = time.time()
         result = write(self, planned)
         done = time.time()
-        for _, index, _, _ in planned.puts:
-            stamps[index].update({"commit start": began, "commit done": done})
+        for c in planned.result.committed:
+            stamps[c.index].update({"commit start": began, "commit done": done})
         return result
 
     Store.plan, Store.write = timed_plan, timed_write  # type: ignore[method-assign]

@@ -51,8 +51,15 @@ def admit(
     ``committed(incarnation)`` is the last seq stored for it, None if none.
     """
     plan = Plan()
-    last_seqs = plan.last_seqs
+    last_seqs, acks, accepted = plan.last_seqs, plan.acks, plan.accepted
+    run_env, run_seq, who = None, -2, ("", 0)  # the envelope and seq last accepted
     for position, (env, seq) in enumerate(batch):
+        if env is run_env and seq == run_seq + 1 and seq >= env.floor:
+            # the next seq of the same sender message: what the steps below decide
+            last_seqs[who] = acks[who] = run_seq = seq
+            accepted.append(position)
+            continue
+        run_env = None
         who = (env.sender, env.incarnation)
         last = last_seqs.get(who)
         if last is None:
@@ -72,6 +79,7 @@ def admit(
             plan.gaps[who] = (expected, max(env.epoch, seen[1]) if seen else env.epoch)
             continue
         last_seqs[who] = seq
-        plan.acks[who] = seq
-        plan.accepted.append(position)
+        acks[who] = seq
+        accepted.append(position)
+        run_env, run_seq = env, seq
     return plan

@@ -190,14 +190,8 @@ class Committer:
 
     def _after_commit(self, result: AppendResult) -> None:
         m = self.metrics
-        counts: dict[str, list[int]] = {}  # stream -> [messages, bytes, last index]
-        for item in result.committed:
-            count = counts.setdefault(item.stream, [0, 0, 0])
-            count[0] += 1
-            count[1] += len(item.payload)
-            count[2] = item.index
-        # metrics once per stream and commit, not per message
-        for stream, (messages, nbytes, last) in counts.items():
+        # metrics once per stream and commit, not per message (counted when planned)
+        for stream, (messages, nbytes, last) in result.stored.items():
             m.stream_committed(stream, messages, nbytes, last)
         if result.duplicates:
             m.duplicates.inc(result.duplicates)

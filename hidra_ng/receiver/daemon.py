@@ -230,7 +230,7 @@ class Receiver:
                 log.exception("ingest message could not be decoded; refused")
                 continue
             batch.extend(items)
-            nbytes += sum(len(item.payload) for item in items)
+            nbytes += sum([len(item.payload) for item in items])
         return batch
 
     def _decode_data(self, frames: list[zmq.Frame]) -> list[Incoming]:

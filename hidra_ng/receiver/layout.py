@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from hidra_ng.errors import Gone
+from hidra_ng.receiver.planning import Committed
 from hidra_ng.wire.block import Block, pack, packable, runs
 from hidra_ng.wire.protocol import Record, decode_meta
 
@@ -66,42 +67,46 @@ class Appender:
             self.txn.put(key, value, db=self.db)
 
 
-def put_payloads(txn, dbs: dict, writes: Sequence[tuple[bytes, memoryview | bytes]]) -> None:
-    """Put the payloads of messages kept alone (``(key, payload)`` of 64 KiB and more)."""
-    at_end = Appender(txn, dbs["payloads"])
-    for key, payload in writes:
-        at_end.put(key, payload)
+def put_committed(txn, dbs: dict, committed: Sequence[Committed], ids: dict[str, int]) -> None:
+    """Put the messages of one commit (in index order per stream; ``ids``: stream -> id).
 
-
-def put_records(
-    txn, dbs: dict, writes: Sequence[tuple[bytes, int, bytes, memoryview | bytes]]
-) -> None:
-    """Put ``(key, index, Record, payload)`` of one commit, in index order per stream.
-
-    Messages kept alone get their Record (:func:`put_payloads` put their
-    payload); each run of consecutive small messages of a stream becomes blocks.
+    Messages of 64 KiB and more are kept alone (payload and Record); each run of
+    consecutive small messages of a stream becomes blocks. Keys are made per
+    block and per message kept alone, lists per stream: no step per message
+    beyond those lists.
     """
-    by_stream: dict[bytes, list[tuple[bytes, int, bytes, memoryview | bytes]]] = {}
-    for write in writes:
-        run = by_stream.get(write[0][:4])
-        if run is None:
-            by_stream[write[0][:4]] = [write]
-        else:
-            run.append(write)
-    alone: list[tuple[bytes, bytes]] = []
+    if len(ids) == 1:  # one stream: the usual commit
+        by_stream: dict[str, Sequence[Committed]] = dict.fromkeys(ids, committed)
+    else:
+        grouped: dict[str, list[Committed]] = {}
+        for item in committed:
+            group = grouped.get(item.stream)
+            if group is None:
+                grouped[item.stream] = [item]
+            else:
+                group.append(item)
+        by_stream = dict(grouped)
+    alone: list[tuple[bytes, bytes, memoryview | bytes]] = []
     blocks: list[tuple[bytes, bytes]] = []
-    for items in by_stream.values():
-        sizes = [len(w[3]) for w in items]
-        for start, stop in _cuts(items, sizes):
-            key, _, record, _ = items[stop - 1]
+    for name, items in by_stream.items():
+        if not items:
+            continue
+        sid = ids[name]
+        sizes = [len(c.payload) for c in items]
+        for start, stop in _cuts([c.index for c in items], sizes):
+            last = items[stop - 1]
+            key = frame_key(sid, last.index)
             if stop - start == 1 and not packable(sizes[start]):
-                alone.append((key, record))
+                alone.append((key, last.record, last.payload))
                 continue
             part = items[start:stop]
-            blocks.append((key, pack([w[2] for w in part], [w[3] for w in part])))
+            blocks.append((key, pack([c.record for c in part], [c.payload for c in part])))
     if alone:
+        at_end = Appender(txn, dbs["payloads"])
+        for key, _, payload in alone:
+            at_end.put(key, payload)  # never empty: only messages of 64 KiB and more
         at_end = Appender(txn, dbs["records"])
-        for key, record in alone:
+        for key, record, _ in alone:
             at_end.put(key, record)
     if blocks:
         at_end = Appender(txn, dbs["blocks"])
@@ -109,14 +114,14 @@ def put_records(
             at_end.put(key, value)
 
 
-def _cuts(items: list[tuple[bytes, int, bytes, memoryview | bytes]], sizes: list[int]):
+def _cuts(indices: list[int], sizes: list[int]):
     """Runs of :func:`~hidra_ng.wire.block.runs`, also cut where indices are not consecutive."""
-    if items[-1][1] - items[0][1] == len(items) - 1:  # consecutive: the usual case
+    if indices[-1] - indices[0] == len(indices) - 1:  # consecutive: the usual case
         yield from runs(sizes)
         return
     start = 0
-    for i in range(1, len(items) + 1):
-        if i == len(items) or items[i][1] != items[i - 1][1] + 1:
+    for i in range(1, len(indices) + 1):
+        if i == len(indices) or indices[i] != indices[i - 1] + 1:
             for a, b in runs(sizes[start:i]):
                 yield start + a, start + b
             start = i

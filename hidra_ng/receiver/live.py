@@ -136,6 +136,11 @@ class LivePublisher:
             log.exception("live frames of a commit were not published")
 
     def _publish(self, committed: Sequence[Committed], done: dict[str, int]) -> None:
+        if not (self._exact or self._prefixes or done):  # nobody listens: keep the newest
+            for stream, item in {item.stream: item for item in committed}.items():
+                done[stream] = item.index
+                self.last.put(stream, item.index, item.record, item.payload)
+            return
         newest: dict[str, Committed] = {}
         sent = 0
         for item in committed:

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from hidra_ng.receiver.admission import admit
-from hidra_ng.receiver.layout import frame_key
-from hidra_ng.wire.protocol import Envelope, Header, Payload, Record, encode_body
+from hidra_ng.wire.protocol import Envelope, Header, Payload
+
+_encoder = msgspec.msgpack.Encoder()
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,21 @@ def sender_key(sender: str, incarnation: int) -> bytes:
     return sender.encode() + b"\0" + _SEQ.pack(incarnation)
 
 
-@dataclass(slots=True)
-class Incoming:
-    """One received message, not yet stored."""
+class Incoming(msgspec.Struct, gc=False):
+    """One received message, not yet stored.
+
+    A Struct, not a dataclass: one is made per message, and msgspec makes it in C
+    (``gc=False``: nothing it holds can refer back to it).
+    """
 
     envelope: Envelope
     header: Header
     payload: memoryview | bytes  # the received buffer; stored without a Python copy
 
 
-@dataclass(slots=True)
-class Committed:
+class Committed(msgspec.Struct, gc=False):
+    """A planned message with its index and Record (one per message, made in C)."""
+
     stream: str
     index: int
     record: bytes  # encoded Record
@@ -83,10 +88,8 @@ class AppendResult:
     )  # -> (expected, epoch)
     duplicates: int = 0
     touched: set[str] = field(default_factory=set)
-
-
-#: one message to put, as layout.put_records takes it: (key, index, Record, payload)
-Put = tuple[bytes, int, bytes, memoryview | bytes]
+    #: stream -> [messages, payload bytes, last index] of ``committed``, for the metrics
+    stored: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,7 +102,6 @@ class Planned:
     """
 
     items: list[Incoming]  # every message of the batch, in order: a failed commit re-plans them
-    puts: list[Put] = field(default_factory=list)
     streams: dict[str, StreamMeta] = field(default_factory=dict)  # id, next, finished as planned
     added: dict[str, int] = field(default_factory=dict)  # payload bytes added per stream
     senders: dict[bytes, int] = field(default_factory=dict)  # sender key -> last seq
@@ -110,7 +112,6 @@ class Planned:
     def extend(self, later: Planned) -> None:
         """Take in a batch planned right after this one: one commit for both (group commit)."""
         self.items += later.items
-        self.puts += later.puts
         self.streams.update(later.streams)
         for name, nbytes in later.added.items():
             self.added[name] = self.added.get(name, 0) + nbytes
@@ -123,6 +124,11 @@ class Planned:
         result.gaps.update(more.gaps)
         result.duplicates += more.duplicates
         result.touched |= more.touched
+        for name, (messages, nbytes, last) in more.stored.items():
+            stored = result.stored.setdefault(name, [0, 0, last])
+            stored[0] += messages
+            stored[1] += nbytes
+            stored[2] = last
 
 
 def plan(
@@ -139,7 +145,7 @@ def plan(
     nothing is changed but the returned plan (metas are copied before a change).
     """
     verdict = admit(
-        ((item.envelope, item.header.seq) for item in batch),
+        [(item.envelope, item.header.seq) for item in batch],
         lambda who: seq_of(sender_key(*who)),
     )
     for sender, first, last in verdict.behind:
@@ -151,7 +157,7 @@ def plan(
             last,
         )
     planned = Planned(list(batch), next_id=next_id)
-    planned.nbytes = sum(len(item.payload) for item in batch)
+    planned.nbytes = sum([len(item.payload) for item in batch])
     result = planned.result
     result.acks, result.gaps, result.duplicates = verdict.acks, verdict.gaps, verdict.duplicates
     if verdict.accepted:
@@ -167,28 +173,31 @@ def _place(
     planned: Planned,
     stored: float,
 ) -> None:
-    """Give each accepted message its stream's next index and its Record, in ``planned``."""
-    streams, added, puts = planned.streams, planned.added, planned.puts
-    committed, touched = planned.result.committed, planned.result.touched
+    """Give each accepted message its stream's next index and its Record, in ``planned``.
+
+    The loop is the receiver's per-message Python: one Record encoded,
+    one Committed, nothing else (keys are made per block when it is written).
+    """
+    streams, added = planned.streams, planned.added
+    result = planned.result
+    append, encode = result.committed.append, _encoder.encode
+    first_index: dict[str, int] = {}  # stream -> its first index in this plan
+    name, meta = "", None
     for item in accepted:
         hdr = item.header
-        meta = streams.get(hdr.stream)
-        if meta is None:
-            known = stream_of(hdr.stream)
-            if known is not None:
-                meta = msgspec.structs.replace(known)
-            else:
-                meta = StreamMeta(planned.next_id, 0, 0, False, 0)
-                planned.next_id += 1
-            streams[hdr.stream] = meta
-            added[hdr.stream] = 0
-            touched.add(hdr.stream)
+        if hdr.stream != name or meta is None:
+            name = hdr.stream
+            meta = streams.get(name) or _first_of(name, stream_of, planned)
+            first_index.setdefault(name, meta.next)
         if hdr.payload == Payload.FINISH:
             meta.finished = True  # in touched: the api wakes its waiters
             continue
         payload = item.payload
-        record = encode_body(
-            Record(
+        size = len(payload)
+        # a Record's fields in order: Record is array_like, so a tuple encodes to the same
+        # bytes, without making the struct first (tests/unit/test_test_ingest_batches.py compares)
+        record = encode(
+            (
                 item.envelope.sender,
                 hdr.seq,
                 hdr.payload,
@@ -198,14 +207,33 @@ def _place(
                 hdr.meta,
                 hdr.created,
                 stored,
-                len(payload),
+                size,
             )
         )
         index = meta.next
-        meta.next += 1
-        added[hdr.stream] += len(payload)
-        puts.append((frame_key(meta.id, index), index, record, payload))
-        committed.append(Committed(hdr.stream, index, record, payload))
+        meta.next = index + 1
+        added[name] += size
+        append(Committed(name, index, record, payload))
+    for name, first in first_index.items():
+        messages = streams[name].next - first
+        if messages:
+            result.stored[name] = [messages, added[name], first + messages - 1]
+
+
+def _first_of(
+    name: str, stream_of: Callable[[str], StreamMeta | None], planned: Planned
+) -> StreamMeta:
+    """A stream's meta as ``planned`` starts it: a copy of the known one, or a new stream."""
+    known = stream_of(name)
+    if known is not None:
+        meta = msgspec.structs.replace(known)
+    else:
+        meta = StreamMeta(planned.next_id, 0, 0, False, 0)
+        planned.next_id += 1
+    planned.streams[name] = meta
+    planned.added[name] = 0
+    planned.result.touched.add(name)
+    return meta
 
 
 class Pending:

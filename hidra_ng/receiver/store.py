@@ -47,7 +47,6 @@ from hidra_ng.receiver.planning import (
     sender_key,
 )
 from hidra_ng.receiver.retention import plan_retention
-from hidra_ng.wire.block import PACK_BELOW_BYTES as BIG
 from hidra_ng.wire.protocol import StreamInfo, encode_body
 
 log = logging.getLogger(__name__)
@@ -131,13 +130,12 @@ class Store:
             }
 
         def fill(txn) -> None:
-            puts = planned.puts
-            layout.put_payloads(txn, self._db, [(p[0], p[3]) for p in puts if len(p[3]) >= BIG])
             for name, meta in metas.items():
                 txn.put(name.encode(), encode_body(meta), db=self._db["streams"])
             for key, seq in planned.senders.items():
                 txn.put(key, _SEQ.pack(seq), db=self._db["senders"])
-            layout.put_records(txn, self._db, puts)
+            ids = {name: meta.id for name, meta in planned.streams.items()}
+            layout.put_committed(txn, self._db, planned.result.committed, ids)
 
         self.env.write(fill)
         with self._lock:

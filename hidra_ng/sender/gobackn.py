@@ -161,6 +161,21 @@ class GoBackN:
             self.sent_total += len(sent)
             self.cursor = sent[-1][0] + 1
 
+    def on_sent_run(self, first: int, sizes: list[int]) -> None:
+        """:meth:`on_sent` of consecutive messages from seq ``first`` with payload ``sizes``.
+
+        The run counts in the window as one entry: its bytes leave the window once
+        its last seq is acknowledged (a partly acknowledged run counts whole).
+        """
+        if not sizes:
+            return
+        last = first + len(sizes) - 1
+        nbytes = sum(sizes)
+        self._inflight.append((last, nbytes))
+        self._inflight_bytes += nbytes
+        self.sent_total += len(sizes)
+        self.cursor = last + 1
+
     def timeout(self, now: float) -> float | None:
         """Seconds until :meth:`tick` may probe; None while nothing is outstanding."""
         if not self.outstanding:

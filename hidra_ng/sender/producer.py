@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
 from hidra_ng.sender.gobackn import GoBackN
 from hidra_ng.sender.lending import Lender, Loan
-from hidra_ng.sender.spool import Checkpoints, Outgoing, Spool, entry_bytes
+from hidra_ng.sender.spool import Checkpoints, Outgoing, Spool, SpooledRun, entries_bytes
 from hidra_ng.shards import ShardMap
 from hidra_ng.wire import protocol as proto
 from hidra_ng.wire.compression import Encoded, check_compression, compress
@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 #: frames, payloads joined: a copy, cheap for them); others as DATA (2 frames a
 #: message, payloads without a copy)
 PACK_BELOW_BYTES = ZERO_COPY_BYTES
+
+#: a message's meta as given, a message ready to spool, its header checks (send_many)
+Meta = dict[str, Any] | None
+Prepared = tuple[proto.Header, memoryview | bytes]
+_Check = Callable[[proto.Header, int], None]
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -218,7 +223,10 @@ class Producer:
         proto.check_stream_name(stream)
         if stream in self._spool.finished:
             raise StreamFinished(f"stream {stream!r} was finished by this sender; use a new stream")
-        return [self._prepare(stream, data, meta) for data, meta in items]
+        # checks once per distinct meta and payload description, each message's errors the same
+        limits = {"max_data_bytes": self.max_message_bytes, "max_meta_bytes": self.max_meta_bytes}
+        check = proto.HeaderChecker(**limits).check
+        return _prepare_all(self, stream, items, check)
 
     def _commit_prepared(
         self, prepared: list[tuple[proto.Header, memoryview | bytes]], checkpoint: Checkpoints
@@ -234,9 +242,7 @@ class Producer:
         header = proto.Header(stream, 0, proto.Payload.FINISH, "", (), "none", b"{}", time.time())
         return self._spool_commit([(header, b"")], finish=[stream])[0]
 
-    def _prepare(
-        self, stream: str, data: Data, meta: dict[str, Any] | None
-    ) -> tuple[proto.Header, memoryview | bytes]:
+    def _prepare(self, stream: str, data: Data, meta: Meta, check: _Check) -> Prepared:
         if isinstance(data, Encoded):  # compressed by its source: spooled as it is
             kind, dtype, shape, payload = proto.Payload.ARRAY, data.dtype, data.shape, data.check()
             codec = data.compression
@@ -254,12 +260,7 @@ class Producer:
             payload = compress(payload, dtype, self.compression)
             codec = self.compression
         header = proto.Header(stream, 0, kind, dtype, shape, codec, meta_bytes, time.time())
-        proto.check_header(
-            header,
-            len(payload),
-            max_data_bytes=self.max_message_bytes,
-            max_meta_bytes=self.max_meta_bytes,
-        )
+        check(header, len(payload))
         return header, payload
 
     def _spool_commit(
@@ -268,7 +269,7 @@ class Producer:
         finish: Iterable[str] = (),
         checkpoint: Checkpoints = None,
     ) -> list[int]:
-        size = sum(entry_bytes(h, p) for h, p in prepared)
+        size = entries_bytes(prepared)
         if size > self.max_spool_bytes:
             raise MessageTooLarge(
                 f"{len(prepared)} messages of {size} bytes exceed max_spool_bytes"
@@ -386,6 +387,32 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _prepare_all(
+    producer: Producer, stream: str, items: Iterable[tuple[Data, Meta]], check: _Check
+) -> list[Prepared]:
+    """``producer._prepare`` of each item; bytes without meta nor compression at once.
+
+    Such a message differs from the first of its kind in the batch only by its
+    size (checked here against the maximum) and its ``created`` time (the clock,
+    finite), so the checks of the first one stand for it (``check_header`` would
+    find nothing new); anything else goes through ``_prepare`` with its checks.
+    """
+    prepared: list[Prepared] = []
+    plain = producer.compression == "none"
+    largest, checked = producer.max_message_bytes, False
+    bytes_kind, header_of = proto.Payload.BYTES, proto.Header
+    for data, meta in items:
+        if plain and meta is None and type(data) is bytes and len(data) <= largest:
+            header = header_of(stream, 0, bytes_kind, "", (), "none", b"{}", time.time())
+            if not checked:
+                check(header, len(data))
+                checked = True
+            prepared.append((header, data))
+        else:
+            prepared.append(producer._prepare(stream, data, meta, check))
+    return prepared
 
 
 def producer_settings() -> list[str]:
@@ -633,12 +660,16 @@ class _Link(threading.Thread):
         with self.p._space:
             self.p._space.notify_all()
 
-    def _read(self, start: int, max_bytes: int) -> tuple[list[Outgoing] | None, Loan | None]:
+    def _read(
+        self, start: int, max_bytes: int
+    ) -> tuple[list[Outgoing] | SpooledRun | None, Loan | None]:
         """Spooled messages to send; large payloads as views of the spool's map, lent to zmq.
 
-        The loan must be ended once the send call is done (see lending.py). None
-        (try again shortly) while loans are out and none can be opened: too many,
-        or the map waits to grow, which a blocking read would wait for too.
+        Messages of a spool batch come as a :class:`SpooledRun`: slices of its block,
+        no step per message. The loan must be ended once the send call is done (see
+        lending.py). None (try again shortly) while loans are out and none can be
+        opened: too many, or the map waits to grow, which a blocking read would wait
+        for too.
         """
         loan = self._lender.open()
         if loan is None:
@@ -646,6 +677,11 @@ class _Link(threading.Thread):
                 return None, None
             return self.spool.read(start, self.MAX_BATCH_MESSAGES, max_bytes), None
         try:
+            run = self.spool.read_run(loan.txn, start, self.MAX_BATCH_MESSAGES, max_bytes)
+            if run is not None:
+                if len(run.payloads) >= ZERO_COPY_BYTES:
+                    run.payloads = loan.lend(run.payloads)
+                return run, loan
             batch = self.spool.read_views(loan.txn, start, self.MAX_BATCH_MESSAGES, max_bytes)
         except BaseException:
             loan.end()
@@ -669,28 +705,38 @@ class _Link(threading.Thread):
             envelope = proto.Envelope(
                 self.spool.sender_id, self.spool.incarnation, send.floor, send.epoch
             )
-            frames: list[bytes | memoryview]
-            if all(len(out.payload) < PACK_BELOW_BYTES for out in batch):
-                frames = [
-                    proto.encode(proto.Kind.DATA_PACKED, envelope),
-                    proto.encode_packed(
-                        [out.header for out in batch], [len(out.payload) for out in batch]
-                    ),
-                    b"".join(out.payload for out in batch),
-                ]
-            else:
-                frames = [proto.encode(proto.Kind.DATA, envelope)]
-                for out in batch:
-                    frames.append(out.header)
-                    frames.append(out.payload)
             try:
-                send_parts(self._push, frames)
+                send_parts(self._push, _frames(envelope, batch))
             except zmq.Again:
                 return True
             finally:
                 if loan is not None:
                     loan.end()  # zmq holds what it still needs: lent views (lending.py)
-            window.on_sent([(out.seq, len(out.payload)) for out in batch])
+            if isinstance(batch, SpooledRun):
+                window.on_sent_run(batch.first, batch.sizes)
+            else:
+                window.on_sent([(out.seq, len(out.payload)) for out in batch])
             if self.p.metrics is not None:
                 self.p.metrics.sent.inc(len(batch))
         return False
+
+
+def _frames(envelope: proto.Envelope, batch: list[Outgoing] | SpooledRun) -> list:
+    """The zmq frames of one ingest message of ``batch``.
+
+    A batch whose payloads are all small goes as DATA_PACKED (ADR 0002); a spool
+    batch's run as its block keeps it, the headers joined and the payloads joined.
+    """
+    if isinstance(batch, SpooledRun):
+        headers = proto.encode_packed_joined(len(batch), batch.headers, batch.sizes)
+        return [proto.encode(proto.Kind.DATA_PACKED, envelope), headers, batch.payloads]
+    if all(len(out.payload) < PACK_BELOW_BYTES for out in batch):
+        sizes = [len(out.payload) for out in batch]
+        headers = proto.encode_packed([out.header for out in batch], sizes)
+        joined = b"".join(out.payload for out in batch)
+        return [proto.encode(proto.Kind.DATA_PACKED, envelope), headers, joined]
+    frames: list[bytes | memoryview] = [proto.encode(proto.Kind.DATA, envelope)]
+    for out in batch:
+        frames.append(out.header)
+        frames.append(out.payload)
+    return frames

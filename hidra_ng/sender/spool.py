@@ -42,6 +42,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from msgspec.structs import replace
+
 from hidra_ng.errors import ConfigError
 from hidra_ng.lmdbenv import Env
 from hidra_ng.wire.block import Block, pack, packable, runs
@@ -60,6 +62,19 @@ class Outgoing:
     seq: int
     header: bytes  # encoded Header
     payload: bytes | memoryview  # a view of the map from read_views()
+
+
+@dataclass(slots=True)
+class SpooledRun:
+    """Consecutive messages of one spool batch, as slices of its block (``read_run``)."""
+
+    first: int  # seq of the first
+    headers: memoryview  # their encoded Headers, joined
+    sizes: list[int]  # payload sizes
+    payloads: memoryview  # their payloads, joined: a view of the map
+
+    def __len__(self) -> int:
+        return len(self.sizes)
 
 
 class Spool:
@@ -164,14 +179,11 @@ class Spool:
         """
         with self._lock:
             first = self.next_seq
-            encoded = [
-                (_SEQ.pack(first + i), encode_body(_with_seq(h, first + i)), p)
-                for i, (h, p) in enumerate(items)
-            ]
-            new_next = first + len(encoded)
+            heads = [encode_body(replace(h, seq=seq)) for seq, (h, _) in enumerate(items, first)]
+            new_next = first + len(heads)
             finish = list(finish)
 
-            values = _values(encoded)
+            values = _values(first, heads, [p for _, p in items])
 
             def fill(txn) -> None:
                 for name, key, value in values:
@@ -185,7 +197,7 @@ class Spool:
 
             self.env.write(fill)
             self.next_seq = new_next
-            self.count += len(encoded)
+            self.count += len(heads)
             self.bytes += sum(len(value) for _, _, value in values)
             self.finished.update(finish)
             return list(range(first, new_next))
@@ -247,6 +259,25 @@ class Spool:
             total += size
         return out
 
+    def read_run(self, txn, start: int, max_count: int, max_bytes: int) -> SpooledRun | None:
+        """The messages from ``start`` on in its batch, in ``txn`` (``Env.hold()``), without
+        a step per message: at most ``max_count`` and ``max_bytes`` of payload, at least
+        one. None when ``start`` is not in a batch (kept alone, or not spooled).
+
+        The views are valid while ``txn`` is open (hidra_ng/sender/lending.py).
+        """
+        cursor = txn.cursor(db=self._db["batches"])
+        if not cursor.set_range(_SEQ.pack(start)):
+            return None
+        last = _SEQ.unpack(cursor.key())[0]
+        block = Block(cursor.value(), f"spool batch {last}")
+        first = last - block.count + 1
+        if start < first:
+            return None
+        j = start - first
+        headers, sizes, payloads = block.span(j, block.stop(j, max_count, max_bytes))
+        return SpooledRun(start, headers, sizes, payloads)
+
     def checkpoint(self, name: str) -> bytes | None:
         with self.env.read() as txn:
             value = txn.get(b"checkpoint:" + name.encode(), db=self._db["state"])
@@ -286,17 +317,14 @@ def entry_bytes(header: Header, payload: memoryview | bytes) -> int:
     return len(payload) + len(encode_body(header)) + 8 + 8 + 7
 
 
-def _with_seq(header: Header, seq: int) -> Header:
-    return Header(
-        header.stream,
-        seq,
-        header.payload,
-        header.dtype,
-        header.shape,
-        header.compression,
-        header.meta,
-        header.created,
-    )
+def entries_bytes(items: Sequence[tuple[Header, memoryview | bytes]]) -> int:
+    """The sum of :func:`entry_bytes` of ``items``, with one encoding call for all headers."""
+    if not items:
+        return 0
+    headers = encode_body([h for h, _ in items])  # a msgpack array: a prefix, then each header
+    n = len(items)
+    prefix = 1 if n < 16 else 3 if n < 1 << 16 else 5
+    return sum(len(p) for _, p in items) + len(headers) - prefix + (8 + 8 + 7) * n
 
 
 def _prefixed(cursor, prefix: bytes):
@@ -308,18 +336,18 @@ def _prefixed(cursor, prefix: bytes):
 
 
 def _values(
-    encoded: list[tuple[bytes, bytes, memoryview | bytes]],
+    first: int, heads: list[bytes], payloads: list[memoryview | bytes]
 ) -> list[tuple[str, bytes, bytes]]:
-    """(table, key, value) of appended ``(seq key, header, payload)``: small ones in batches."""
+    """(table, key, value) of appended messages from seq ``first``: small ones in batches."""
     out: list[tuple[str, bytes, bytes]] = []
-    for start, stop in runs([len(p) for _, _, p in encoded]):
-        key, header, payload = encoded[stop - 1]
-        if stop - start == 1 and not packable(len(payload)):
-            out.append(("headers", key, header))
-            out.append(("payloads", key, payload))  # type: ignore[arg-type]  # LMDB takes views
+    sizes = [len(p) for p in payloads]
+    for start, stop in runs(sizes):
+        key = _SEQ.pack(first + stop - 1)
+        if stop - start == 1 and not packable(sizes[start]):
+            out.append(("headers", key, heads[start]))
+            out.append(("payloads", key, payloads[start]))  # type: ignore[arg-type]  # LMDB takes views
         else:
-            part = encoded[start:stop]
-            out.append(("batches", key, pack([h for _, h, _ in part], [p for _, _, p in part])))
+            out.append(("batches", key, pack(heads[start:stop], payloads[start:stop])))
     return out
 
 

@@ -37,6 +37,8 @@ class Frame:
 
 def describe(data: Data) -> tuple[Payload, str, tuple[int, ...], memoryview | bytes]:
     """Split user data into (payload kind, dtype, shape, payload buffer) without copying."""
+    if type(data) is bytes:  # the usual small message: nothing to work out
+        return Payload.BYTES, "", (), data
     if data is None:
         return Payload.NONE, "", (), b""
     if isinstance(data, np.ndarray):

@@ -95,7 +95,13 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True):
     epoch: int  # resend epoch: a GAP from an older epoch is stale
 
 
-class Header(msgspec.Struct, array_like=True, frozen=True):
+class Header(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One message's description on the ingest path (in a spool, on the wire).
+
+    ``gc=False``: a batch holds thousands, and its fields (strings, numbers, a tuple
+    of ints) cannot refer back to it, so the garbage collector need not track them.
+    """
+
     stream: str
     seq: int
     payload: Payload
@@ -387,14 +393,18 @@ def encode_body(body: Any) -> bytes:
 
 def encode_packed(headers: Sequence[bytes], sizes: Sequence[int]) -> bytes:
     """A :class:`Packed` frame from headers already encoded (as the spool keeps them)."""
-    n = len(headers)
-    if n < 16:
-        prefix = bytes((0x90 | n,))
-    elif n < 1 << 16:
-        prefix = b"\xdc" + n.to_bytes(2, "big")
+    return encode_packed_joined(len(headers), b"".join(headers), sizes)
+
+
+def encode_packed_joined(count: int, headers: bytes | memoryview, sizes: Sequence[int]) -> bytes:
+    """A :class:`Packed` frame from ``count`` encoded headers joined (a spool batch's)."""
+    if count < 16:
+        prefix = bytes((0x90 | count,))
+    elif count < 1 << 16:
+        prefix = b"\xdc" + count.to_bytes(2, "big")
     else:
-        prefix = b"\xdd" + n.to_bytes(4, "big")
-    return b"\x92" + prefix + b"".join(headers) + _encoder.encode(list(sizes))
+        prefix = b"\xdd" + count.to_bytes(4, "big")
+    return b"".join((b"\x92", prefix, headers, _encoder.encode(list(sizes))))
 
 
 def unpack_payloads(packed: Packed, joined: memoryview) -> list[memoryview]:
@@ -609,6 +619,53 @@ def check_header(
 _ANY_SIZE = -1
 
 
+class HeaderChecker:
+    """:func:`check_header` for the headers of one batch, one at a time, in order.
+
+    The same checks with the same errors, but those of a stream name, a meta and a
+    payload description (kind, dtype, shape, compression) run once per distinct
+    one: a batch of small messages repeats them. Only what passed is remembered,
+    so a checker is made per batch (its memory is that batch's distinct metas).
+    """
+
+    __slots__ = ("_metas", "_needs", "_streams", "max_data_bytes", "max_meta_bytes")
+
+    def __init__(
+        self, *, max_data_bytes: int = MAX_DATA_BYTES, max_meta_bytes: int = MAX_META_BYTES
+    ) -> None:
+        self.max_data_bytes = max_data_bytes
+        self.max_meta_bytes = max_meta_bytes
+        self._streams: set[str] = set()
+        self._metas: set[bytes] = set()
+        #: payload description -> the payload size it needs, or _ANY_SIZE
+        self._needs: dict[tuple[Payload, str, tuple[int, ...], str], int] = {}
+
+    def check(self, header: Header, size: int) -> None:
+        """Raise what ``check_header(header, size, ...)`` raises, if anything."""
+        description = (header.payload, header.dtype, header.shape, header.compression)
+        need = self._needs.get(description)
+        if (
+            need is None
+            or header.stream not in self._streams
+            or size > self.max_data_bytes
+            or (need != _ANY_SIZE and size != need)
+            or not 0 <= header.seq < SEQ_LIMIT
+            or not math.isfinite(header.created)
+        ):
+            # something new or wrong: every check, in check_header's order
+            check_header(
+                header,
+                size,
+                max_data_bytes=self.max_data_bytes,
+                max_meta_bytes=self.max_meta_bytes,
+            )
+            self._streams.add(header.stream)
+            self._needs[description] = _size_needed(header, self.max_data_bytes)
+        elif header.meta not in self._metas:
+            check_meta(header.meta, self.max_meta_bytes)  # the only check left
+        self._metas.add(header.meta)
+
+
 def check_headers(
     headers: Sequence[Header],
     sizes: Sequence[int],
@@ -618,37 +675,29 @@ def check_headers(
 ) -> tuple[int, InvalidInput | ProtocolError | None]:
     """:func:`check_header` of each header of a batch with its payload size, in order.
 
-    The same checks with the same errors, but those of a stream name, a meta and a
-    payload description (kind, dtype, shape, compression) run once per distinct
-    one: a batch of small messages repeats them. Returns how many headers pass
-    before the first that does not, and that one's error (None when all pass).
+    The same checks with the same errors, run by a :class:`HeaderChecker`. Returns
+    how many headers pass before the first that does not, and that one's error
+    (None when all pass).
     """
-    streams: set[str] = set()
-    metas: set[bytes] = set()
-    needs: dict[tuple[Payload, str, tuple[int, ...], str], int] = {}  # description -> size
+    checker = HeaderChecker(max_data_bytes=max_data_bytes, max_meta_bytes=max_meta_bytes)
+    check = checker.check
+    # what check() decides at once, inline: the batch's headers alike but for seq and created
+    needs, streams, metas = checker._needs, checker._streams, checker._metas
     for i, (header, size) in enumerate(zip(headers, sizes, strict=True)):
-        description = (header.payload, header.dtype, header.shape, header.compression)
-        need = needs.get(description)
+        need = needs.get((header.payload, header.dtype, header.shape, header.compression))
+        if (
+            need is not None
+            and (need == size or (need == _ANY_SIZE and size <= max_data_bytes))
+            and header.stream in streams
+            and header.meta in metas
+            and 0 <= header.seq < SEQ_LIMIT
+            and math.isfinite(header.created)
+        ):
+            continue  # every check passed for one alike before
         try:
-            if (
-                need is None
-                or header.stream not in streams
-                or size > max_data_bytes
-                or (need != _ANY_SIZE and size != need)
-                or not 0 <= header.seq < SEQ_LIMIT
-                or not math.isfinite(header.created)
-            ):
-                # something new or wrong: every check, in check_header's order
-                check_header(
-                    header, size, max_data_bytes=max_data_bytes, max_meta_bytes=max_meta_bytes
-                )
-                streams.add(header.stream)
-                needs[description] = _size_needed(header, max_data_bytes)
-            elif header.meta not in metas:
-                check_meta(header.meta, max_meta_bytes)  # the only check left
+            check(header, size)
         except (InvalidInput, ProtocolError) as err:
             return i, err
-        metas.add(header.meta)
     return len(headers), None
 
 

@@ -23,7 +23,7 @@ def hold_from(hold_at: int) -> None:
     write = store_module.Store.write
 
     def held_write(self, planned):  # type: ignore[no-untyped-def]
-        indices = [index for _, index, _, _ in planned.puts]
+        indices = [c.index for c in planned.result.committed]
         if any(index >= hold_at for index in indices):
             print(f"holding the commit of indices {indices[0]}..", flush=True)
             threading.Event().wait()  # until kill -9
