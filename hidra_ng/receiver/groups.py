@@ -355,13 +355,13 @@ class Groups:
         for stream, name in self._dirty_meta:
             key = f"{stream}\0{name}".encode()
             changes.groups[key] = msgspec.msgpack.encode(self._groups[(stream, name)].meta)
-        encoded: dict[tuple[int, float, bool], bytes] = {}  # a batch's entries are alike
-        pack, entries = _KEY.pack, changes.entries
+        encoded: dict[tuple, bytes] = {}  # the entries of a run are alike: encoded once
+        pack, entries, astuple = _KEY.pack, changes.entries, msgspec.structs.astuple
         for (gid, index), entry in self._dirty_entries.items():
             if entry is None:
                 entries[pack(gid, index)] = None
                 continue
-            state = (entry.deliveries, entry.due, entry.parked)
+            state = astuple(entry)
             value = encoded.get(state)
             if value is None:
                 value = encoded[state] = msgspec.msgpack.encode(entry)
