@@ -29,6 +29,7 @@ import logging
 import math
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,8 @@ class Groups:
         self._groups: dict[tuple[str, str], Group] = {}
         self._dirty_meta: set[tuple[str, str]] = set()
         self._dirty_entries: dict[tuple[int, int], Entry | None] = {}
-        self._timers: list[tuple[float, str, str, int]] = []  # (due, stream, group, index)
+        #: (due, stream, group, first index, count): entries due then, unless acked meanwhile
+        self._timers: list[tuple[float, str, str, int, int]] = []
         self.redelivered: list[tuple[str, str]] = []  # for metrics, drained by the caller
         self.parked_now: list[tuple[str, str]] = []
         self._load()
@@ -149,6 +151,10 @@ class Groups:
         max_deliveries: int | None = None,
     ) -> Group:
         """The group, created at the start of the stream if new; settings updated if given."""
+        key = (stream, name)
+        group = self._groups.get(key)
+        if group is not None and ack_timeout is None and max_deliveries is None:
+            return group  # the usual request: its names were checked when it was made
         check_stream_name(stream)
         check_group_name(name)
         # checked before anything changes: a bad request must not break the group
@@ -161,8 +167,6 @@ class Groups:
                 f"group {name!r}: max_deliveries {max_deliveries!r} is not valid; expected"
                 f" 1 to {MAX_DELIVERIES}"
             )
-        key = (stream, name)
-        group = self._groups.get(key)
         if group is None:
             first = self.store.info(stream).first if self.store.next_index(stream) else 0
             meta = GroupMeta(
@@ -225,6 +229,28 @@ class Groups:
             )
         raise NotYetAvailable(f"no message for group {group.name!r} of stream {group.stream!r} yet")
 
+    def hand_out_more(self, group: Group, count: int, now: float) -> int:
+        """Up to ``count`` more new messages, the indices right after the new one that
+        :meth:`hand_out` just gave at ``now``; how many.
+
+        One request of a member takes them in a row: nothing is due for redelivery at
+        ``now`` (``hand_out`` would have given that first), so they are the next indices.
+        """
+        start = group.meta.position
+        n = max(0, min(count, self.store.next_index(group.stream) - start))
+        if not n:
+            return 0
+        meta = group.meta
+        due = now + meta.ack_timeout
+        entries, dirty, gid = group.entries, self._dirty_entries, meta.id
+        for index in range(start, start + n):
+            entries[index] = dirty[(gid, index)] = Entry(1, due)
+        meta.position = start + n
+        group.earliest_due = min(group.earliest_due, due)
+        self._dirty_meta.add((group.stream, group.name))
+        self._arm(due, group, start, n)
+        return n
+
     @staticmethod
     def _due(group: Group, now: float) -> list[int]:
         """Indices due for redelivery, lowest first; one scan, and none while nothing can be."""
@@ -254,6 +280,14 @@ class Groups:
         self._set_entry(group, index, None)
         return True
 
+    def ack_many(self, stream: str, name: str, indices: Iterable[int]) -> None:
+        """Acknowledge each of ``indices`` that is outstanding (see :meth:`ack`)."""
+        group = self._existing(stream, name)
+        entries, dirty, gid = group.entries, self._dirty_entries, group.meta.id
+        for index in indices:
+            if entries.pop(index, None) is not None:
+                dirty[(gid, index)] = None
+
     def nack(self, stream: str, name: str, index: int, delay: float, now: float | None = None):
         """Return a message to the group after ``delay`` seconds."""
         delay = max(0.0, check_seconds("nack delay", delay, positive=False))
@@ -281,17 +315,17 @@ class Groups:
 
     # -------------------------------------------------------- timers, commit
 
-    def _arm(self, due: float, group: Group, index: int) -> None:
-        heapq.heappush(self._timers, (due, group.stream, group.name, index))
+    def _arm(self, due: float, group: Group, index: int, count: int = 1) -> None:
+        """A timer at ``due`` for the entries ``index`` .. ``index + count - 1``."""
+        heapq.heappush(self._timers, (due, group.stream, group.name, index, count))
 
     def next_due(self) -> float | None:
         """Wall-clock time of the next possible redelivery, if any."""
         while self._timers:
-            due, stream, name, index = self._timers[0]
+            due, stream, name, index, count = self._timers[0]
             group = self._groups.get((stream, name))
-            entry = group.entries.get(index) if group else None
-            if entry is None or entry.parked or entry.due != due:
-                heapq.heappop(self._timers)  # stale timer
+            if group is None or not _armed(group.entries, due, index, count):
+                heapq.heappop(self._timers)  # stale timer: acked, parked or due at another time
                 continue
             return due
         return None
@@ -301,7 +335,7 @@ class Groups:
         now = time.time() if now is None else now
         found = set()
         while (due := self.next_due()) is not None and due <= now:
-            _, stream, name, _ = heapq.heappop(self._timers)
+            _, stream, name, _, _ = heapq.heappop(self._timers)
             found.add((stream, name))
         return found
 
@@ -321,9 +355,17 @@ class Groups:
         for stream, name in self._dirty_meta:
             key = f"{stream}\0{name}".encode()
             changes.groups[key] = msgspec.msgpack.encode(self._groups[(stream, name)].meta)
+        encoded: dict[tuple, bytes] = {}  # the entries of a run are alike: encoded once
+        pack, entries, astuple = _KEY.pack, changes.entries, msgspec.structs.astuple
         for (gid, index), entry in self._dirty_entries.items():
-            value = None if entry is None else msgspec.msgpack.encode(entry)
-            changes.entries[_KEY.pack(gid, index)] = value
+            if entry is None:
+                entries[pack(gid, index)] = None
+                continue
+            state = astuple(entry)
+            value = encoded.get(state)
+            if value is None:
+                value = encoded[state] = msgspec.msgpack.encode(entry)
+            entries[pack(gid, index)] = value
         self._dirty_meta = set()
         self._dirty_entries = {}
         return changes
@@ -339,6 +381,16 @@ class Groups:
         self.writer.stop()  # commits what it was handed
         self.write()  # and what was not handed over yet
         self.env.close()
+
+
+def _armed(entries: dict[int, Entry], due: float, index: int, count: int) -> bool:
+    """Whether a timer at ``due`` for ``index`` .. ``index + count - 1`` still has an entry
+    to redeliver then (one not acked, parked or given another due time)."""
+    for i in range(index, index + count):
+        entry = entries.get(i)
+        if entry is not None and not entry.parked and entry.due == due:
+            return True
+    return False
 
 
 def check_seconds(what: str, value: object, *, positive: bool) -> float:

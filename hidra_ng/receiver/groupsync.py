@@ -53,13 +53,17 @@ def commit(env: Env, changes: Changes) -> bool:
 
     def fill(txn) -> bool:
         changed = False
-        for name, puts in (("groups", changes.groups), ("entries", changes.entries)):
+        for name, writes in (("groups", changes.groups), ("entries", changes.entries)):
             db = env.dbs[name]
-            for key, value in puts.items():
+            puts = []
+            for key, value in writes.items():
                 if value is None:
                     changed = txn.delete(key, db=db) or changed
                 else:
-                    changed = txn.put(key, value, db=db) or changed
+                    puts.append((key, value))
+            if puts:  # one call for all of them: the loop runs in C, not in Python
+                _, added = txn.cursor(db=db).putmulti(puts)
+                changed = changed or added > 0
         return changed
 
     return env.write(fill)

@@ -8,6 +8,7 @@ consumer-group state; the replies of those wait for the group commit
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +52,15 @@ class Requests:
         self.replays = replays
         self.scans = scans
         self.waiters = Waiters(store, self.retry, self.handle)
+        self._counters: dict[str, Any] = {}
 
     def handle(self, ident: bytes, req: proto.Request) -> None:
         """Serve one (checked) request; its errors become error replies."""
         op = OPS[type(req)]
-        self.metrics.requests.labels(req.op).inc()
+        counter = self._counters.get(req.op)
+        if counter is None:  # one per request type: labels() costs more than inc()
+            counter = self._counters[req.op] = self.metrics.requests.labels(req.op)
+        counter.inc()
         try:
             op.handler(self, ident, req)
         except HidraError as err:
@@ -136,8 +141,7 @@ class Requests:
             max_deliveries=req.max_deliveries or None,
         )
         if req.indices:  # acks that came with it: made first, once (a wait retries without)
-            for index in req.indices:
-                self.groups.ack(req.stream, req.group, index)
+            self.groups.ack_many(req.stream, req.group, req.indices)
             req = msgspec.structs.replace(req, indices=())
             try:
                 self._hand_out(ident, req, group)
@@ -147,35 +151,51 @@ class Requests:
         self._hand_out(ident, req, group)
 
     def _hand_out(self, ident: bytes, req: proto.NextRequest, group: Group) -> None:
+        """Up to ``max_count`` messages (one for a plain next) in one reply, confirmed
+        after the group commit: redeliveries one by one, new messages a run at a time."""
+        limit = max(1, req.max_count)
         refs: list[proto.FrameRef] = []
-        payloads: list[memoryview] = []
+        sizes: list[int] = []
+        pieces: list[memoryview] = []
         size = 0
-        with self.store.reader(req.stream) as read:
-            while len(refs) < max(1, req.max_count) and size < proto.MAX_BATCH_BYTES:
+        now = time.time()
+        groups, stream, name = self.groups, req.stream, req.group
+        with self.store.reader(stream) as read:
+            while len(refs) < limit and size < proto.MAX_BATCH_BYTES:
                 try:
-                    index = self.groups.hand_out(group)
+                    index = groups.hand_out(group, now)
                 except NotYetAvailable:
                     if refs:
                         break  # what there is now; more in a later request
                     self.waiters.wait_or_fail(ident, req)
                     return
-                record, payload = read(index)
                 deliveries = group.entries[index].deliveries
-                refs.append(
-                    proto.FrameRef(req.stream, index, msgspec.Raw(record), req.group, deliveries)
-                )
-                payloads.append(payload)
-                size += len(payload)
+                heads: list[bytes] | list[memoryview]
+                if deliveries > 1:  # a redelivery goes alone
+                    record, payload = read(index)
+                    heads, run, joined = [record], [len(payload)], payload
+                else:  # new: the messages after it in the same block go with it
+                    heads, run, joined = read.run(index, limit - len(refs))
+                take, nbytes = _fitting(run, size, proto.MAX_BATCH_BYTES)
+                if take > 1:
+                    take = 1 + groups.hand_out_more(group, take - 1, now)
+                    nbytes = sum(run[:take])
+                refs += [
+                    proto.FrameRef(stream, index + k, msgspec.Raw(heads[k]), name, deliveries)
+                    for k in range(take)
+                ]
+                sizes += run[:take]
+                pieces.append(joined[:nbytes])
+                size += nbytes
             reply = self.replies.reply
             if req.max_count:  # one payload frame for the batch: one copy out of the map
-                body = proto.FrameBatch(refs, [len(p) for p in payloads])
-                reply(ident, req.id, body, [b"".join(payloads)], after_commit=True)
+                body = proto.FrameBatch(refs, sizes)
+                reply(ident, req.id, body, [b"".join(pieces)], after_commit=True)
             else:
-                reply(ident, req.id, refs[0], [bytes(payloads[0])], after_commit=True)
+                reply(ident, req.id, refs[0], [bytes(pieces[0])], after_commit=True)
 
     def ack(self, ident: bytes, req: proto.AckRequest) -> None:
-        for index in req.indices or (req.index,):
-            self.groups.ack(req.stream, req.group, index)
+        self.groups.ack_many(req.stream, req.group, req.indices or (req.index,))
         self.replies.reply(ident, req.id, None, after_commit=True)
         self.waiters.wake(req.stream)  # the group may be settled now: StreamFinished
 
@@ -186,6 +206,18 @@ class Requests:
 
     def parked(self, ident: bytes, req: proto.ParkedRequest) -> None:
         self.replies.reply(ident, req.id, self.groups.parked(req.stream, req.group))
+
+
+def _fitting(sizes: list[int], size: int, max_bytes: int) -> tuple[int, int]:
+    """(how many of ``sizes`` join a reply of ``size`` bytes so far, their bytes): each
+    while the reply is below ``max_bytes``, so at least one."""
+    take, nbytes = 0, 0
+    for n in sizes:
+        if take and size + nbytes >= max_bytes:
+            break
+        take += 1
+        nbytes += n
+    return take, nbytes
 
 
 #: request type -> how it is handled

@@ -738,7 +738,7 @@ def check_request(req: Request) -> None:
             f"{req.op} max_count {max_count} is not valid; expected 0 to {MAX_BATCH}"
         )
     indices: tuple[int, ...] = getattr(req, "indices", ()) if "indices" in fields else ()
-    if len(indices) > MAX_BATCH or not all(0 <= i < SEQ_LIMIT for i in indices):
+    if len(indices) > MAX_BATCH or (indices and not 0 <= min(indices) <= max(indices) < SEQ_LIMIT):
         raise InvalidInput(
             f"{req.op} indices ({len(indices)} of them) are not valid; expected at most"
             f" {MAX_BATCH} indices from 0 to 2**63"
