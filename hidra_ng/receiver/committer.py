@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import zmq
 
@@ -44,6 +44,17 @@ from hidra_ng.receiver.store import RETENTION_BATCH, Store
 from hidra_ng.wire import protocol as proto
 
 log = logging.getLogger(__name__)
+
+#: A batch's write waits for its large live frames to leave, this long at most:
+#: on a machine with few cores the commit's copies (LMDB's pages, then the page
+#: cache) and a frame's way to its subscribers compete for the same cores and
+#: memory bandwidth, and the frame's latency is what a viewer sees (G6). The
+#: receiving and the publishing of what comes next never wait for it.
+LIVE_HEAD_START_SECONDS = 0.010
+#: After a wait that ran out (a subscriber slower than its frames), no batch waits
+#: for this long: a slow or stuck subscriber delays acks by at most one head start
+#: a second.
+LIVE_HEAD_START_PAUSE_SECONDS = 1.0
 
 
 class Committer:
@@ -67,6 +78,8 @@ class Committer:
         self._notice, self._stop, self._beat = notice, stop, beat
         self._cond = threading.Condition()
         self._batch: Planned | None = None  # handed over, not done yet (under _cond)
+        self._leaving: Sequence[zmq.MessageTracker] = ()  # its live frames on their way
+        self._head_starts_from = 0.0  # monotonic time; none before it (after one ran out)
         self._stopping = False
         self._ended = False  # run() returned or failed (under _cond)
         #: a batch was given up on stop: later ones were planned on top of it, and their
@@ -92,12 +105,16 @@ class Committer:
         with self._cond:
             return self._batch is None
 
-    def hand_over(self, planned: Planned) -> None:
-        """Write ``planned`` next; only while :attr:`idle` (depth one)."""
+    def hand_over(self, planned: Planned, leaving: Sequence[zmq.MessageTracker] = ()) -> None:
+        """Write ``planned`` next; only while :attr:`idle` (depth one).
+
+        ``leaving``: trackers of its live frames still being sent to subscribers; the
+        write starts once they are out, or after ``LIVE_HEAD_START_SECONDS`` at most.
+        """
         with self._cond:
             if self._batch is not None:
                 raise RuntimeError("a batch was handed over while the last one is being written")
-            self._batch = planned
+            self._batch, self._leaving = planned, leaving
             self._cond.notify_all()
 
     def wait_idle(self) -> bool:
@@ -130,9 +147,10 @@ class Committer:
                 with self._cond:
                     # wake each second: the heartbeat, and retention by age
                     self._cond.wait_for(lambda: self._batch is not None or self._stopping, 1.0)
-                    batch, stopping = self._batch, self._stopping
+                    batch, stopping, leaving = self._batch, self._stopping, self._leaving
                 self._beat()
                 if batch is not None:
+                    self._head_start(leaving)
                     self._commit(batch)
                     with self._cond:
                         self._batch = None
@@ -149,6 +167,13 @@ class Committer:
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+
+    def _head_start(self, leaving: Sequence[zmq.MessageTracker]) -> None:
+        """Let the batch's live frames leave before its write starts (bounded, see above)."""
+        if not leaving or time.monotonic() < self._head_starts_from:
+            return
+        if not _let_leave(leaving, LIVE_HEAD_START_SECONDS):
+            self._head_starts_from = time.monotonic() + LIVE_HEAD_START_PAUSE_SECONDS
 
     def _commit(self, planned: Planned) -> None:
         """Commit a planned batch, retrying a failed commit in parts (see the module doc)."""
@@ -226,3 +251,19 @@ class Committer:
         for stream in self.store.drain_emptied():
             self.metrics.forget_stream(stream)
             self.emptied.append(stream)
+
+
+def _let_leave(leaving: Sequence[zmq.MessageTracker], seconds: float) -> bool:
+    """Wait until every tracker is done (True), or at most ``seconds`` (False)."""
+    deadline = time.monotonic() + seconds
+    for tracker in leaving:
+        if tracker.done:
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            tracker.wait(left)
+        except zmq.NotDone:
+            return False
+    return True

@@ -177,7 +177,7 @@ class Receiver:
                     self.live.forget(self.committer.emptied.popleft())
             # stopping: the last batch's frames are out live; commit them too
             if batch is not None and self.committer.wait_idle():
-                self.committer.hand_over(batch)
+                self.committer.hand_over(batch, self.live.take_leaving())
         except Exception:
             log.exception("ingest thread failed")
             raise
@@ -210,7 +210,7 @@ class Receiver:
         if batch is None:
             self.store.settle()  # everything planned is committed: no pending state left
             return None
-        self.committer.hand_over(batch)
+        self.committer.hand_over(batch, self.live.take_leaving())
         return None
 
     def _receive_batch(self, limit_n: int, limit_bytes: int) -> list[Incoming]:

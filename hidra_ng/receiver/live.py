@@ -121,6 +121,8 @@ class LivePublisher:
         self.last = LastValues(cache_bytes)
         self._exact: set[bytes] = set()  # topics "stream\0" someone subscribes to
         self._prefixes: set[bytes] = set()  # other topics ("" = everything)
+        #: trackers of the large live frames published since the last take_leaving()
+        self._leaving: list[zmq.MessageTracker] = []
 
     # ---------------------------------------------------------------- frames
 
@@ -149,28 +151,47 @@ class LivePublisher:
             newest[item.stream] = item
             topic = item.stream.encode() + b"\0"
             if topic in self._exact or (self._prefixes and self._covered(topic)):
-                sent += self._send(topic, item.stream, item.index, item.record, item.payload)
+                sent += self._send(
+                    topic, item.stream, item.index, item.record, item.payload, track=True
+                )
         for stream, item in newest.items():
             done[stream] = item.index
             self.last.put(stream, item.index, item.record, item.payload)
         if sent:
             self.metrics.published.inc(sent)
 
+    def take_leaving(self) -> list[zmq.MessageTracker]:
+        """Trackers of the large live frames sent since the last call: each is done once
+        libzmq has written that frame to every subscriber's connection."""
+        leaving, self._leaving = self._leaving, []
+        return leaving
+
     def _covered(self, topic: bytes) -> bool:
         return any(topic.startswith(prefix) for prefix in self._prefixes)
 
     def _send(
-        self, topic: bytes, stream: str, index: int, record: bytes, payload: memoryview | bytes
+        self,
+        topic: bytes,
+        stream: str,
+        index: int,
+        record: bytes,
+        payload: memoryview | bytes,
+        *,
+        track: bool = False,
     ) -> int:
         ref = proto.FrameRef(stream, index, msgspec.Raw(record))
+        copy = len(payload) < ZERO_COPY_BYTES
         try:
-            self.sock.send_multipart(
+            tracker = self.sock.send_multipart(
                 [topic, proto.encode(proto.Kind.PUBLISH, ref), payload],
                 zmq.NOBLOCK,
-                copy=len(payload) < ZERO_COPY_BYTES,
+                copy=copy,
+                track=track and not copy,
             )
         except zmq.Again:
             return 0  # no subscriber can take it now: live viewers skip frames
+        if tracker is not None:
+            self._leaving.append(tracker)
         return 1
 
     def forget(self, stream: str) -> None:

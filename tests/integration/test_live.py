@@ -8,6 +8,7 @@ import pytest
 import zmq
 
 from hidra_ng import Consumer, NotYetAvailable, Producer, Subscriber
+from hidra_ng.receiver import committer as committer_module
 from hidra_ng.receiver.daemon import Receiver
 from tests.helpers import wait_for
 from tests.live_helpers import HeldCommits, bound_pub, publish_message
@@ -208,3 +209,62 @@ def test_the_subscriber_drops_a_frame_again_and_follows_a_live_feed_that_went_ba
         (1, b"1"), (2, b"2"), (1, b"1 after the crash"), (2, b"2 after the crash"), (4, b"4"),
     ]  # fmt: skip
     assert skipped == 1
+
+
+def test_a_large_live_frame_leaves_before_its_commit_is_written(
+    make_producer, receiver: Receiver, monkeypatch
+) -> None:
+    """The commit's copies start once the batch's large live frames are on their way
+    (committer.LIVE_HEAD_START_SECONDS, made long here so a slow machine cannot run
+    out of it): at each write, every frame the batch published has left."""
+    monkeypatch.setattr(committer_module, "LIVE_HEAD_START_SECONDS", 60.0)
+    p = make_producer()
+    ep = receiver.endpoints
+    image = np.random.default_rng(3).integers(0, 9, (512, 1024), dtype=np.uint16)  # 1 MiB
+    at_write: list[tuple[int, bool]] = []  # (frames leaving, all of them out)
+    write = receiver.store.env.write
+
+    def noting(fill, **options):
+        leaving = receiver.committer._leaving
+        at_write.append((len(leaving), all(t.done for t in leaving)))
+        return write(fill, **options)
+
+    with Subscriber(ep["publish"], ["leave"], api=ep["api"]) as sub:
+        subscribed(p, sub, "leave")
+        receiver.store.env.write = noting
+        for k in range(5):
+            p.send("leave", image, {"k": k})
+            assert np.array_equal(marked(sub, "k").data, image)
+        p.flush(10)
+    receiver.store.env.write = write
+    assert sum(n for n, _ in at_write) == 5, at_write
+    assert all(out for _, out in at_write), at_write
+
+
+def test_a_subscriber_that_stopped_reading_does_not_hold_back_acks(
+    make_producer, receiver: Receiver
+) -> None:
+    """A SUB socket that never reads (its queue and the TCP buffers fill): every frame
+    is still stored and acknowledged; the live frames for it are dropped."""
+    p = make_producer()
+    ep = receiver.endpoints
+    frame = np.random.default_rng(4).integers(0, 9, (1024, 1024), dtype=np.uint32)  # 4 MiB
+    ctx = zmq.Context()
+    stuck = ctx.socket(zmq.SUB)
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.setsockopt(zmq.LINGER, 0)
+    stuck.setsockopt(zmq.SUBSCRIBE, b"stuck\0")
+    try:
+        stuck.connect(ep["publish"])
+        with Subscriber(ep["publish"], ["stuck"], api=ep["api"]) as sub:
+            subscribed(p, sub, "stuck")  # the stuck socket joined before this one, too
+        wait_for(lambda: stuck.poll(10), what="the stuck subscriber's first frame")
+        for k in range(40):  # 160 MiB: far more than its queue and socket buffers hold
+            p.send("stuck", frame, {"k": k})
+        p.flush(60)
+        with Consumer(ep["api"]) as c:
+            stored = c.get("stuck", c.info("stuck").count - 1, timeout=10)
+        assert stored.meta == {"k": 39} and np.array_equal(stored.data, frame)
+    finally:
+        stuck.close(linger=0)
+        ctx.term()
