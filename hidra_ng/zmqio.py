@@ -16,16 +16,29 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
-def send_parts(sock: zmq.Socket, parts: list) -> None:
+def send_parts(sock: zmq.Socket, parts: list) -> int:
     """``sock.send_multipart(parts, zmq.NOBLOCK)``; large parts go without a copy.
 
-    ``zmq.Again`` can only come from the first part: zmq takes a multipart
-    message whole or not at all.
+    Returns how many parts zmq took: all of them, or fewer when the message was
+    cut. ``zmq.Again`` (nothing taken) when the socket cannot take a message now.
+
+    A message is cut when its connection ends between two of its parts (a PUSH
+    socket with ``IMMEDIATE`` drops the pipe of a broken connection): libzmq
+    refuses the next part with EAGAIN, never sends nor frees the parts it took
+    (they stay unflushed in the dropped pipe; lb.cpp says so), and drops whatever
+    the socket is sent next up to a message's last part. So the caller gives up
+    on the parts taken (nothing reads them again) and replaces the socket.
     """
     send = sock.send
     last = len(parts) - 1
     for i, part in enumerate(parts):
-        send(part, _NOBLOCK if i == last else _MORE_NOBLOCK, copy=len(part) < ZERO_COPY_BYTES)
+        try:
+            send(part, _NOBLOCK if i == last else _MORE_NOBLOCK, copy=len(part) < ZERO_COPY_BYTES)
+        except zmq.Again:
+            if not i:
+                raise
+            return i
+    return len(parts)
 
 
 def recv_parts(sock: zmq.Socket) -> list[zmq.Frame]:

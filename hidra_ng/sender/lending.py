@@ -17,6 +17,14 @@ garbage-collector thread, typically). The link thread never waits for it.
 At most :data:`MAX_LOANS` transactions are open at once (each takes an LMDB
 reader slot); beyond that the link waits for loans to come back.
 
+libzmq does not free every message it took: the parts it took of a message cut
+by a broken connection stay in the dropped pipe for good (zmqio.send_parts). The
+link gives up their views (:meth:`Loan.disown`), and once its zmq context is
+terminated, when no zmq thread can read a view any more, it ends whatever loan
+is still out (:meth:`Lender.end_all`). Otherwise one lost message would hold its
+transaction open for ever, and with it every growth of the map and the spool's
+close.
+
 A map that must grow (``Env.resize_waiting``) waits for every loan. zmq keeps a view
 as long as the receiver does not read (a receiver whose disk is full stops
 reading), so the link then drops what zmq queued, by opening a new PUSH socket,
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterable
 
 from hidra_ng.lmdbenv import Env, Held
 
@@ -45,6 +54,7 @@ class Loan:
     def __init__(self, held: Held, lender: Lender) -> None:
         self.txn = held.txn
         self._shares = _Shares(held, lender)
+        self._lent: list[weakref.finalize] = []
         self.end = weakref.finalize(self, self._shares.give_back)  # the reader's share, once
         self.end.atexit = False
 
@@ -52,8 +62,26 @@ class Loan:
         """A view zmq may keep: the transaction stays open until it is garbage."""
         lent = memoryview(view)
         self._shares.take()
-        weakref.finalize(lent, self._shares.give_back).atexit = False
+        share = weakref.finalize(lent, self._shares.give_back)
+        share.atexit = False
+        self._lent.append(share)
         return lent
+
+    def disown(self, parts: Iterable[object]) -> int:
+        """Give back now the share of each view of this loan among ``parts``, zmq's for good.
+
+        For the parts of a message cut by a broken connection, which libzmq took
+        and will neither send nor free: nothing reads them again, so the
+        transaction must not wait for them. Returns how many views were given up.
+        """
+        taken = {id(part) for part in parts}
+        given = 0
+        for share in self._lent:
+            alive = share.peek()
+            if alive is not None and id(alive[0]) in taken:
+                share()  # a finalizer runs once: the view's later end gives back nothing
+                given += 1
+        return given
 
 
 class _Shares:
@@ -64,6 +92,8 @@ class _Shares:
         self._lender = lender
         self._lock = threading.Lock()
         self._out = 1  # the reader's
+        self._ended = False
+        lender.opened(self)
 
     def take(self) -> None:
         with self._lock:
@@ -72,10 +102,23 @@ class _Shares:
     def give_back(self) -> None:
         with self._lock:
             self._out -= 1
-            last = self._out == 0
-        if last:
-            self._held.close()
-            self._lender.returned()
+            if self._out or self._ended:
+                return
+            self._ended = True
+        self._end()
+
+    def end_now(self) -> bool:
+        """End the transaction whatever is still out (``Lender.end_all``); False if it had ended."""
+        with self._lock:
+            if self._ended:
+                return False
+            self._ended = True
+        self._end()
+        return True
+
+    def _end(self) -> None:
+        self._held.close()
+        self._lender.returned(self)
 
 
 class Lender:
@@ -85,26 +128,50 @@ class Lender:
         self._env = env
         self._limit = limit
         self._lock = threading.Lock()
-        self.open_loans = 0
+        self._reserved = 0  # loans being opened or open
+        self._open: set[_Shares] = set()
         self.loans = 0  # opened in all, for tests and diagnostics
+
+    @property
+    def open_loans(self) -> int:
+        return self._reserved
 
     def open(self) -> Loan | None:
         """A new loan; None when ``limit`` are open or the map waits to grow."""
         with self._lock:
-            if self.open_loans >= self._limit:
+            if self._reserved >= self._limit:
                 return None
-            self.open_loans += 1
+            self._reserved += 1
         try:
             held = self._env.hold()
         except BaseException:
-            self.returned()
+            self._unreserve()
             raise
         if held is None:
-            self.returned()
+            self._unreserve()
             return None
         self.loans += 1
         return Loan(held, self)
 
-    def returned(self) -> None:
+    def opened(self, shares: _Shares) -> None:
         with self._lock:
-            self.open_loans -= 1
+            self._open.add(shares)
+
+    def returned(self, shares: _Shares) -> None:
+        with self._lock:
+            self._open.discard(shares)
+            self._reserved -= 1
+
+    def _unreserve(self) -> None:
+        with self._lock:
+            self._reserved -= 1
+
+    def end_all(self) -> int:
+        """End every loan still out, whoever holds its views; returns how many.
+
+        Only once zmq can read no view any more: its context terminated (every
+        I/O thread joined), so what libzmq still holds, it holds for good.
+        """
+        with self._lock:
+            out = list(self._open)
+        return sum(shares.end_now() for shares in out)

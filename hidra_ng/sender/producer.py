@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from hidra_ng.config import SenderConfig
 from hidra_ng.errors import (
@@ -40,6 +39,7 @@ from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
 from hidra_ng.sender.gobackn import GoBackN
 from hidra_ng.sender.lending import Lender, Loan
+from hidra_ng.sender.push import IngestPush
 from hidra_ng.sender.spool import Checkpoints, Outgoing, Spool, SpooledRun, entries_bytes
 from hidra_ng.shards import ShardMap
 from hidra_ng.wire import protocol as proto
@@ -450,29 +450,18 @@ class _Link(threading.Thread):
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._ctx = zmq.Context()
-        self._push, self._monitor = self._new_push()
+        self._poller = zmq.Poller()  # the link thread's: the dealer, the wake pipe, the monitor
         self._dealer = self._ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
         if producer.keys is not None:
             producer.keys.apply(self._dealer)
         try:
-            self._push.connect(producer.ingest)
             self._dealer.connect(producer.api)
+            self._push = IngestPush(self._ctx, producer.ingest, producer.keys, self._poller)
         except zmq.ZMQError as err:
-            self._close_sockets()
+            self._dealer.close(linger=0)
+            self._close_context()
             raise ConfigError(f"cannot connect to receiver: {err}") from err
-
-    def _new_push(self) -> tuple[zmq.Socket, zmq.Socket]:
-        """A PUSH socket for the receiver's ingest (not connected yet) and its monitor."""
-        push = self._ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 0)
-        push.setsockopt(zmq.IMMEDIATE, 1)
-        push.setsockopt(zmq.SNDHWM, 1000)
-        # a broken connection drops what sat in its queue: resend at once, not after a stall
-        monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        if self.p.keys is not None:
-            self.p.keys.apply(push)
-        return push, monitor
 
     # --------------------------------------------------------- other threads
 
@@ -505,10 +494,9 @@ class _Link(threading.Thread):
     # ------------------------------------------------------------ link thread
 
     def run(self) -> None:
-        poller = zmq.Poller()
+        poller = self._poller
         poller.register(self._dealer, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
         next_hello = 0.0
         blocked = False
         revoked = False  # lent views taken back for the map's growth now pending
@@ -527,7 +515,7 @@ class _Link(threading.Thread):
                 for sock, _ in poller.poll(timeout * 1000):  # type: ignore[arg-type]  # ms, float ok
                     if sock is self._dealer:
                         self._take_replies()
-                    elif sock is self._monitor:
+                    elif sock is self._push.monitor:
                         self._take_disconnects()
                     else:
                         with contextlib.suppress(BlockingIOError):
@@ -535,7 +523,7 @@ class _Link(threading.Thread):
                 self._check_stall()
                 if self.spool.env.resize_waiting:
                     if not revoked and self._lender.open_loans:
-                        self._revoke_loans(poller)
+                        self._revoke_loans()
                         revoked = True
                 else:
                     revoked = False
@@ -547,13 +535,16 @@ class _Link(threading.Thread):
             log.exception("producer link failed; messages stay spooled")
         finally:
             self._close_sockets()
+            # zmq's threads are gone: a view it still holds is never read again (lending.py)
+            if ended := self._lender.end_all():
+                log.debug("%d spool reads still lent to zmq ended with its context", ended)
 
     def _close_sockets(self) -> None:
-        with contextlib.suppress(zmq.ZMQError):
-            self._push.disable_monitor()
-        self._monitor.close(linger=0)
-        self._push.close(linger=0)
+        self._push.close()
         self._dealer.close(linger=0)
+        self._close_context()
+
+    def _close_context(self) -> None:
         self._ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -584,7 +575,7 @@ class _Link(threading.Thread):
             except ProtocolError as err:
                 log.warning("malformed message from receiver ignored: %s", err)
 
-    def _revoke_loans(self, poller: zmq.Poller) -> None:
+    def _revoke_loans(self) -> None:
         """The spool's map waits to grow for views zmq still holds: drop zmq's queue.
 
         A new PUSH socket replaces the old one, whose queued messages libzmq then
@@ -592,26 +583,31 @@ class _Link(threading.Thread):
         connection (lending.py).
         """
         log.info("spool map must grow; resending from seq %d on a new connection", self.acked + 1)
-        poller.unregister(self._monitor)
-        with contextlib.suppress(zmq.ZMQError):
-            self._push.disable_monitor()
-        self._monitor.close(linger=0)
-        self._push.close(linger=0)
-        self._push, self._monitor = self._new_push()
-        self._push.connect(self.p.ingest)
-        poller.register(self._monitor, zmq.POLLIN)
+        self._push.replace()
+        self.window.on_disconnect(time.monotonic())
+
+    def _on_cut(self, taken: list, loan: Loan | None) -> None:
+        """The connection ended in the middle of a message (zmqio.send_parts).
+
+        libzmq keeps the parts it took for good: their views are given up, or
+        they would hold the spool's transaction open for ever. The socket, which
+        would drop the next message, is replaced, and the window resends from
+        the oldest unacknowledged message, as after any broken connection.
+        """
+        given_up = 0 if loan is None else loan.disown(taken)
+        log.info(
+            "connection to %s broke in the middle of a message (%d lent views given up); "
+            "resending from seq %d on a new connection",
+            self.p.ingest,
+            given_up,
+            self.acked + 1,
+        )
+        self._push.replace()
         self.window.on_disconnect(time.monotonic())
 
     def _take_disconnects(self) -> None:
         """The PUSH connection broke: whatever sat in its queue is lost, so resend it now."""
-        broke = False
-        while True:
-            try:
-                recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            broke = True
-        if broke and self.window.on_disconnect(time.monotonic()) is not None:
+        if self._push.broke() and self.window.on_disconnect(time.monotonic()) is not None:
             log.info("connection to %s broke; resending from seq %d", self.p.ingest, self.acked + 1)
 
     def _on_ack(self, last_seq: int) -> None:
@@ -705,13 +701,17 @@ class _Link(threading.Thread):
             envelope = proto.Envelope(
                 self.spool.sender_id, self.spool.incarnation, send.floor, send.epoch
             )
+            frames = _frames(envelope, batch)
             try:
-                send_parts(self._push, _frames(envelope, batch))
+                taken = send_parts(self._push.socket, frames)
             except zmq.Again:
                 return True
             finally:
                 if loan is not None:
                     loan.end()  # zmq holds what it still needs: lent views (lending.py)
+            if taken < len(frames):
+                self._on_cut(frames[:taken], loan)
+                return True
             if isinstance(batch, SpooledRun):
                 window.on_sent_run(batch.first, batch.sizes)
             else:

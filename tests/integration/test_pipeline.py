@@ -479,9 +479,10 @@ def test_small_and_large_messages_travel_packed_and_unpacked(
     kinds: list[int] = []
     send_parts = producer_module.send_parts
 
-    def noting_kind(sock, parts) -> None:
-        send_parts(sock, parts)  # raises zmq.Again before anything is noted
+    def noting_kind(sock, parts) -> int:
+        taken = send_parts(sock, parts)  # raises zmq.Again before anything is noted
         kinds.append(parts[0][3])  # the kind, fourth byte of the preamble
+        return taken
 
     monkeypatch.setattr(producer_module, "send_parts", noting_kind)
     small = [(f"small {i}".encode(), {"i": i}) for i in range(50)]
