@@ -17,17 +17,20 @@ garbage-collector thread, typically). The link thread never waits for it.
 At most :data:`MAX_LOANS` transactions are open at once (each takes an LMDB
 reader slot); beyond that the link waits for loans to come back.
 
-libzmq does not free every message it took: the parts it took of a message cut
-by a broken connection stay in the dropped pipe for good (zmqio.send_parts). The
-link gives up their views (:meth:`Loan.disown`), and once its zmq context is
-terminated, when no zmq thread can read a view any more, it ends whatever loan
-is still out (:meth:`Lender.end_all`). Otherwise one lost message would hold its
-transaction open for ever, and with it every growth of the map and the spool's
-close.
+libzmq does not free every message it took. When a connection breaks between
+two parts of a message, the parts it took stay in the dropped pipe for good:
+libzmq either refuses the next part (zmqio.send_parts) or drops the rest of the
+message without a word. One such view would hold its transaction open for
+ever, and with it every growth of the map and the spool's close. So a loan
+lives no longer than the zmq context that could read its views: each
+connection to the receiver has a context and a :class:`Lender` of its own
+(sender/push.py), and when the connection ends (broken, replaced or closed)
+its context is terminated, every zmq thread that could read a view joined, and
+its loans still out end (:meth:`Lender.end_all`).
 
 A map that must grow (``Env.resize_waiting``) waits for every loan. zmq keeps a view
 as long as the receiver does not read (a receiver whose disk is full stops
-reading), so the link then drops what zmq queued, by opening a new PUSH socket,
+reading), so the link then drops what zmq queued, by opening a new connection,
 and resends it later as after a broken connection (producer.py); meanwhile it
 neither lends nor blocks on the spool, so nothing it holds delays the growth.
 """
@@ -36,7 +39,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
 
 from hidra_ng.lmdbenv import Env, Held
 
@@ -54,7 +56,6 @@ class Loan:
     def __init__(self, held: Held, lender: Lender) -> None:
         self.txn = held.txn
         self._shares = _Shares(held, lender)
-        self._lent: list[weakref.finalize] = []
         self.end = weakref.finalize(self, self._shares.give_back)  # the reader's share, once
         self.end.atexit = False
 
@@ -62,26 +63,8 @@ class Loan:
         """A view zmq may keep: the transaction stays open until it is garbage."""
         lent = memoryview(view)
         self._shares.take()
-        share = weakref.finalize(lent, self._shares.give_back)
-        share.atexit = False
-        self._lent.append(share)
+        weakref.finalize(lent, self._shares.give_back).atexit = False
         return lent
-
-    def disown(self, parts: Iterable[object]) -> int:
-        """Give back now the share of each view of this loan among ``parts``, zmq's for good.
-
-        For the parts of a message cut by a broken connection, which libzmq took
-        and will neither send nor free: nothing reads them again, so the
-        transaction must not wait for them. Returns how many views were given up.
-        """
-        taken = {id(part) for part in parts}
-        given = 0
-        for share in self._lent:
-            alive = share.peek()
-            if alive is not None and id(alive[0]) in taken:
-                share()  # a finalizer runs once: the view's later end gives back nothing
-                given += 1
-        return given
 
 
 class _Shares:
@@ -169,8 +152,9 @@ class Lender:
     def end_all(self) -> int:
         """End every loan still out, whoever holds its views; returns how many.
 
-        Only once zmq can read no view any more: its context terminated (every
-        I/O thread joined), so what libzmq still holds, it holds for good.
+        Only once zmq can read none of their views any more: the context they
+        were sent in terminated (its I/O threads joined), so what libzmq still
+        holds of them, it holds for good.
         """
         with self._lock:
             out = list(self._open)

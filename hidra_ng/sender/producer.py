@@ -38,7 +38,7 @@ from hidra_ng.errors import (
 from hidra_ng.metrics import SenderMetrics
 from hidra_ng.security import ClientKeys
 from hidra_ng.sender.gobackn import GoBackN
-from hidra_ng.sender.lending import Lender, Loan
+from hidra_ng.sender.lending import Loan
 from hidra_ng.sender.push import IngestPush
 from hidra_ng.sender.spool import Checkpoints, Outgoing, Spool, SpooledRun, entries_bytes
 from hidra_ng.shards import ShardMap
@@ -439,7 +439,6 @@ class _Link(threading.Thread):
         self.spool = producer._spool
         self.heartbeat = heartbeat
         self.window = GoBackN(self.spool.lowest, window_bytes, resend_after, time.monotonic())
-        self._lender = Lender(self.spool.env)
         #: the window's ``acked``, for other threads (they wait on ``_acked_cond``)
         self.acked = self.window.acked
         self._released = self.acked
@@ -457,7 +456,7 @@ class _Link(threading.Thread):
             producer.keys.apply(self._dealer)
         try:
             self._dealer.connect(producer.api)
-            self._push = IngestPush(self._ctx, producer.ingest, producer.keys, self._poller)
+            self._push = IngestPush(producer.ingest, producer.keys, self._poller, self.spool.env)
         except zmq.ZMQError as err:
             self._dealer.close(linger=0)
             self._close_context()
@@ -522,8 +521,9 @@ class _Link(threading.Thread):
                             os.read(self._wake_r, 4096)
                 self._check_stall()
                 if self.spool.env.resize_waiting:
-                    if not revoked and self._lender.open_loans:
-                        self._revoke_loans()
+                    if not revoked and self._push.lender.open_loans:
+                        # the map waits for views zmq still holds: drop them with the connection
+                        self._reconnect("spool map must grow")
                         revoked = True
                 else:
                     revoked = False
@@ -535,12 +535,10 @@ class _Link(threading.Thread):
             log.exception("producer link failed; messages stay spooled")
         finally:
             self._close_sockets()
-            # zmq's threads are gone: a view it still holds is never read again (lending.py)
-            if ended := self._lender.end_all():
-                log.debug("%d spool reads still lent to zmq ended with its context", ended)
 
     def _close_sockets(self) -> None:
-        self._push.close()
+        if ended := self._push.close():
+            log.debug("%d spool reads still lent to zmq ended with its connection", ended)
         self._dealer.close(linger=0)
         self._close_context()
 
@@ -575,40 +573,26 @@ class _Link(threading.Thread):
             except ProtocolError as err:
                 log.warning("malformed message from receiver ignored: %s", err)
 
-    def _revoke_loans(self) -> None:
-        """The spool's map waits to grow for views zmq still holds: drop zmq's queue.
+    def _reconnect(self, why: str) -> None:
+        """A new connection for the ingest's, and a resend from the oldest unacknowledged.
 
-        A new PUSH socket replaces the old one, whose queued messages libzmq then
-        frees (and with them the lent views); they are resent as after a broken
-        connection (lending.py).
+        What sat in the old one's queue is lost, and what libzmq kept of it (a
+        message cut by a break), with the spool reads lent to it, ends with its
+        context (push.py).
         """
-        log.info("spool map must grow; resending from seq %d on a new connection", self.acked + 1)
-        self._push.replace()
+        ended = self._push.replace()
         self.window.on_disconnect(time.monotonic())
-
-    def _on_cut(self, taken: list, loan: Loan | None) -> None:
-        """The connection ended in the middle of a message (zmqio.send_parts).
-
-        libzmq keeps the parts it took for good: their views are given up, or
-        they would hold the spool's transaction open for ever. The socket, which
-        would drop the next message, is replaced, and the window resends from
-        the oldest unacknowledged message, as after any broken connection.
-        """
-        given_up = 0 if loan is None else loan.disown(taken)
         log.info(
-            "connection to %s broke in the middle of a message (%d lent views given up); "
-            "resending from seq %d on a new connection",
-            self.p.ingest,
-            given_up,
+            "%s; resending from seq %d on a new connection to %s (%d spool reads ended)",
+            why,
             self.acked + 1,
+            self.p.ingest,
+            ended,
         )
-        self._push.replace()
-        self.window.on_disconnect(time.monotonic())
 
     def _take_disconnects(self) -> None:
-        """The PUSH connection broke: whatever sat in its queue is lost, so resend it now."""
-        if self._push.broke() and self.window.on_disconnect(time.monotonic()) is not None:
-            log.info("connection to %s broke; resending from seq %d", self.p.ingest, self.acked + 1)
+        if self._push.broke():
+            self._reconnect("connection to the receiver broke")
 
     def _on_ack(self, last_seq: int) -> None:
         now = time.monotonic()
@@ -667,9 +651,10 @@ class _Link(threading.Thread):
         opened: too many, or the map waits to grow, which a blocking read would wait
         for too.
         """
-        loan = self._lender.open()
+        lender = self._push.lender
+        loan = lender.open()
         if loan is None:
-            if self._lender.open_loans:
+            if lender.open_loans:
                 return None, None
             return self.spool.read(start, self.MAX_BATCH_MESSAGES, max_bytes), None
         try:
@@ -710,7 +695,7 @@ class _Link(threading.Thread):
                 if loan is not None:
                     loan.end()  # zmq holds what it still needs: lent views (lending.py)
             if taken < len(frames):
-                self._on_cut(frames[:taken], loan)
+                self._reconnect(f"connection broke in the middle of a message ({taken} parts sent)")
                 return True
             if isinstance(batch, SpooledRun):
                 window.on_sent_run(batch.first, batch.sizes)

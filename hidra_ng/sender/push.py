@@ -1,12 +1,14 @@
-"""The link's PUSH socket to the receiver's ingest, and the monitor that says it broke.
+"""The link's connection to the receiver's ingest: a PUSH socket in a zmq context of its own.
 
 libzmq drops what sat in the queue of a broken connection (the socket has
 ``IMMEDIATE``), so each break makes the link resend from its oldest
-unacknowledged message (the window rewinds). Two things make the link replace
-the socket whole: a spool map that waits to grow for views zmq still holds
-(closing the socket makes libzmq drop its queue, and with it the views), and a
-message cut by a broken connection between two of its parts (zmqio.send_parts),
-after which the socket would drop the next message too.
+unacknowledged message (the window rewinds). It does not always free what it
+dropped: the parts it took of a message cut by the break stay in libzmq for
+good (lending.py). So a connection that ends is not reconnected but replaced:
+its socket closed, its context terminated (its I/O thread joined: nothing reads
+a lent view any more) and the spool reads lent to it ended, then a new one
+opened. The link replaces it when it breaks, when a message was cut, and when
+the spool's map waits to grow for views zmq still holds.
 """
 
 from __future__ import annotations
@@ -16,23 +18,27 @@ import contextlib
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from hidra_ng.lmdbenv import Env
 from hidra_ng.security import ClientKeys
+from hidra_ng.sender.lending import Lender
 
 #: messages zmq may queue for the receiver before ``send`` says ``zmq.Again``
 SEND_HWM = 1000
 
 
 class IngestPush:
-    """A PUSH socket connected to ``endpoint``, its monitor registered with ``poller``."""
+    """A PUSH socket connected to ``endpoint``, the monitor that says it broke (registered
+    with ``poller``) and the :class:`Lender` of the spool views (``env``) it sends."""
 
     def __init__(
-        self, ctx: zmq.Context, endpoint: str, keys: ClientKeys | None, poller: zmq.Poller
+        self, endpoint: str, keys: ClientKeys | None, poller: zmq.Poller, env: Env
     ) -> None:
-        self._ctx, self.endpoint, self._keys, self._poller = ctx, endpoint, keys, poller
-        self.socket, self.monitor = self._connect()
+        self.endpoint, self._keys, self._poller, self._env = endpoint, keys, poller, env
+        self._open()
 
-    def _connect(self) -> tuple[zmq.Socket, zmq.Socket]:
-        push = self._ctx.socket(zmq.PUSH)
+    def _open(self) -> None:
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
         push.setsockopt(zmq.IMMEDIATE, 1)
         push.setsockopt(zmq.SNDHWM, SEND_HWM)
@@ -45,9 +51,11 @@ class IngestPush:
         except zmq.ZMQError:
             monitor.close(linger=0)
             push.close(linger=0)
+            ctx.term()
             raise
         self._poller.register(monitor, zmq.POLLIN)
-        return push, monitor
+        self._ctx, self.socket, self.monitor = ctx, push, monitor
+        self.lender = Lender(self._env)
 
     def broke(self) -> bool:
         """Whether the connection broke since the last call (the monitor's events, taken)."""
@@ -59,14 +67,19 @@ class IngestPush:
                 return broke
             broke = True
 
-    def replace(self) -> None:
-        """A new socket for this one, whose queue libzmq drops (and the views in it)."""
-        self.close()
-        self.socket, self.monitor = self._connect()
+    def replace(self) -> int:
+        """:meth:`close` this connection and open a new one; returns the loans ended."""
+        ended = self.close()
+        self._open()
+        return ended
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Close the socket and terminate its context, then end the loans still out (whatever
+        libzmq still holds, it holds for good); returns how many."""
         self._poller.unregister(self.monitor)
         with contextlib.suppress(zmq.ZMQError):
             self.socket.disable_monitor()
         self.monitor.close(linger=0)
         self.socket.close(linger=0)
+        self._ctx.term()
+        return self.lender.end_all()

@@ -24,7 +24,7 @@ def test_frames_sent_from_the_spools_map_arrive_intact(tmp_path: Path, receiver:
             frame[:] = 0  # the caller reuses its buffer: what was spooled must not change
         p.send_many("lent", [(b, None) for b in small])
         p.flush(30)
-        lender = p._link._lender
+        lender = p._link._push.lender
         assert lender.loans > 0  # payloads really went out as lent views
         wait_for(lambda: lender.open_loans == 0, 10, "zmq giving back every lent view")
     rng = np.random.default_rng(5)
@@ -52,7 +52,7 @@ def test_the_spool_map_grows_while_a_stalled_receiver_holds_lent_frames(
         with Producer(ingest, api, tmp_path / "spool", "stalled") as p:
             for frame in frames:
                 p.send("grow", frame)
-            lender = p._link._lender
+            lender = p._link._push.lender
             wait_for(
                 lambda: lender.open_loans > 0, 30, "frames lent to zmq, which cannot send them"
             )

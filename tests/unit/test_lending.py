@@ -108,31 +108,6 @@ def test_a_loan_dropped_without_end_still_ends(tmp_path: Path) -> None:
         spool.close()
 
 
-def test_disowned_views_no_longer_hold_the_transaction(tmp_path: Path) -> None:
-    """A cut message's parts stay in libzmq for good: giving them up ends the loan."""
-    spool = Spool(tmp_path / "spool", "det", sync="batch")
-    try:
-        _fill(spool, 1, 3)
-        lender = Lender(spool.env)
-        loan = lender.open()
-        assert loan is not None
-        batch = spool.read_views(loan.txn, 0, 10, 1 << 30)
-        kept_by_zmq = [loan.lend(out.payload) for out in batch[:2]]  # type: ignore[arg-type]
-        freed_by_zmq = loan.lend(batch[2].payload)  # type: ignore[arg-type]
-        loan.end()
-        assert loan.disown([b"not lent", *kept_by_zmq]) == 2
-        assert loan.disown(kept_by_zmq) == 0  # given up once
-        assert lender.open_loans == 1  # the third view is still out
-        del freed_by_zmq, batch
-        gc.collect()
-        assert lender.open_loans == 0
-        del kept_by_zmq  # libzmq never lets them go; if it did, nothing is given back twice
-        gc.collect()
-        assert lender.open_loans == 0
-    finally:
-        spool.close()  # returns: no reader is left behind
-
-
 def test_end_all_ends_the_loans_zmq_never_gave_back(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", "det", sync="batch")
     try:
