@@ -187,8 +187,15 @@ class Groups:
                 self._dirty_meta.add(key)
         return group
 
-    def hand_out(self, group: Group, now: float | None = None) -> int:
-        """The index to give a member now; raises NotYetAvailable / StreamFinished if none."""
+    def hand_out(self, group: Group, now: float | None = None, visible: int | None = None) -> int:
+        """The index to give a member now; raises NotYetAvailable / StreamFinished if none.
+
+        ``visible``: the stream's next index as the caller's read transaction sees
+        it (``store.next_index`` read before the transaction began). The store's
+        meta moves once a commit is done, so a transaction begun earlier may not
+        hold the newest indices; they wait for a later request (the commit's
+        notice wakes it), never handed out as missing.
+        """
         now = time.time() if now is None else now
         # redeliveries first: the lowest index that is due
         for index in self._due(group, now):
@@ -209,7 +216,7 @@ class Groups:
             self.redelivered.append((group.stream, group.name))
             return index
         next_index = self.store.next_index(group.stream)
-        if group.meta.position < next_index:
+        if group.meta.position < (next_index if visible is None else min(next_index, visible)):
             first = self.store.info(group.stream).first
             if group.meta.position < first:
                 log.warning(
@@ -229,15 +236,18 @@ class Groups:
             )
         raise NotYetAvailable(f"no message for group {group.name!r} of stream {group.stream!r} yet")
 
-    def hand_out_more(self, group: Group, count: int, now: float) -> int:
+    def hand_out_more(
+        self, group: Group, count: int, now: float, visible: int | None = None
+    ) -> int:
         """Up to ``count`` more new messages, the indices right after the new one that
-        :meth:`hand_out` just gave at ``now``; how many.
+        :meth:`hand_out` just gave at ``now``, below ``visible`` (as there); how many.
 
         One request of a member takes them in a row: nothing is due for redelivery at
         ``now`` (``hand_out`` would have given that first), so they are the next indices.
         """
         start = group.meta.position
-        n = max(0, min(count, self.store.next_index(group.stream) - start))
+        stop = self.store.next_index(group.stream)
+        n = max(0, min(count, (stop if visible is None else min(stop, visible)) - start))
         if not n:
             return 0
         meta = group.meta

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from hidra_ng.errors import Gone
+from hidra_ng.errors import Gone, HidraError, NotYetAvailable
 from hidra_ng.receiver.planning import Committed
 from hidra_ng.wire.block import Block, pack, packable, runs
 from hidra_ng.wire.protocol import Record, decode_meta
@@ -180,10 +180,18 @@ class Finder:
 
 
 class StreamReader:
-    """Messages of one stream in one read transaction (``Store.reader``)."""
+    """Messages of one stream in one read transaction (``Store.reader``).
 
-    def __init__(self, finder: Finder, stream: str, check: Callable[[str, int], Any]) -> None:
-        self.finder, self.stream = finder, stream
+    ``visible``: the stream's next index read before the transaction began. The
+    store's meta moves once a commit is done, so the transaction holds every
+    index below it, and may miss newer ones that the meta already shows: those
+    are not written yet as far as this read goes, never "removed".
+    """
+
+    def __init__(
+        self, finder: Finder, stream: str, check: Callable[[str, int], Any], visible: int
+    ) -> None:
+        self.finder, self.stream, self.visible = finder, stream, visible
         #: the stream's meta for a reader of an index, or the error it should get
         self.check = check
 
@@ -191,15 +199,23 @@ class StreamReader:
         """(Record copy, payload view) of ``index``; Gone once retention removed it."""
         found = self.finder.find(self.check(self.stream, index).id, index)
         if found is None:
-            raise Gone(f"index {index} of stream {self.stream!r} was removed by retention")
+            raise self._missing(index)
         return bytes(found[0]), found[1]
 
     def run(self, index: int, limit: int) -> Run:
         """Up to ``limit`` messages from ``index`` on (a run of one unless in a block)."""
         run = self.finder.run(self.check(self.stream, index).id, index, limit)
         if run is None:
-            raise Gone(f"index {index} of stream {self.stream!r} was removed by retention")
+            raise self._missing(index)
         return run
+
+    def _missing(self, index: int) -> HidraError:
+        if index >= self.visible:  # committed after this read began
+            return NotYetAvailable(
+                f"index {index} of stream {self.stream!r} is not written yet"
+                f" (next index is {self.visible})"
+            )
+        return Gone(f"index {index} of stream {self.stream!r} was removed by retention")
 
 
 def scan(txn, dbs: dict, stream_id: int, start: int, *, payloads: bool = True) -> Iterator[Entry]:

@@ -161,9 +161,10 @@ class Requests:
         now = time.time()
         groups, stream, name = self.groups, req.stream, req.group
         with self.store.reader(stream) as read:
+            visible = read.visible  # hand out only what this read holds (StreamReader)
             while len(refs) < limit and size < proto.MAX_BATCH_BYTES:
                 try:
-                    index = groups.hand_out(group, now)
+                    index = groups.hand_out(group, now, visible)
                 except NotYetAvailable:
                     if refs:
                         break  # what there is now; more in a later request
@@ -178,7 +179,7 @@ class Requests:
                     heads, run, joined = read.run(index, limit - len(refs))
                 take, nbytes = _fitting(run, size, proto.MAX_BATCH_BYTES)
                 if take > 1:
-                    take = 1 + groups.hand_out_more(group, take - 1, now)
+                    take = 1 + groups.hand_out_more(group, take - 1, now, visible)
                     nbytes = sum(run[:take])
                 refs += [
                     proto.FrameRef(stream, index + k, msgspec.Raw(heads[k]), name, deliveries)

@@ -225,8 +225,10 @@ class Store:
         The payload is a view of the map, valid only inside the block: copy it
         (or send it with zmq's copy) before the block ends.
         """
+        visible = self.next_index(stream)  # first: the read holds every index below it
         with self.env.read() as txn:
-            yield layout.StreamReader(layout.Finder(txn, self._db), stream, self.check_index)
+            finder = layout.Finder(txn, self._db)
+            yield layout.StreamReader(finder, stream, self.check_index, visible)
 
     def select(
         self, stream: str, predicate: Callable[[tuple], object], start: int, stop: int, limit: int

@@ -9,11 +9,13 @@ real Groups; replies are decoded from a fake ROUTER. No network, no timing.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from hidra_ng.errors import NotYetAvailable
 from hidra_ng.metrics import ReceiverMetrics
 from hidra_ng.receiver.groups import _KEY, Entry, Groups
 from hidra_ng.receiver.replay import Replays
@@ -133,6 +135,40 @@ def test_a_due_redelivery_comes_first_then_new_messages(api):
     got = api.next(max_count=4)
     assert [(i, d) for i, d, _ in got] == [(2, 2), (4, 1), (5, 1), (6, 1)]
     assert [p for _, _, p in got] == [api.payload(i) for i in (2, 4, 5, 6)]
+
+
+def test_messages_committed_after_the_hand_outs_read_began_wait_for_the_next_request(api):
+    """The store's meta moves once a commit is done, so a read begun just before cannot hold
+    that commit's messages: they are handed out by the next request, not reported as removed
+    (a fault run saw "index 384 ... was removed by retention" with no retention at all)."""
+    api.add(10)
+    plain_reader = api.store.reader
+
+    @contextlib.contextmanager
+    def reader_then_a_commit(stream: str):
+        with plain_reader(stream) as read:
+            api.add(10)  # the committer's commit, landing while the hand-out reads
+            yield read
+
+    api.store.reader = reader_then_a_commit
+    got = api.next(max_count=100)
+    assert [(i, d, p) for i, d, p in got] == [(i, 1, api.payload(i)) for i in range(10)]
+    api.store.reader = plain_reader
+    got = api.next(max_count=100)
+    assert [(i, d, p) for i, d, p in got] == [(i, 1, api.payload(i)) for i in range(10, 20)]
+
+
+def test_a_read_begun_before_a_commit_says_its_messages_are_not_written_yet(api):
+    api.add(5)
+    with api.store.reader(STREAM) as read:
+        api.add(5)  # committed (the store's meta shows it) after the read began
+        assert bytes(read(4)[1]) == api.payload(4)
+        with pytest.raises(NotYetAvailable, match=r"index 7 .* not written yet"):
+            read(7)
+        with pytest.raises(NotYetAvailable):
+            read.run(5, 3)
+    with api.store.reader(STREAM) as read:
+        assert bytes(read(7)[1]) == api.payload(7)
 
 
 def test_a_plain_next_takes_one(api):
