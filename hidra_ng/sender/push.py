@@ -56,6 +56,7 @@ class IngestPush:
         self._poller.register(monitor, zmq.POLLIN)
         self._ctx, self.socket, self.monitor = ctx, push, monitor
         self.lender = Lender(self._env)
+        self._closed = False
 
     def broke(self) -> bool:
         """Whether the connection broke since the last call (the monitor's events, taken)."""
@@ -75,7 +76,11 @@ class IngestPush:
 
     def close(self) -> int:
         """Close the socket and terminate its context, then end the loans still out (whatever
-        libzmq still holds, it holds for good); returns how many."""
+        libzmq still holds, it holds for good); returns how many. Once: a replacement
+        whose new connection failed to open leaves nothing to close again."""
+        if self._closed:
+            return 0
+        self._closed = True
         self._poller.unregister(self.monitor)
         with contextlib.suppress(zmq.ZMQError):
             self.socket.disable_monitor()
